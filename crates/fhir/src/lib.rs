@@ -61,14 +61,18 @@ fn table() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();
     TABLE.get_or_init(|| {
         // The file is generated and compiled in; a parse failure is a build defect caught by tests.
-        serde_json::from_str(SEARCH_PARAMETERS).unwrap_or(Table { resources: BTreeMap::new() })
+        serde_json::from_str(SEARCH_PARAMETERS).unwrap_or(Table {
+            resources: BTreeMap::new(),
+        })
     })
 }
 
 fn compartment() -> &'static Compartment {
     static TABLE: OnceLock<Compartment> = OnceLock::new();
     TABLE.get_or_init(|| {
-        serde_json::from_str(PATIENT_COMPARTMENT).unwrap_or(Compartment { resources: BTreeMap::new() })
+        serde_json::from_str(PATIENT_COMPARTMENT).unwrap_or(Compartment {
+            resources: BTreeMap::new(),
+        })
     })
 }
 
@@ -83,7 +87,9 @@ pub fn search_param(resource_type: &str, code: &str) -> Option<&'static SearchPa
 }
 
 /// Every search parameter code defined for `resource_type` (its own, then the common ones).
-pub fn search_params(resource_type: &str) -> impl Iterator<Item = (&'static str, &'static SearchParam)> {
+pub fn search_params(
+    resource_type: &str,
+) -> impl Iterator<Item = (&'static str, &'static SearchParam)> {
     let t = &table().resources;
     [resource_type, "DomainResource", "Resource"]
         .into_iter()
@@ -99,7 +105,10 @@ pub fn is_resource_type(name: &str) -> bool {
 /// The search parameters through which a resource of `resource_type` belongs to a Patient's
 /// compartment (FHIR R4 `CompartmentDefinition/patient`); `None` if the type is not in it.
 pub fn patient_compartment_params(resource_type: &str) -> Option<&'static [String]> {
-    compartment().resources.get(resource_type).map(Vec::as_slice)
+    compartment()
+        .resources
+        .get(resource_type)
+        .map(Vec::as_slice)
 }
 
 #[cfg(test)]
@@ -108,17 +117,29 @@ mod tests {
 
     #[test]
     fn tables_parse_and_cover_r4() {
-        assert!(table().resources.len() > 130, "search parameter table did not load");
-        assert!(compartment().resources.len() > 60, "compartment table did not load");
+        assert!(
+            table().resources.len() > 130,
+            "search parameter table did not load"
+        );
+        assert!(
+            compartment().resources.len() > 60,
+            "compartment table did not load"
+        );
     }
 
     #[test]
     fn shared_expressions_are_split_per_base() {
         let p = search_param("Observation", "patient").unwrap();
         assert_eq!(p.kind, SearchParamType::Reference);
-        assert_eq!(p.expression.as_deref(), Some("Observation.subject.where(resolve() is Patient)"));
+        assert_eq!(
+            p.expression.as_deref(),
+            Some("Observation.subject.where(resolve() is Patient)")
+        );
         let c = search_param("Condition", "patient").unwrap();
-        assert_eq!(c.expression.as_deref(), Some("Condition.subject.where(resolve() is Patient)"));
+        assert_eq!(
+            c.expression.as_deref(),
+            Some("Condition.subject.where(resolve() is Patient)")
+        );
     }
 
     #[test]
