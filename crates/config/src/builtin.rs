@@ -1,0 +1,54 @@
+//! Namespaces built into fhirgate, so that Aidbox projects can `import` them unchanged.
+
+/// Namespaces a project may import without a file of its own.
+pub const NAMESPACES: &[&str] = &[
+    "zenbox",
+    "aidbox",
+    "aidbox.auth",
+    "aidbox.rest",
+    "smart.fhir",
+    "zen",
+];
+
+/// The tag of API definitions.
+pub const API_TAG: &str = "zenbox/api";
+/// The tag of a grant lookup definition.
+pub const GRANT_LOOKUP_TAG: &str = "aidbox.auth/grant-lookup";
+/// Grant lookup methods fhirgate implements.
+pub const GRANT_LOOKUP_METHODS: &[&str] = &["aidbox.auth/single-patient-grant-lookup"];
+/// Tags of built-in namespaces that fhirgate knows.
+pub const KNOWN_TAGS: &[&str] = &[API_TAG, GRANT_LOOKUP_TAG];
+
+/// Aidbox's FHIR packages are imported by name (`hl7-fhir-r4-core`, `hl7-fhir-us-core`, …);
+/// fhirgate carries FHIR R4 itself, so any `hl7-fhir-*` package name is accepted.
+pub fn is_fhir_package(name: &str) -> bool {
+    name.starts_with("hl7-fhir-") && name.len() > "hl7-fhir-".len()
+}
+
+pub fn is_builtin(name: &str) -> bool {
+    NAMESPACES.contains(&name) || is_fhir_package(name)
+}
+
+/// Paths owned by fhirgate itself (decisions §5): an EDN route may not shadow them.
+/// Returns why `first`/`second` (the first two path segments, literals or `None` for params)
+/// collide, if they do.
+pub fn reserved_collision(
+    first: Option<Option<&str>>,
+    second: Option<Option<&str>>,
+) -> Option<String> {
+    match first {
+        None => None, // the root path itself: only `PUT /` is reserved, checked by the caller
+        Some(None) => Some("a path parameter as the first segment would shadow fhirgate's built-in routes (/auth, /rpc, /health, admin /{ResourceType})".into()),
+        Some(Some(seg)) => {
+            if matches!(seg, "auth" | "rpc" | "health" | "demo") {
+                Some(format!("/{seg} is a built-in fhirgate route"))
+            } else if seg.starts_with(|c: char| c.is_ascii_uppercase()) {
+                Some(format!("/{seg} collides with the admin REST route /{{ResourceType}}"))
+            } else if seg == ".well-known" && matches!(second, Some(Some("openid-configuration" | "jwks.json")) | Some(None)) {
+                Some("/.well-known/openid-configuration and /.well-known/jwks.json are built-in fhirgate routes".into())
+            } else {
+                None
+            }
+        }
+    }
+}
