@@ -1,1 +1,219 @@
-fn main() {}
+//! `fhirgate`: a thin shell over the `fhirgate` library.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use fhirgate::cli::{Cli, Command, ProjectArgs, RoutesArgs, ServeArgs, validate_base_url};
+use fhirgate::{Settings, build_app, load_project, registry};
+use fhirgate_config::{Diagnostic, Project};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => check(&args),
+        Command::Routes(args) => routes(&args),
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fhirgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_diagnostics(diags: &[Diagnostic]) {
+    let mut err = std::io::stderr().lock();
+    for d in diags {
+        let _ = writeln!(err, "{d}");
+    }
+}
+
+/// Load the project, printing its diagnostics; `None` when it has errors.
+fn load(path: &std::path::Path, registry: &fhirgate_router::Registry) -> Option<Project> {
+    match load_project(path, registry) {
+        Ok(project) => {
+            print_diagnostics(&project.warnings);
+            Some(project)
+        }
+        Err(diags) => {
+            print_diagnostics(&diags);
+            None
+        }
+    }
+}
+
+fn check(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
+    let registry = registry();
+    let Some(project) = load(args.path(), &registry) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let apis: std::collections::BTreeSet<&str> = project
+        .routes
+        .routes
+        .iter()
+        .map(|r| r.api.as_str())
+        .collect();
+    println!(
+        "{}: ok, {} routes from {} API{}, {} warning{}",
+        args.path().display(),
+        project.routes.routes.len(),
+        apis.len(),
+        if apis.len() == 1 { "" } else { "s" },
+        project.warnings.len(),
+        if project.warnings.len() == 1 { "" } else { "s" },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn routes(args: &RoutesArgs) -> anyhow::Result<ExitCode> {
+    let registry = registry();
+    let Some(project) = load(args.project.path(), &registry) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let rows: Vec<[String; 5]> = project
+        .routes
+        .routes
+        .iter()
+        .map(|r| {
+            let mws: Vec<&str> = r
+                .middlewares
+                .iter()
+                .filter(|m| !(r.public && registry.is_authentication(m)))
+                .map(String::as_str)
+                .collect();
+            [
+                r.method.to_string(),
+                r.path(),
+                r.action.clone(),
+                if mws.is_empty() {
+                    "-".into()
+                } else {
+                    mws.join(",")
+                },
+                if r.public {
+                    "public".into()
+                } else {
+                    "-".into()
+                },
+            ]
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let json: Vec<serde_json::Value> = project
+            .routes
+            .routes
+            .iter()
+            .zip(&rows)
+            .map(|(r, row)| {
+                serde_json::json!({
+                    "method": row[0], "path": row[1], "action": row[2],
+                    "middlewares": if row[3] == "-" { vec![] } else { row[3].split(',').collect::<Vec<_>>() },
+                    "public": r.public, "resource_type": r.resource_type, "mount": r.mount(),
+                    "source": r.location.to_string(),
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for row in &rows {
+        let line = format!(
+            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
+        );
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let base_url = match validate_base_url(&args.base_url) {
+        Ok(u) => u,
+        Err(msg) => {
+            eprintln!("fhirgate: {msg}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let registry = registry();
+    let Some(project) = load(&args.config, &registry) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let settings = Settings {
+        base_url,
+        max_body: args.max_body,
+        dev: args.dev,
+    };
+    let app = build_app(&settings, &project, &registry)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                eprintln!("fhirgate: cannot listen on {}: the address is in use (another fhirgate?); pick another with --listen or FHIRGATE_LISTEN", args.listen);
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(e) => {
+                eprintln!("fhirgate: cannot listen on {}: {e}", args.listen);
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        let local = listener.local_addr()?;
+        tracing::info!(
+            "fhirgate listening on http://{local} ({} routes from {}; base URL {})",
+            project.routes.routes.len(),
+            project.entry.display(),
+            settings.base_url
+        );
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        tracing::info!("fhirgate stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, drain in-flight requests, exit 0.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,1 +1,179 @@
+//! From a validated [`Project`] to an [`axum::Router`].
+//!
+//! Every declared op becomes a [`RouteService`]: its action, wrapped in the `:params` allow-list
+//! check, wrapped in the middlewares declared above it (outermost first). Actions and middlewares
+//! are looked up by keyword in a [`Registry`], where a library user can add their own:
+//!
+//! ```
+//! use fhirgate_router::{Registry, ActionSpec, RouteMatch};
+//! use axum::Extension;
+//!
+//! let mut registry = Registry::new();
+//! registry.handler("my/hello", ActionSpec::default(), |Extension(m): Extension<RouteMatch>| async move {
+//!     format!("hello from {}", m.route.path())
+//! });
+//! registry.middleware("my/trace", tower::layer::util::Identity::new());
+//! assert!(fhirgate_config::Catalog::action(&registry, "my/hello").is_some());
+//! ```
+//!
+//! Requests are matched as Aidbox's route-map does (see [`matcher`]): literal segments beat
+//! `[:param]`s, and matching backtracks.
 
+pub mod matcher;
+pub mod outcome;
+mod params;
+mod registry;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use fhirgate_config::{Method, Project, Route};
+use tower::Service;
+
+pub use fhirgate_config::ActionSpec;
+pub use matcher::{Matcher, PathMatch};
+pub use registry::{BuildError, Registry};
+
+pub type Request = http::Request<Body>;
+pub type Response = axum::response::Response;
+/// A route's whole stack, type-erased: what actions and middlewares produce.
+pub type RouteService = tower::util::BoxCloneSyncService<Request, Response, Infallible>;
+
+/// Inserted into every request's extensions before its route's stack runs.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    pub route: Arc<Route>,
+    /// Path parameters, percent-decoded, in path order: `[("resource/type", "Patient"), ("id", "pt-1")]`.
+    pub params: Arc<[(Box<str>, String)]>,
+}
+
+impl RouteMatch {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| &**k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The op's `:resource/type`, or the `[:resource/type]` path parameter.
+    pub fn resource_type(&self) -> Option<&str> {
+        self.route
+            .resource_type
+            .as_deref()
+            .or_else(|| self.param("resource/type"))
+    }
+}
+
+/// The project's routes as one tower service: match, then run the route's stack.
+#[derive(Clone)]
+pub struct ProjectRouter {
+    matcher: Arc<Matcher>,
+    routes: Arc<[(Arc<Route>, RouteService)]>,
+}
+
+impl ProjectRouter {
+    /// Build every route's stack. Fails only when the project names a keyword `registry` lacks
+    /// (validation with the same registry as catalog rules that out).
+    pub fn new(project: &Project, registry: &Registry) -> Result<Self, BuildError> {
+        let mut matcher = Matcher::default();
+        let mut routes = Vec::with_capacity(project.routes.routes.len());
+        for (i, route) in project.routes.routes.iter().enumerate() {
+            let route = Arc::new(route.clone());
+            let service = registry.build_stack(&route)?;
+            matcher.insert(&route.segments, route.method, i);
+            routes.push((route, service));
+        }
+        Ok(ProjectRouter {
+            matcher: Arc::new(matcher),
+            routes: routes.into(),
+        })
+    }
+
+    /// The routes, in declaration order.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter().map(|(r, _)| &**r)
+    }
+
+    /// An axum Router that answers the project's routes (as its fallback, so that routes added
+    /// to it with `.route()` take precedence).
+    pub fn into_router(self) -> axum::Router {
+        axum::Router::new().fallback_service(self)
+    }
+
+    fn dispatch(&self, mut req: Request) -> Result<(RouteService, Request), Response> {
+        let method = match *req.method() {
+            http::Method::GET | http::Method::HEAD => Method::Get,
+            http::Method::POST => Method::Post,
+            http::Method::PUT => Method::Put,
+            http::Method::PATCH => Method::Patch,
+            http::Method::DELETE => Method::Delete,
+            _ => return Err(self.not_allowed(req.uri().path())),
+        };
+        let path = req.uri().path();
+        let Some(found) = self.matcher.find(path) else {
+            return Err(outcome::not_found(format!(
+                "no route for {}",
+                req.uri().path()
+            )));
+        };
+        let Some(index) = found.op(method) else {
+            return Err(self.not_allowed(path));
+        };
+        let (route, service) = &self.routes[index];
+        let params = match found.decoded_params() {
+            Ok(p) => p,
+            Err(msg) => return Err(outcome::bad_request("invalid", msg)),
+        };
+        req.extensions_mut().insert(RouteMatch {
+            route: route.clone(),
+            params: params.into(),
+        });
+        Ok((service.clone(), req))
+    }
+
+    fn not_allowed(&self, path: &str) -> Response {
+        let allowed: Vec<&str> = self
+            .matcher
+            .find(path)
+            .map(|m| {
+                Method::ALL
+                    .iter()
+                    .filter(|x| m.op(**x).is_some())
+                    .map(|x| x.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut resp = outcome::response(
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            format!(
+                "method not allowed on {path}; allowed: {}",
+                allowed.join(", ")
+            ),
+        );
+        if let Ok(v) = http::HeaderValue::from_str(&allowed.join(", ")) {
+            resp.headers_mut().insert(http::header::ALLOW, v);
+        }
+        resp
+    }
+}
+
+impl Service<Request> for ProjectRouter {
+    type Response = Response;
+    type Error = Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match self.dispatch(req) {
+            Ok((mut service, req)) => Box::pin(async move { service.call(req).await }),
+            Err(resp) => Box::pin(async move { Ok(resp) }),
+        }
+    }
+}

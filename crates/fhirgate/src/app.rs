@@ -1,0 +1,78 @@
+//! Wiring: registry → project → axum app with fhirgate's built-in routes and global layers.
+
+use std::path::Path;
+use std::time::Duration;
+
+use axum::Json;
+use axum::routing::get;
+use fhirgate_config::{Diagnostic, Project};
+use fhirgate_router::{BuildError, ProjectRouter, Registry, outcome};
+use http::StatusCode;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+/// Server settings that shape the app (the CLI fills them from flags and environment).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The public base URL, without trailing slash (the OIDC issuer).
+    pub base_url: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Development mode (debug explanations).
+    pub dev: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            base_url: "http://localhost:8080".into(),
+            max_body: 16 * 1024 * 1024,
+            dev: false,
+        }
+    }
+}
+
+/// The registry with every action and middleware fhirgate ships.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    fhirgate_smart::register(&mut r);
+    r
+}
+
+/// Load and validate the project at `path` against `registry`.
+pub fn load_project(path: &Path, registry: &Registry) -> Result<Project, Vec<Diagnostic>> {
+    fhirgate_config::load(path, registry)
+}
+
+/// The whole HTTP app: built-in routes first, then the project's routes, under global layers.
+pub fn build_app(
+    settings: &Settings,
+    project: &Project,
+    registry: &Registry,
+) -> Result<axum::Router, BuildError> {
+    let project_router = ProjectRouter::new(project, registry)?;
+    let builtin = axum::Router::new().route("/health", get(health));
+    let app = builtin
+        .merge(project_router.into_router())
+        .layer(RequestBodyLimitLayer::new(settings.max_body))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(60),
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            outcome::response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                "internal error",
+            )
+        }))
+        .layer(TraceLayer::new_for_http());
+    Ok(app)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    // The store joins this check when it lands; today the process answering is the whole health.
+    Json(serde_json::json!({"status": "pass"}))
+}

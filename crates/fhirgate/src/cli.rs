@@ -1,0 +1,128 @@
+//! The command line (contract §1). Every flag also reads an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fhirgate",
+    version,
+    about = "SMART on FHIR gateway: Aidbox-style EDN projects as an authorization-enforcing FHIR API"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the EDN project and serve HTTP.
+    Serve(ServeArgs),
+    /// Load and validate the EDN project; print each problem as FILE:LINE:COL: error: MESSAGE.
+    Check(ProjectArgs),
+    /// Print the route table: method, path, action, middlewares, public.
+    Routes(RoutesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectArgs {
+    /// The project's entry file (default: --config, then core.edn).
+    pub file: Option<PathBuf>,
+    /// The project's entry file.
+    #[arg(long = "config", env = "FHIRGATE_CONFIG", default_value = "core.edn")]
+    pub config: PathBuf,
+}
+
+impl ProjectArgs {
+    pub fn path(&self) -> &PathBuf {
+        self.file.as_ref().unwrap_or(&self.config)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RoutesArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Print JSON (one array of route objects) for tools.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The project's entry file.
+    #[arg(long = "config", env = "FHIRGATE_CONFIG", default_value = "core.edn")]
+    pub config: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "FHIRGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The public base URL (the OIDC issuer, exactly; no trailing slash).
+    #[arg(
+        long,
+        env = "FHIRGATE_BASE_URL",
+        default_value = "http://localhost:8080"
+    )]
+    pub base_url: String,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "FHIRGATE_MAX_BODY", default_value_t = 16 * 1024 * 1024)]
+    pub max_body: usize,
+    /// Development mode: enables debug explanations such as `x-debug: policy`.
+    #[arg(long, env = "FHIRGATE_DEV")]
+    pub dev: bool,
+}
+
+/// Check a base URL: absolute http(s), a host, no trailing slash, no query or fragment.
+pub fn validate_base_url(url: &str) -> Result<String, String> {
+    let uri: http::Uri = url.parse().map_err(|_| {
+        format!("FHIRGATE_BASE_URL {url:?} is not a URL; use e.g. http://localhost:8080")
+    })?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(format!(
+                "FHIRGATE_BASE_URL {url:?} must start with http:// or https://"
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("FHIRGATE_BASE_URL {url:?} has no host"));
+    }
+    if url.ends_with('/') {
+        return Err(format!(
+            "FHIRGATE_BASE_URL {url:?} must not end with '/': use {:?}",
+            url.trim_end_matches('/')
+        ));
+    }
+    if uri.query().is_some() || url.contains('#') {
+        return Err(format!(
+            "FHIRGATE_BASE_URL {url:?} must not have a query or fragment"
+        ));
+    }
+    Ok(url.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        assert!(validate_base_url("http://localhost:8080").is_ok());
+        assert!(validate_base_url("https://ehr.example.org/fhirgate").is_ok());
+        assert!(
+            validate_base_url("http://localhost:8080/")
+                .unwrap_err()
+                .contains("must not end with '/'")
+        );
+        assert!(validate_base_url("localhost:8080").is_err());
+        assert!(
+            validate_base_url("ftp://x")
+                .unwrap_err()
+                .contains("http://")
+        );
+        assert!(validate_base_url("http://x/?a=1").is_err());
+        assert!(validate_base_url("not a url").is_err());
+    }
+}

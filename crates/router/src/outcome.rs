@@ -1,0 +1,36 @@
+//! FHIR `OperationOutcome` responses: how FHIR routes answer errors.
+
+use axum::response::IntoResponse;
+use http::{HeaderValue, StatusCode, header};
+
+use crate::Response;
+
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// The OperationOutcome JSON with one error issue.
+pub fn body(code: &str, diagnostics: &str) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}]
+    })
+}
+
+/// A response carrying an OperationOutcome; `code` is a FHIR IssueType (`invalid`, `not-found`…).
+pub fn response(status: StatusCode, code: &str, diagnostics: impl AsRef<str>) -> Response {
+    let mut resp = (status, body(code, diagnostics.as_ref()).to_string()).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    resp
+}
+
+pub fn bad_request(code: &str, diagnostics: impl AsRef<str>) -> Response {
+    response(StatusCode::BAD_REQUEST, code, diagnostics)
+}
+
+pub fn not_found(diagnostics: impl AsRef<str>) -> Response {
+    response(StatusCode::NOT_FOUND, "not-found", diagnostics)
+}
+
+pub fn not_implemented(diagnostics: impl AsRef<str>) -> Response {
+    response(StatusCode::NOT_IMPLEMENTED, "not-supported", diagnostics)
+}

@@ -1,0 +1,76 @@
+//! SMART on FHIR for the API constructor: the `:smart.fhir/*` actions and the two middlewares.
+//!
+//! [`register`] adds them to a [`Registry`]. The middlewares are authentication middlewares (so
+//! `:public true` ops skip them) built on [`middleware::SmartAuthLayer`].
+//!
+//! Status: token verification, scopes and compartments arrive with the authorization server and
+//! the enforcement core; until then the middlewares fail closed (every protected request gets
+//! 401) and the actions answer 501 with an OperationOutcome.
+
+pub mod middleware;
+
+use std::sync::Arc;
+
+use fhirgate_config::{ActionSpec, Route};
+use fhirgate_router::{Registry, Response, outcome};
+
+/// Middleware keyword for patient launch: every request is confined to one patient.
+pub const SINGLE_PATIENT_AUTH: &str = "smart.fhir/single-patient-auth-middleware";
+/// Middleware keyword for provider launch.
+pub const AUTHORIZATION: &str = "smart.fhir/authorization-middleware";
+
+/// Actions a project may name, and whether they need a resource type (decisions §3).
+pub const ACTIONS: &[(&str, bool)] = &[
+    ("smart.fhir/read", true),
+    ("smart.fhir/search", true),
+    ("smart.fhir/search-patient", false),
+    ("smart.fhir/read-public", true),
+    ("smart.fhir/search-public", true),
+    ("smart.fhir/history", false),
+    ("smart.fhir/capability", false),
+    ("smart.fhir/smart-configuration", false),
+    ("smart.fhir/style", false),
+];
+
+/// Register the SMART actions and middlewares.
+pub fn register(registry: &mut Registry) {
+    for (keyword, needs_resource_type) in ACTIONS {
+        let spec = ActionSpec {
+            needs_resource_type: *needs_resource_type,
+        };
+        registry.action(keyword, spec, not_yet(keyword));
+    }
+    for keyword in [SINGLE_PATIENT_AUTH, AUTHORIZATION] {
+        registry.authentication_with(keyword, |_route: &Arc<Route>| {
+            middleware::SmartAuthLayer::new(middleware::refuse_unverifiable)
+        });
+    }
+}
+
+fn not_yet(keyword: &'static str) -> impl Fn(&Arc<Route>) -> NotYet + Send + Sync + 'static {
+    move |_| NotYet(keyword)
+}
+
+/// An action whose implementation has not landed: 501 with an OperationOutcome.
+#[derive(Clone, Copy)]
+pub struct NotYet(&'static str);
+
+impl tower::Service<fhirgate_router::Request> for NotYet {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: fhirgate_router::Request) -> Self::Future {
+        std::future::ready(Ok(outcome::not_implemented(format!(
+            "fhirgate does not implement :{} yet",
+            self.0
+        ))))
+    }
+}

@@ -1,0 +1,134 @@
+//! The SMART authentication middleware: a [`tower::Layer`] whose decision lives behind the small
+//! [`AuthorizeRequest`] trait (closures implement it).
+//!
+//! ```
+//! use fhirgate_smart::middleware::SmartAuthLayer;
+//! use fhirgate_router::{outcome, Request};
+//! use tower::{ServiceBuilder, service_fn, ServiceExt};
+//!
+//! # tokio_test();
+//! # fn tokio_test() { tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! // Allow requests that carry a particular header; a real decider verifies a bearer token.
+//! let layer = SmartAuthLayer::new(|req: &mut Request| {
+//!     if req.headers().contains_key("x-ok") { Ok(()) } else { Err(outcome::not_found("no")) }
+//! });
+//! let svc = ServiceBuilder::new().layer(layer).service(service_fn(|_req: Request| async {
+//!     Ok::<_, std::convert::Infallible>(axum::response::Response::new(axum::body::Body::empty()))
+//! }));
+//! let denied = svc.clone().oneshot(Request::new(axum::body::Body::empty())).await.unwrap();
+//! assert_eq!(denied.status(), 404);
+//! let allowed = svc.oneshot(Request::builder().header("x-ok", "1").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+//! assert_eq!(allowed.status(), 200);
+//! # }) }
+//! ```
+
+use std::task::{Context, Poll};
+
+use fhirgate_router::{Request, Response, outcome};
+use http::{HeaderValue, StatusCode, header};
+use tower::{Layer, Service};
+
+/// Decides whether a request may proceed. It may annotate the request (e.g. insert the verified
+/// principal into its extensions); `Err` is the response to send instead.
+pub trait AuthorizeRequest: Clone + Send + Sync + 'static {
+    fn authorize(&self, req: &mut Request) -> Result<(), Response>;
+}
+
+impl<F> AuthorizeRequest for F
+where
+    F: Fn(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static,
+{
+    fn authorize(&self, req: &mut Request) -> Result<(), Response> {
+        self(req)
+    }
+}
+
+/// Wraps a route with an [`AuthorizeRequest`] decision.
+#[derive(Clone)]
+pub struct SmartAuthLayer<A> {
+    auth: A,
+}
+
+impl<A> SmartAuthLayer<A> {
+    pub fn new(auth: A) -> Self {
+        SmartAuthLayer { auth }
+    }
+}
+
+impl<S, A: Clone> Layer<S> for SmartAuthLayer<A> {
+    type Service = SmartAuth<S, A>;
+    fn layer(&self, inner: S) -> Self::Service {
+        SmartAuth {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// The service [`SmartAuthLayer`] produces.
+#[derive(Clone)]
+pub struct SmartAuth<S, A> {
+    inner: S,
+    auth: A,
+}
+
+impl<S, A> Service<Request> for SmartAuth<S, A>
+where
+    S: Service<Request, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    A: AuthorizeRequest,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        match self.auth.authorize(&mut req) {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(resp) => Box::pin(std::future::ready(Ok(resp))),
+        }
+    }
+}
+
+/// A 401 with the RFC 6750 challenge: no `error` when no token was sent, else `error`.
+pub fn unauthorized(error: Option<&str>, description: &str) -> Response {
+    let mut resp = outcome::response(StatusCode::UNAUTHORIZED, "login", description);
+    let challenge = match error {
+        None => "Bearer realm=\"fhirgate\"".to_string(),
+        Some(e) => format!(
+            "Bearer realm=\"fhirgate\", error=\"{e}\", error_description=\"{}\"",
+            description.replace('"', "'")
+        ),
+    };
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// The bearer token of a request, if it sent one.
+pub fn bearer(req: &Request) -> Option<&str> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The decision used until token verification exists: fail closed on every protected request.
+pub fn refuse_unverifiable(req: &mut Request) -> Result<(), Response> {
+    match bearer(req) {
+        None => Err(unauthorized(None, "a bearer token is required")),
+        Some(_) => Err(unauthorized(
+            Some("invalid_token"),
+            "this server cannot verify access tokens yet",
+        )),
+    }
+}

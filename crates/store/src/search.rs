@@ -1,0 +1,625 @@
+//! FHIR search: the typed query, its parsing from request parameters, and its translation to
+//! SQL over the index tables.
+//!
+//! Every value from the request is bound as a parameter (`$n`); the SQL text only ever contains
+//! table and column names chosen here. The first selective condition drives the query
+//! (`r.id IN (SELECT id FROM index WHERE resource_type, param, value …)`, an index range scan)
+//! and the others are checked per candidate with correlated `EXISTS` on the per-resource index,
+//! so `Observation?patient=X&category=laboratory` reads the patient's rows, not every lab result.
+
+use serde_json::Value;
+
+use crate::date::{self, MAX_US, MIN_US};
+use crate::error::{Result, StoreError};
+use crate::fhirpath::split_reference;
+use crate::index::{self, IndexKind, normalize};
+
+/// Page size when the query names none.
+pub const DEFAULT_COUNT: usize = 100;
+
+/// A search on one resource type.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SearchQuery {
+    pub resource_type: String,
+    /// Conditions that must all hold (AND).
+    pub params: Vec<Filter>,
+    pub sort: Vec<SortKey>,
+    /// Page size; `None` means [`DEFAULT_COUNT`]. `Some(0)` returns no resources (for `_total`).
+    pub count: Option<usize>,
+    /// Resources to skip: the paging position.
+    pub offset: usize,
+    pub total: TotalMode,
+    /// `_include=Source:param[:Target]`.
+    pub include: Vec<Include>,
+    /// `_revinclude=Source:param[:Target]`.
+    pub revinclude: Vec<Include>,
+    /// Only resources in this Patient's compartment (R4 `CompartmentDefinition/patient`).
+    pub patient_compartment: Option<String>,
+}
+
+/// One search parameter of the query: `name[:modifier]=v1,v2` (any value matches: OR).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    pub name: String,
+    pub modifier: Option<String>,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortKey {
+    pub param: String,
+    pub descending: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Include {
+    pub source_type: String,
+    pub param: String,
+    pub target_type: Option<String>,
+}
+
+/// `_total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TotalMode {
+    #[default]
+    None,
+    Estimate,
+    Accurate,
+}
+
+/// One page of results.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SearchResult {
+    /// The matches of this page, in order.
+    pub matches: Vec<Value>,
+    /// Resources pulled in by `_include`/`_revinclude` (each once, none of them a match).
+    pub included: Vec<Value>,
+    /// The number of matches across all pages, when `_total` asked for it.
+    pub total: Option<u64>,
+    /// The `offset` of the next page, if there is one.
+    pub next_offset: Option<usize>,
+}
+
+/// Parameters that steer the result rather than filter it, handled above the store.
+const RESULT_PARAMS: [&str; 6] = ["_format", "_summary", "_elements", "_pretty", "_contained", "_containedType"];
+
+impl SearchQuery {
+    /// An unfiltered search of `resource_type`.
+    pub fn new(resource_type: impl Into<String>) -> Self {
+        SearchQuery { resource_type: resource_type.into(), ..Default::default() }
+    }
+
+    /// Add `name[:modifier]=values`.
+    pub fn filter(mut self, name: &str, modifier: Option<&str>, values: &[&str]) -> Self {
+        self.params.push(Filter {
+            name: name.to_string(),
+            modifier: modifier.map(str::to_string),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        });
+        self
+    }
+
+    /// Build a query from decoded request parameters (`name[:modifier]`, raw value).
+    /// Unknown or unsupported parameters and malformed values are [`StoreError::Invalid`].
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(resource_type: &str, pairs: impl IntoIterator<Item = (K, V)>) -> Result<Self> {
+        let mut q = SearchQuery::new(resource_type);
+        for (k, v) in pairs {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            let (name, modifier) = match k.split_once(':') {
+                Some((n, m)) => (n, Some(m)),
+                None => (k, None),
+            };
+            match name {
+                "_count" | "_limit" => q.count = Some(parse_usize(k, v)?),
+                "_offset" => q.offset = parse_usize(k, v)?,
+                "_total" => {
+                    q.total = match v {
+                        "none" => TotalMode::None,
+                        "estimate" => TotalMode::Estimate,
+                        "accurate" => TotalMode::Accurate,
+                        _ => return Err(invalid(format!("_total must be none, estimate or accurate, not {v:?}"))),
+                    }
+                }
+                "_sort" => {
+                    for key in v.split(',').filter(|s| !s.is_empty()) {
+                        let (param, descending) = match key.strip_prefix('-') {
+                            Some(p) => (p, true),
+                            None => (key, false),
+                        };
+                        q.sort.push(SortKey { param: param.to_string(), descending });
+                    }
+                }
+                "_include" | "_revinclude" => {
+                    let mut parts = v.split(':');
+                    let (Some(source), Some(param)) = (parts.next(), parts.next()) else {
+                        return Err(invalid(format!("{name} must be Type:param[:Target], not {v:?}")));
+                    };
+                    let inc = Include {
+                        source_type: source.to_string(),
+                        param: param.to_string(),
+                        target_type: parts.next().map(str::to_string),
+                    };
+                    if name == "_include" { q.include.push(inc) } else { q.revinclude.push(inc) }
+                }
+                n if RESULT_PARAMS.contains(&n) => {}
+                _ => q.params.push(Filter {
+                    name: name.to_string(),
+                    modifier: modifier.map(str::to_string),
+                    values: split_values(v),
+                }),
+            }
+        }
+        q.validate()?;
+        Ok(q)
+    }
+
+    /// Check every parameter, modifier, value and sort key against the type's definitions.
+    pub fn validate(&self) -> Result<()> {
+        let mut sql = Sql::default();
+        build_where(self, &mut sql).map(|_| ())?;
+        for k in &self.sort {
+            sort_expr(&self.resource_type, k, &mut sql)?;
+        }
+        for inc in self.include.iter().chain(&self.revinclude) {
+            reference_param(&inc.source_type, &inc.param)?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_usize(k: &str, v: &str) -> Result<usize> {
+    v.parse().map_err(|_| invalid(format!("{k} must be a non-negative integer, not {v:?}")))
+}
+
+fn invalid(msg: String) -> StoreError {
+    StoreError::Invalid(msg)
+}
+
+/// Split on commas not escaped with `\` (FHIR search escaping); escapes stay for later steps.
+fn split_values(v: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let cur = out.last_mut();
+                if let Some(cur) = cur {
+                    cur.push('\\');
+                    cur.extend(chars.next());
+                }
+            }
+            ',' => out.push(String::new()),
+            c => {
+                if let Some(cur) = out.last_mut() {
+                    cur.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Split a token on its first unescaped `|` and remove the escapes.
+fn split_token(v: &str) -> (Option<String>, String) {
+    let mut prev_backslash = false;
+    for (i, c) in v.char_indices() {
+        if c == '|' && !prev_backslash {
+            return (Some(unescape(&v[..i])), unescape(&v[i + 1..]));
+        }
+        prev_backslash = c == '\\' && !prev_backslash;
+    }
+    (None, unescape(v))
+}
+
+fn unescape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            out.extend(chars.next());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A bound SQL value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// SQL text with `$n` placeholders and the values they stand for.
+#[derive(Debug, Default)]
+pub(crate) struct Sql {
+    pub text: String,
+    pub binds: Vec<Bind>,
+}
+
+impl Sql {
+    /// Bind `value` and return its placeholder.
+    pub fn bind(&mut self, value: Bind) -> String {
+        self.binds.push(value);
+        format!("${}", self.binds.len())
+    }
+
+    pub fn text(&mut self, value: impl Into<String>) -> String {
+        self.bind(Bind::Text(value.into()))
+    }
+
+    pub fn int(&mut self, value: i64) -> String {
+        self.bind(Bind::Int(value))
+    }
+}
+
+/// How one filter is expressed against its index table.
+struct Cond {
+    /// The index table, or `None` for a condition on the resource row itself.
+    table: Option<&'static str>,
+    param: String,
+    /// Predicate over alias `s` (index tables) or `r` (resource row).
+    pred: String,
+    negated: bool,
+    /// Lower is more selective; `None` cannot drive the query.
+    rank: Option<u8>,
+}
+
+/// The WHERE clause (without the keyword) of a search; `$1` is the resource type.
+pub(crate) fn build_where(q: &SearchQuery, sql: &mut Sql) -> Result<String> {
+    if !q.resource_type.chars().all(|c| c.is_ascii_alphanumeric()) || q.resource_type.is_empty() {
+        return Err(invalid(format!("{:?} is not a resource type", q.resource_type)));
+    }
+    let rt = sql.text(&q.resource_type);
+    debug_assert_eq!(rt, "$1");
+    let mut conds = Vec::new();
+    if let Some(pid) = &q.patient_compartment {
+        conds.push(compartment_cond(&q.resource_type, pid, sql)?);
+    }
+    for f in &q.params {
+        conds.push(filter_cond(&q.resource_type, f, sql)?);
+    }
+    let driver = conds
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !c.negated)
+        .filter_map(|(i, c)| c.rank.map(|r| (r, i)))
+        .min()
+        .map(|(_, i)| i);
+    let mut clauses = vec![format!("r.resource_type = {rt}"), "r.deleted = FALSE".to_string()];
+    for (i, c) in conds.iter().enumerate() {
+        let Some(table) = c.table else {
+            clauses.push(if c.negated { format!("NOT ({})", c.pred) } else { format!("({})", c.pred) });
+            continue;
+        };
+        let param_filter = if c.param.is_empty() { String::new() } else { format!(" AND s.param = {}", c.param) };
+        if Some(i) == driver {
+            clauses.push(format!(
+                "r.id IN (SELECT s.id FROM {table} s WHERE s.resource_type = {rt}{param_filter} AND ({}))",
+                c.pred
+            ));
+        } else {
+            clauses.push(format!(
+                "{}EXISTS (SELECT 1 FROM {table} s WHERE s.resource_type = r.resource_type AND s.id = r.id{param_filter} AND ({}))",
+                if c.negated { "NOT " } else { "" },
+                c.pred
+            ));
+        }
+    }
+    Ok(clauses.join(" AND "))
+}
+
+fn compartment_cond(resource_type: &str, patient_id: &str, sql: &mut Sql) -> Result<Cond> {
+    if resource_type == "Patient" {
+        return Ok(Cond { table: None, param: String::new(), pred: format!("r.id = {}", sql.text(patient_id)), negated: false, rank: None });
+    }
+    let params = fhirgate_fhir::patient_compartment_params(resource_type).unwrap_or_default();
+    let params: Vec<String> = params.iter().filter(|p| index::param(resource_type, p).is_some()).map(|p| sql.text(p.as_str())).collect();
+    if params.is_empty() {
+        // Not in the compartment at all: nothing matches.
+        return Ok(Cond { table: None, param: String::new(), pred: "1 = 0".into(), negated: false, rank: None });
+    }
+    let pred = format!(
+        "s.param IN ({}) AND s.ref_type = {} AND s.ref_id = {}",
+        params.join(", "),
+        sql.text("Patient"),
+        sql.text(patient_id)
+    );
+    Ok(Cond { table: Some("search_reference"), param: String::new(), pred, negated: false, rank: Some(1) })
+}
+
+fn filter_cond(resource_type: &str, f: &Filter, sql: &mut Sql) -> Result<Cond> {
+    if f.values.is_empty() || f.values.iter().any(String::is_empty) {
+        return Err(invalid(format!("search parameter {} has an empty value", f.name)));
+    }
+    let modifier = f.modifier.as_deref();
+    if modifier == Some("missing") {
+        let missing = match f.values.as_slice() {
+            [v] if v == "true" => true,
+            [v] if v == "false" => false,
+            _ => return Err(invalid(format!("{}:missing must be true or false", f.name))),
+        };
+        if f.name == "_id" || f.name == "_lastUpdated" {
+            return Ok(Cond { table: None, param: String::new(), pred: "1 = 1".into(), negated: missing, rank: None });
+        }
+        let p = param_of(resource_type, &f.name)?;
+        return Ok(Cond { table: Some(table_of(p.kind)), param: sql.text(p.code), pred: "1 = 1".into(), negated: missing, rank: None });
+    }
+    match f.name.as_str() {
+        "_id" => {
+            no_modifier(f)?;
+            let ids: Vec<String> = f.values.iter().map(|v| sql.text(unescape(v))).collect();
+            return Ok(Cond { table: None, param: String::new(), pred: format!("r.id IN ({})", ids.join(", ")), negated: false, rank: None });
+        }
+        "_lastUpdated" => {
+            no_modifier(f)?;
+            let mut alts = Vec::new();
+            for v in &f.values {
+                alts.push(date_pred(v, "r.lu", "(r.lu + 1)", sql)?);
+            }
+            return Ok(Cond { table: None, param: String::new(), pred: or(&alts), negated: false, rank: None });
+        }
+        _ => {}
+    }
+    let p = param_of(resource_type, &f.name)?;
+    let table = Some(table_of(p.kind));
+    let param = sql.text(p.code);
+    let mut alts = Vec::new();
+    let (negated, rank) = match p.kind {
+        IndexKind::Token | IndexKind::Uri => {
+            let negated = match modifier {
+                None => false,
+                Some("not") if p.kind == IndexKind::Token => true,
+                Some(m) => return Err(unsupported_modifier(f, m)),
+            };
+            for v in &f.values {
+                let (system, code) = if p.kind == IndexKind::Uri { (None, unescape(v)) } else { split_token(v) };
+                alts.push(match (system, code.is_empty()) {
+                    (None, _) => format!("s.code = {}", sql.text(code)),
+                    (Some(s), true) => format!("s.system = {}", sql.text(s)),
+                    (Some(s), false) => format!("s.code = {} AND s.system = {}", sql.text(code), sql.text(s)),
+                });
+            }
+            (negated, Some(2))
+        }
+        IndexKind::String => {
+            for v in &f.values {
+                let v = unescape(v);
+                let norm = normalize(&v);
+                alts.push(match modifier {
+                    None => {
+                        // Prefix match as a range, so it uses the index and `%`/`_` stay literal.
+                        let hi = format!("{norm}{}", char::MAX);
+                        format!("s.value >= {} AND s.value < {}", sql.text(norm), sql.text(hi))
+                    }
+                    Some("exact") => format!("s.value = {} AND s.raw = {}", sql.text(norm), sql.text(v)),
+                    Some("contains") => format!("s.value LIKE {} ESCAPE '\\'", sql.text(format!("%{}%", like_escape(&norm)))),
+                    Some(m) => return Err(unsupported_modifier(f, m)),
+                });
+            }
+            (false, Some(if modifier == Some("exact") { 2 } else if modifier.is_none() { 3 } else { 9 }))
+        }
+        IndexKind::Reference => {
+            let type_modifier = match modifier {
+                None => None,
+                Some(m) if m.starts_with(|c: char| c.is_ascii_uppercase()) && m.chars().all(|c| c.is_ascii_alphanumeric()) => Some(m),
+                Some(m) => return Err(unsupported_modifier(f, m)),
+            };
+            for v in &f.values {
+                let v = unescape(v);
+                let (ty, id, url) = parse_reference_value(&f.name, &v)?;
+                let ty = ty.or(type_modifier.map(str::to_string));
+                alts.push(match (ty, id, url) {
+                    (Some(t), Some(id), _) => format!("s.ref_id = {} AND s.ref_type = {}", sql.text(id), sql.text(t)),
+                    (None, Some(id), _) => format!("s.ref_id = {}", sql.text(id)),
+                    (_, None, Some(url)) => format!("s.ref_url = {}", sql.text(url)),
+                    _ => return Err(invalid(format!("bad reference {v:?} for {}", f.name))),
+                });
+            }
+            (false, Some(1))
+        }
+        IndexKind::Date => {
+            if let Some(m) = modifier {
+                return Err(unsupported_modifier(f, m));
+            }
+            for v in &f.values {
+                alts.push(date_pred(v, "s.lo", "s.hi", sql)?);
+            }
+            (false, Some(4))
+        }
+    };
+    Ok(Cond { table, param, pred: or(&alts), negated, rank })
+}
+
+/// `(type, id, url)` of a reference search value: `id`, `Type/id`, an absolute URL or a URN.
+fn parse_reference_value(name: &str, v: &str) -> Result<(Option<String>, Option<String>, Option<String>)> {
+    if v.contains("://") || v.starts_with("urn:") {
+        return Ok(match split_reference(v) {
+            Some((t, id)) => (Some(t), Some(id), None),
+            None => (None, None, Some(v.to_string())),
+        });
+    }
+    if v.contains('/') {
+        return match split_reference(v) {
+            Some((t, id)) => Ok((Some(t), Some(id), None)),
+            None => Err(invalid(format!("bad reference {v:?} for {name}: expected id, Type/id or a URL"))),
+        };
+    }
+    Ok((None, Some(v.to_string()), None))
+}
+
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn or(alts: &[String]) -> String {
+    if alts.len() == 1 { alts[0].clone() } else { alts.iter().map(|a| format!("({a})")).collect::<Vec<_>>().join(" OR ") }
+}
+
+fn no_modifier(f: &Filter) -> Result<()> {
+    match &f.modifier {
+        None => Ok(()),
+        Some(m) => Err(unsupported_modifier(f, m)),
+    }
+}
+
+fn unsupported_modifier(f: &Filter, m: &str) -> StoreError {
+    invalid(format!("modifier :{m} is not supported on {}", f.name))
+}
+
+fn param_of(resource_type: &str, name: &str) -> Result<&'static index::CompiledParam> {
+    index::param(resource_type, name).ok_or_else(|| {
+        if fhirgate_fhir::search_param(resource_type, name).is_some() {
+            invalid(format!("search parameter {name} of {resource_type} is not supported"))
+        } else {
+            invalid(format!("unknown search parameter {name} for {resource_type}"))
+        }
+    })
+}
+
+fn reference_param(resource_type: &str, name: &str) -> Result<&'static index::CompiledParam> {
+    let p = param_of(resource_type, name)?;
+    if p.kind != IndexKind::Reference {
+        return Err(invalid(format!("{resource_type}:{name} is not a reference parameter")));
+    }
+    Ok(p)
+}
+
+pub(crate) fn table_of(kind: IndexKind) -> &'static str {
+    match kind {
+        IndexKind::Token | IndexKind::Uri => "search_token",
+        IndexKind::String => "search_string",
+        IndexKind::Reference => "search_reference",
+        IndexKind::Date => "search_date",
+    }
+}
+
+/// A date comparison (`ge2020-01`) of the search range against `[lo, hi)` columns.
+fn date_pred(v: &str, lo: &str, hi: &str, sql: &mut Sql) -> Result<String> {
+    let (prefix, rest) = match v.get(..2) {
+        Some(p @ ("eq" | "ne" | "gt" | "lt" | "ge" | "le" | "sa" | "eb" | "ap")) => (p, &v[2..]),
+        _ => ("eq", v),
+    };
+    let (ps, pe) = date::parse_range(rest).ok_or_else(|| invalid(format!("bad date {v:?}: expected [prefix]YYYY[-MM[-DD[Thh:mm[:ss][zone]]]]")))?;
+    let (ps, pe) = (sql.int(ps), sql.int(pe));
+    let within = format!("{lo} >= {ps} AND {hi} <= {pe}");
+    Ok(match prefix {
+        "eq" => within,
+        "ne" => format!("NOT ({within})"),
+        "gt" => format!("{hi} > {pe}"),
+        "lt" => format!("{lo} < {ps}"),
+        "ge" => format!("{hi} > {pe} OR ({within})"),
+        "le" => format!("{lo} < {ps} OR ({within})"),
+        "sa" => format!("{lo} >= {pe}"),
+        "eb" => format!("{hi} <= {ps}"),
+        _ => format!("{lo} < {pe} AND {hi} > {ps}"), // ap: overlaps
+    })
+}
+
+/// An ORDER BY term for one sort key.
+pub(crate) fn sort_expr(resource_type: &str, k: &SortKey, sql: &mut Sql) -> Result<String> {
+    let dir = if k.descending { "DESC" } else { "ASC" };
+    Ok(match k.param.as_str() {
+        "_id" => format!("r.id {dir}"),
+        "_lastUpdated" => format!("r.lu {dir}"),
+        name => {
+            let p = param_of(resource_type, name)?;
+            let param = sql.text(p.code);
+            let corr = "s.resource_type = r.resource_type AND s.id = r.id AND s.param =";
+            match p.kind {
+                IndexKind::Date if k.descending => {
+                    format!("COALESCE((SELECT MAX(s.hi) FROM search_date s WHERE {corr} {param}), {MIN_US}) DESC")
+                }
+                IndexKind::Date => format!("COALESCE((SELECT MIN(s.lo) FROM search_date s WHERE {corr} {param}), {MAX_US}) ASC"),
+                IndexKind::String | IndexKind::Token | IndexKind::Uri => {
+                    let (col, table) = if p.kind == IndexKind::String { ("value", "search_string") } else { ("code", "search_token") };
+                    let agg = if k.descending { "MAX" } else { "MIN" };
+                    let sub = format!("(SELECT {agg}(s.{col}) FROM {table} s WHERE {corr} {param})");
+                    format!("({sub} IS NULL) ASC, {sub} {dir}")
+                }
+                IndexKind::Reference => return Err(invalid(format!("cannot sort by reference parameter {name}"))),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_request_parameters() {
+        let q = SearchQuery::from_pairs(
+            "Observation",
+            [
+                ("patient", "Patient/1"),
+                ("category", "http://x|laboratory,vital-signs"),
+                ("date", "ge2020"),
+                ("_count", "10"),
+                ("_sort", "-date,_id"),
+                ("_total", "accurate"),
+                ("_include", "Observation:patient"),
+                ("_revinclude", "Provenance:target"),
+                ("_format", "json"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(q.params.len(), 3);
+        assert_eq!(q.params[1].values, vec!["http://x|laboratory", "vital-signs"]);
+        assert_eq!(q.count, Some(10));
+        assert_eq!(q.sort, vec![SortKey { param: "date".into(), descending: true }, SortKey { param: "_id".into(), descending: false }]);
+        assert_eq!(q.total, TotalMode::Accurate);
+        assert_eq!(q.revinclude[0], Include { source_type: "Provenance".into(), param: "target".into(), target_type: None });
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let bad: &[(&str, &str)] = &[
+            ("nope", "1"),
+            ("value-quantity", "5"),
+            ("date", "2020-13"),
+            ("date", "xx2020"),
+            ("code:text", "x"),
+            ("patient", "a/b/c"),
+            ("_count", "-1"),
+            ("_total", "maybe"),
+            ("_include", "Observation"),
+            ("_include", "Observation:code"),
+            ("_sort", "patient"),
+            ("status", ""),
+            ("status:missing", "maybe"),
+        ];
+        for (k, v) in bad {
+            match SearchQuery::from_pairs("Observation", [(*k, *v)]) {
+                Err(StoreError::Invalid(_)) => {}
+                other => panic!("{k}={v} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn escapes_split_correctly() {
+        assert_eq!(split_values(r"a\,b,c"), vec![r"a\,b", "c"]);
+        assert_eq!(split_token(r"s\|x|c"), (Some("s|x".into()), "c".into()));
+        assert_eq!(split_token("|c"), (Some(String::new()), "c".into()));
+        assert_eq!(split_token("c"), (None, "c".into()));
+    }
+
+    #[test]
+    fn values_are_bound_never_inlined() {
+        let evil = "x'; DROP TABLE resource;--";
+        let q = SearchQuery::new("Patient").filter("name", None, &[evil]).filter("identifier", None, &[evil]);
+        let mut sql = Sql::default();
+        let w = build_where(&q, &mut sql).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!w.contains("DROP"), "{w}");
+        assert!(sql.binds.contains(&Bind::Text(evil.into())));
+    }
+}
