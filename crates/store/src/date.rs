@@ -22,8 +22,14 @@ pub(crate) fn parse_range(s: &str) -> Option<(i64, i64)> {
     };
     let mut it = date_part.split('-');
     let year: i32 = digits(it.next()?, 4)?.try_into().ok()?;
-    let month = it.next().map(|m| digits(m, 2)).transpose()?;
-    let day = it.next().map(|d| digits(d, 2)).transpose()?;
+    let month = match it.next() {
+        Some(m) => Some(digits(m, 2)?),
+        None => None,
+    };
+    let day = match it.next() {
+        Some(d) => Some(digits(d, 2)?),
+        None => None,
+    };
     if it.next().is_some() || year < 1 {
         return None;
     }

@@ -118,12 +118,6 @@ pub(crate) struct IndexRows {
     pub dates: Vec<(&'static str, i64, i64)>,
 }
 
-impl IndexRows {
-    pub fn len(&self) -> usize {
-        self.tokens.len() + self.strings.len() + self.references.len() + self.dates.len()
-    }
-}
-
 /// Extract the index rows of `resource` (whose `resourceType` is `resource_type`).
 pub(crate) fn extract(resource_type: &str, resource: &Value) -> IndexRows {
     let mut rows = IndexRows::default();

@@ -1,1 +1,103 @@
-//! placeholder
+//! fhirgate's FHIR store: resources with versions and history, and FHIR search, over SQLite
+//! (the embedded default) or PostgreSQL (several fhirgate processes on one database).
+//!
+//! Resources are `serde_json::Value`s stored as given plus `id` and `meta.versionId`/
+//! `meta.lastUpdated`. Every write also rewrites the resource's search index rows in the same
+//! transaction, so a search never sees a half-written resource.
+//!
+//! ```no_run
+//! # async fn demo() -> fhirgate_store::Result<()> {
+//! use fhirgate_store::{open, SearchQuery};
+//! let store = open("sqlite:data/fhirgate.db").await?;
+//! let p = store.create(serde_json::json!({"resourceType": "Patient", "name": [{"family": "Chalmers"}]})).await?;
+//! let found = store.search(&SearchQuery::new("Patient").filter("family", None, &["chal"])).await?;
+//! assert_eq!(found.matches.len(), 1);
+//! # Ok(()) }
+//! ```
+
+mod backend;
+mod date;
+mod error;
+mod fhirpath;
+mod index;
+mod search;
+mod write;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+pub use backend::{PostgresStore, SqliteStore};
+pub use error::{Result, StoreError};
+pub use index::{UnsupportedParam, unsupported_params};
+pub use search::{DEFAULT_COUNT, Filter, Include, SearchQuery, SearchResult, SortKey, TotalMode};
+pub use write::Stored;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One version of a resource, as `_history` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    pub version_id: String,
+    pub last_updated: String,
+    /// Whether this version is a deletion.
+    pub deleted: bool,
+    /// The resource as of this version; `None` for a deletion.
+    pub resource: Option<Value>,
+}
+
+/// The FHIR store. Object-safe so the server can hold an `Arc<dyn Store>` whatever the backend.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    fn backend(&self) -> Backend;
+
+    /// Whether the database answers (for `/health`).
+    async fn ping(&self) -> Result<()>;
+
+    /// Create a resource. Its `id` is kept when given (an existing live resource with that id
+    /// is [`StoreError::AlreadyExists`]), else one is assigned.
+    async fn create(&self, resource: Value) -> Result<Stored>;
+
+    /// The current version; [`StoreError::Gone`] if deleted, [`StoreError::NotFound`] if it
+    /// never existed.
+    async fn read(&self, resource_type: &str, id: &str) -> Result<Value>;
+
+    /// One version; a deletion version is [`StoreError::Gone`].
+    async fn vread(&self, resource_type: &str, id: &str, version_id: &str) -> Result<Value>;
+
+    /// Create or replace the resource named by its `resourceType` and `id`. With `if_match`,
+    /// the current version must be that one ([`StoreError::VersionConflict`] otherwise).
+    async fn update(&self, resource: Value, if_match: Option<&str>) -> Result<Stored>;
+
+    /// Delete (a new, deleted version in the history). `None` if there was nothing to delete.
+    async fn delete(&self, resource_type: &str, id: &str) -> Result<Option<Stored>>;
+
+    /// Every version of one resource, newest first; [`StoreError::NotFound`] if it never existed.
+    async fn history(&self, resource_type: &str, id: &str) -> Result<Vec<HistoryEntry>>;
+
+    /// Create or replace all of `resources` in one transaction: all of them or none.
+    async fn upsert_all(&self, resources: Vec<Value>) -> Result<Vec<Stored>>;
+
+    /// Run a FHIR search.
+    async fn search(&self, query: &SearchQuery) -> Result<SearchResult>;
+
+    /// The database's query plan for the page query of `query`, one line per plan step.
+    async fn explain(&self, query: &SearchQuery) -> Result<String>;
+}
+
+/// Open (creating and migrating as needed) the store a URL names: `sqlite:PATH` /
+/// `sqlite://PATH` or `postgres://…` / `postgresql://…`.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::open(url).await?))
+    } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        Ok(Arc::new(SqliteStore::open(path).await?))
+    } else {
+        Err(StoreError::Invalid(format!("unsupported database URL {url:?}: expected sqlite:PATH or postgres://…")))
+    }
+}

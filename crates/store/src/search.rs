@@ -229,6 +229,10 @@ fn unescape(v: &str) -> String {
 pub(crate) enum Bind {
     Text(String),
     Int(i64),
+    Bool(bool),
+    Json(Value),
+    /// A nullable JSON column (a deleted version's body).
+    OptJson(Option<Value>),
 }
 
 /// SQL text with `$n` placeholders and the values they stand for.
@@ -549,6 +553,77 @@ pub(crate) fn sort_expr(resource_type: &str, k: &SortKey, sql: &mut Sql) -> Resu
             }
         }
     })
+}
+
+/// The page query: `SELECT r.body …` with sort, limit (one more than the page, to tell
+/// whether a next page exists) and offset.
+pub(crate) fn page_sql(q: &SearchQuery) -> Result<Sql> {
+    let mut sql = Sql::default();
+    let w = build_where(q, &mut sql)?;
+    let mut order = Vec::new();
+    for k in &q.sort {
+        order.push(sort_expr(&q.resource_type, k, &mut sql)?);
+    }
+    order.push("r.id ASC".into());
+    let count = q.count.unwrap_or(DEFAULT_COUNT);
+    let limit = sql.int(i64::try_from(count.saturating_add(1)).unwrap_or(i64::MAX));
+    let offset = sql.int(i64::try_from(q.offset).unwrap_or(i64::MAX));
+    sql.text = format!("SELECT r.body FROM resource r WHERE {w} ORDER BY {} LIMIT {limit} OFFSET {offset}", order.join(", "));
+    Ok(sql)
+}
+
+/// `SELECT COUNT(*)` of all matches, for `_total=accurate`.
+pub(crate) fn count_sql(q: &SearchQuery) -> Result<Sql> {
+    let mut sql = Sql::default();
+    let w = build_where(q, &mut sql)?;
+    sql.text = format!("SELECT COUNT(*) FROM resource r WHERE {w}");
+    Ok(sql)
+}
+
+/// Queries returning `(resource_type, id, body)` of the resources that `_include` and
+/// `_revinclude` pull in for the matches `ids` (all of type `q.resource_type`).
+pub(crate) fn include_sql(q: &SearchQuery, ids: &[String]) -> Result<Vec<Sql>> {
+    let mut out = Vec::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    for inc in &q.include {
+        let p = reference_param(&inc.source_type, &inc.param)?;
+        if inc.source_type != q.resource_type {
+            continue; // applies to matches of another type: none here
+        }
+        let mut sql = Sql::default();
+        let (rt, param) = (sql.text(&q.resource_type), sql.text(p.code));
+        let list: Vec<String> = ids.iter().map(|id| sql.text(id.as_str())).collect();
+        let target = match &inc.target_type {
+            Some(t) => format!(" AND s.ref_type = {}", sql.text(t.as_str())),
+            None => String::new(),
+        };
+        sql.text = format!(
+            "SELECT t.resource_type, t.id, t.body FROM search_reference s \
+             JOIN resource t ON t.resource_type = s.ref_type AND t.id = s.ref_id \
+             WHERE s.resource_type = {rt} AND s.param = {param} AND s.id IN ({}){target} AND t.deleted = FALSE",
+            list.join(", ")
+        );
+        out.push(sql);
+    }
+    for inc in &q.revinclude {
+        let p = reference_param(&inc.source_type, &inc.param)?;
+        if inc.target_type.as_deref().is_some_and(|t| t != q.resource_type) {
+            continue;
+        }
+        let mut sql = Sql::default();
+        let (src, param, target) = (sql.text(&inc.source_type), sql.text(p.code), sql.text(&q.resource_type));
+        let list: Vec<String> = ids.iter().map(|id| sql.text(id.as_str())).collect();
+        sql.text = format!(
+            "SELECT t.resource_type, t.id, t.body FROM search_reference s \
+             JOIN resource t ON t.resource_type = s.resource_type AND t.id = s.id \
+             WHERE s.resource_type = {src} AND s.param = {param} AND s.ref_type = {target} AND s.ref_id IN ({}) AND t.deleted = FALSE",
+            list.join(", ")
+        );
+        out.push(sql);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

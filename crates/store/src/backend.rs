@@ -1,0 +1,264 @@
+//! The two backends. They run the same SQL (PostgreSQL and SQLite both take `$n` placeholders,
+//! `ON CONFLICT`, `TRUE`/`FALSE`), so one macro implements [`Store`] for both; what differs is
+//! how a write transaction serializes against others:
+//!
+//! - SQLite: `BEGIN IMMEDIATE` takes the database's single write lock up front.
+//! - PostgreSQL: placeholder rows are claimed (`INSERT … ON CONFLICT DO NOTHING`) and then
+//!   locked (`SELECT … FOR UPDATE`), in key order, so concurrent writers of the same resource
+//!   queue up, new resources included, without locking anything else.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::error::{Result, StoreError};
+use crate::search::{self, Bind, SearchQuery, SearchResult, Sql, TotalMode};
+use crate::write::{self, Current, Op, Stored};
+use crate::{Backend, HistoryEntry, Store};
+
+/// The store on an SQLite file (WAL mode).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+/// The store on a PostgreSQL database (bodies as JSONB).
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl SqliteStore {
+    /// Open (creating the file and its folders if needed) and migrate the database at `path`.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL in WAL mode: a committed write survives a crash of the process (kill -9);
+            // only an OS crash or power loss can drop the last transactions.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .pragma("cache_size", "-65536");
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// The connection pool, for other tables that live in the same database.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+impl PostgresStore {
+    /// Connect to and migrate the database `url` names (`postgres://…`; an
+    /// `options[search_path]=schema` query parameter selects a schema).
+    pub async fn open(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(30)).connect(url).await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// The connection pool, for other tables that live in the same database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+macro_rules! bind_all {
+    ($db:ty, $sql:expr) => {{
+        let sql: Sql = $sql;
+        let mut q = sqlx::query::<$db>(AssertSqlSafe(sql.text));
+        for b in sql.binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s),
+                Bind::Int(i) => q.bind(i),
+                Bind::Bool(b) => q.bind(b),
+                Bind::Json(v) => q.bind(Json(v)),
+                Bind::OptJson(v) => q.bind(v.map(Json)),
+            };
+        }
+        q
+    }};
+}
+
+macro_rules! store_impl {
+    ($store:ident, $db:ty, $backend:expr, begin: $begin:expr, claim: $claim:expr, for_update: $for_update:expr, explain: $explain:expr) => {
+        impl $store {
+            /// Run a batch of writes in one transaction.
+            async fn write(&self, ops: Vec<Op>) -> Result<Vec<Option<Stored>>> {
+                let prepared = write::prepare(ops)?;
+                let keys = write::keys(&prepared);
+                let begin: Option<&'static str> = $begin;
+                let mut tx = match begin {
+                    Some(stmt) => self.pool.begin_with(stmt).await?,
+                    None => self.pool.begin().await?,
+                };
+                if $claim {
+                    for sql in write::claim_sql(&keys) {
+                        bind_all!($db, sql).execute(&mut *tx).await?;
+                    }
+                }
+                let mut current = HashMap::new();
+                for sql in write::current_sql(&keys, $for_update) {
+                    for row in bind_all!($db, sql).fetch_all(&mut *tx).await? {
+                        let key = (row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
+                        current.insert(key, Current { version: row.try_get(2)?, deleted: row.try_get(3)? });
+                    }
+                }
+                let (statements, outcomes) = write::plan(prepared, current)?;
+                for sql in statements {
+                    bind_all!($db, sql).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(outcomes)
+            }
+
+            async fn write_one(&self, op: Op) -> Result<Option<Stored>> {
+                Ok(self.write(vec![op]).await?.into_iter().next().flatten())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl Store for $store {
+            fn backend(&self) -> Backend {
+                $backend
+            }
+
+            async fn ping(&self) -> Result<()> {
+                sqlx::query::<$db>("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn create(&self, resource: Value) -> Result<Stored> {
+                self.write_one(Op::Create(resource)).await?.ok_or_else(|| StoreError::Backend("create wrote nothing".into()))
+            }
+
+            async fn read(&self, resource_type: &str, id: &str) -> Result<Value> {
+                let row = sqlx::query::<$db>("SELECT version_id, deleted, body FROM resource WHERE resource_type = $1 AND id = $2")
+                    .bind(resource_type)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let not_found = || StoreError::NotFound { resource_type: resource_type.into(), id: id.into() };
+                let row = row.ok_or_else(not_found)?;
+                let version: i64 = row.try_get(0)?;
+                if version == 0 {
+                    return Err(not_found());
+                }
+                if row.try_get::<bool, _>(1)? {
+                    return Err(StoreError::Gone { resource_type: resource_type.into(), id: id.into(), version_id: version.to_string() });
+                }
+                Ok(row.try_get::<Json<Value>, _>(2)?.0)
+            }
+
+            async fn vread(&self, resource_type: &str, id: &str, version_id: &str) -> Result<Value> {
+                let not_found = || StoreError::NotFound { resource_type: resource_type.into(), id: format!("{id}/_history/{version_id}") };
+                let version: i64 = version_id.parse().map_err(|_| not_found())?;
+                let row = sqlx::query::<$db>("SELECT deleted, body FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3")
+                    .bind(resource_type)
+                    .bind(id)
+                    .bind(version)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or_else(not_found)?;
+                match row.try_get::<Option<Json<Value>>, _>(1)? {
+                    Some(body) if !row.try_get::<bool, _>(0)? => Ok(body.0),
+                    _ => Err(StoreError::Gone { resource_type: resource_type.into(), id: id.into(), version_id: version_id.into() }),
+                }
+            }
+
+            async fn update(&self, resource: Value, if_match: Option<&str>) -> Result<Stored> {
+                self.write_one(Op::Put { resource, if_match: if_match.map(str::to_string) })
+                    .await?
+                    .ok_or_else(|| StoreError::Backend("update wrote nothing".into()))
+            }
+
+            async fn delete(&self, resource_type: &str, id: &str) -> Result<Option<Stored>> {
+                self.write_one(Op::Delete { resource_type: resource_type.into(), id: id.into() }).await
+            }
+
+            async fn history(&self, resource_type: &str, id: &str) -> Result<Vec<HistoryEntry>> {
+                let rows = sqlx::query::<$db>(
+                    "SELECT version_id, last_updated, deleted, body FROM resource_history WHERE resource_type = $1 AND id = $2 ORDER BY version_id DESC",
+                )
+                .bind(resource_type)
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+                if rows.is_empty() {
+                    return Err(StoreError::NotFound { resource_type: resource_type.into(), id: id.into() });
+                }
+                rows.into_iter()
+                    .map(|row| {
+                        Ok(HistoryEntry {
+                            version_id: row.try_get::<i64, _>(0)?.to_string(),
+                            last_updated: row.try_get(1)?,
+                            deleted: row.try_get(2)?,
+                            resource: row.try_get::<Option<Json<Value>>, _>(3)?.map(|j| j.0),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn upsert_all(&self, resources: Vec<Value>) -> Result<Vec<Stored>> {
+                let ops = resources.into_iter().map(|resource| Op::Put { resource, if_match: None }).collect();
+                Ok(self.write(ops).await?.into_iter().flatten().collect())
+            }
+
+            async fn search(&self, q: &SearchQuery) -> Result<SearchResult> {
+                let count = q.count.unwrap_or(search::DEFAULT_COUNT);
+                let mut result = SearchResult::default();
+                if count > 0 {
+                    let rows = bind_all!($db, search::page_sql(q)?).fetch_all(&self.pool).await?;
+                    for row in rows {
+                        result.matches.push(row.try_get::<Json<Value>, _>(0)?.0);
+                    }
+                    if result.matches.len() > count {
+                        result.matches.truncate(count);
+                        result.next_offset = Some(q.offset + count);
+                    }
+                }
+                if q.total == TotalMode::Accurate || q.total == TotalMode::Estimate || count == 0 {
+                    let n: i64 = bind_all!($db, search::count_sql(q)?).fetch_one(&self.pool).await?.try_get(0)?;
+                    result.total = Some(u64::try_from(n).unwrap_or(0));
+                }
+                let ids: Vec<String> =
+                    result.matches.iter().filter_map(|m| m.get("id").and_then(Value::as_str)).map(str::to_string).collect();
+                let mut seen: HashSet<(String, String)> = ids.iter().map(|id| (q.resource_type.clone(), id.clone())).collect();
+                for sql in search::include_sql(q, &ids)? {
+                    for row in bind_all!($db, sql).fetch_all(&self.pool).await? {
+                        let key = (row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
+                        if seen.insert(key) {
+                            result.included.push(row.try_get::<Json<Value>, _>(2)?.0);
+                        }
+                    }
+                }
+                Ok(result)
+            }
+
+            async fn explain(&self, q: &SearchQuery) -> Result<String> {
+                let mut sql = search::page_sql(q)?;
+                let (prefix, column): (&str, &str) = $explain;
+                sql.text = format!("{prefix} {}", sql.text);
+                let rows = bind_all!($db, sql).fetch_all(&self.pool).await?;
+                let lines: Result<Vec<String>> = rows.iter().map(|r| Ok(r.try_get::<String, _>(column)?)).collect();
+                Ok(lines?.join("\n"))
+            }
+        }
+    };
+}
+
+store_impl!(SqliteStore, Sqlite, Backend::Sqlite, begin: Some("BEGIN IMMEDIATE"), claim: false, for_update: "", explain: ("EXPLAIN QUERY PLAN", "detail"));
+store_impl!(PostgresStore, Postgres, Backend::Postgres, begin: None, claim: true, for_update: " FOR UPDATE", explain: ("EXPLAIN", "QUERY PLAN"));
