@@ -49,12 +49,14 @@ pub(crate) fn parse_range(s: &str) -> Option<(i64, i64)> {
             Some((date_us(start)?, date_us(next)?))
         }
         (Some(m), Some(d), None) => {
-            let day = NaiveDate::from_ymd_opt(year, u32::try_from(m).ok()?, u32::try_from(d).ok()?)?;
+            let day =
+                NaiveDate::from_ymd_opt(year, u32::try_from(m).ok()?, u32::try_from(d).ok()?)?;
             let lo = date_us(day)?;
             Some((lo, lo + 86_400_000_000))
         }
         (Some(m), Some(d), Some(t)) => {
-            let day = NaiveDate::from_ymd_opt(year, u32::try_from(m).ok()?, u32::try_from(d).ok()?)?;
+            let day =
+                NaiveDate::from_ymd_opt(year, u32::try_from(m).ok()?, u32::try_from(d).ok()?)?;
             parse_time(day, t)
         }
         _ => None,
@@ -120,18 +122,28 @@ fn parse_time(day: NaiveDate, t: &str) -> Option<(i64, i64)> {
 }
 
 fn date_us(d: NaiveDate) -> Option<i64> {
-    Some(Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0)?).timestamp_micros())
+    Some(
+        Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0)?)
+            .timestamp_micros(),
+    )
 }
 
 /// Exactly `n` ASCII digits.
 fn digits(s: &str, n: usize) -> Option<i64> {
-    if s.len() == n && s.bytes().all(|b| b.is_ascii_digit()) { s.parse().ok() } else { None }
+    if s.len() == n && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// The current instant, as FHIR `meta.lastUpdated` (UTC, microseconds) and as microseconds.
 pub(crate) fn now() -> (String, i64) {
     let t = Utc::now();
-    (t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), t.timestamp_micros())
+    (
+        t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        t.timestamp_micros(),
+    )
 }
 
 #[cfg(test)]
@@ -158,17 +170,44 @@ mod tests {
 
     #[test]
     fn times_carry_their_precision_and_offset() {
-        assert_eq!(r("2020-05-03T10:00Z").1 - r("2020-05-03T10:00Z").0, 60_000_000);
-        assert_eq!(r("2020-05-03T10:00:00Z").1 - r("2020-05-03T10:00:00Z").0, 1_000_000);
-        assert_eq!(r("2020-05-03T10:00:00.5Z").0 - r("2020-05-03T10:00:00Z").0, 500_000);
-        assert_eq!(r("2020-05-03T10:00:00.123456789Z").1 - r("2020-05-03T10:00:00.123456789Z").0, 1);
-        assert_eq!(r("2020-05-03T12:00:00+02:00").0, r("2020-05-03T10:00:00Z").0);
+        assert_eq!(
+            r("2020-05-03T10:00Z").1 - r("2020-05-03T10:00Z").0,
+            60_000_000
+        );
+        assert_eq!(
+            r("2020-05-03T10:00:00Z").1 - r("2020-05-03T10:00:00Z").0,
+            1_000_000
+        );
+        assert_eq!(
+            r("2020-05-03T10:00:00.5Z").0 - r("2020-05-03T10:00:00Z").0,
+            500_000
+        );
+        assert_eq!(
+            r("2020-05-03T10:00:00.123456789Z").1 - r("2020-05-03T10:00:00.123456789Z").0,
+            1
+        );
+        assert_eq!(
+            r("2020-05-03T12:00:00+02:00").0,
+            r("2020-05-03T10:00:00Z").0
+        );
         assert_eq!(r("2020-05-03T05:00:00-05:00").0, r("2020-05-03T10:00:00").0);
     }
 
     #[test]
     fn garbage_is_rejected() {
-        for bad in ["", "20", "2020-13", "2020-02-30", "2020-1-1", "abcd", "2020-01-01T25:00Z", "2020-01-01T10:00+99:00", "2020-01-01T10:00:00.Z", "2020-01-01T10", "2020-01-01-02"] {
+        for bad in [
+            "",
+            "20",
+            "2020-13",
+            "2020-02-30",
+            "2020-1-1",
+            "abcd",
+            "2020-01-01T25:00Z",
+            "2020-01-01T10:00+99:00",
+            "2020-01-01T10:00:00.Z",
+            "2020-01-01T10",
+            "2020-01-01-02",
+        ] {
             assert!(parse_range(bad).is_none(), "{bad} should not parse");
         }
     }

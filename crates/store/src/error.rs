@@ -8,10 +8,19 @@ pub enum StoreError {
     NotFound { resource_type: String, id: String },
     /// The resource existed and was deleted (HTTP 410).
     #[error("{resource_type}/{id} was deleted")]
-    Gone { resource_type: String, id: String, version_id: String },
+    Gone {
+        resource_type: String,
+        id: String,
+        version_id: String,
+    },
     /// A conditional update named a version that is not the current one (HTTP 409/412).
     #[error("version conflict on {resource_type}/{id}: expected version {expected}, current is {}", current.as_deref().unwrap_or("none"))]
-    VersionConflict { resource_type: String, id: String, expected: String, current: Option<String> },
+    VersionConflict {
+        resource_type: String,
+        id: String,
+        expected: String,
+        current: Option<String>,
+    },
     /// A create named an id that is already taken (HTTP 409).
     #[error("{resource_type}/{id} already exists")]
     AlreadyExists { resource_type: String, id: String },

@@ -48,7 +48,10 @@ pub(crate) fn eval<'a>(expr: &Expr, resource: &'a Value) -> Vec<Node<'a>> {
         Expr::Root(name) => {
             let rt = resource.get("resourceType").and_then(Value::as_str);
             if name == "Resource" || name == "DomainResource" || rt == Some(name.as_str()) {
-                vec![Node { value: resource, choice_type: None }]
+                vec![Node {
+                    value: resource,
+                    choice_type: None,
+                }]
             } else {
                 Vec::new()
             }
@@ -82,9 +85,15 @@ pub(crate) fn eval<'a>(expr: &Expr, resource: &'a Value) -> Vec<Node<'a>> {
 fn child<'a>(v: &'a Value, name: &str, out: &mut Vec<Node<'a>>) {
     let Value::Object(map) = v else { return };
     let push = |val: &'a Value, t: Option<&'a str>, out: &mut Vec<Node<'a>>| match val {
-        Value::Array(items) => out.extend(items.iter().map(|value| Node { value, choice_type: t })),
+        Value::Array(items) => out.extend(items.iter().map(|value| Node {
+            value,
+            choice_type: t,
+        })),
         Value::Null => {}
-        other => out.push(Node { value: other, choice_type: t }),
+        other => out.push(Node {
+            value: other,
+            choice_type: t,
+        }),
     };
     if let Some(val) = map.get(name) {
         push(val, None, out);
@@ -128,8 +137,13 @@ pub(crate) fn split_reference(r: &str) -> Option<(String, String)> {
         return None;
     }
     let (t, id) = (segs[segs.len() - 2], segs[segs.len() - 1]);
-    let type_ok = t.starts_with(|c: char| c.is_ascii_uppercase()) && t.chars().all(|c| c.is_ascii_alphanumeric());
-    let id_ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    let type_ok = t.starts_with(|c: char| c.is_ascii_uppercase())
+        && t.chars().all(|c| c.is_ascii_alphanumeric());
+    let id_ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     (type_ok && id_ok).then(|| (t.to_string(), id.to_string()))
 }
 
@@ -239,7 +253,11 @@ impl Parser {
             self.pos += 1;
             parts.push(self.type_expr()?);
         }
-        Ok(if parts.len() == 1 { parts.remove(0) } else { Expr::Union(parts) })
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Expr::Union(parts)
+        })
     }
 
     /// `term ('as' Type)?`
@@ -321,9 +339,16 @@ mod tests {
 
     #[test]
     fn paths_flatten_arrays() {
-        let p = json!({"resourceType": "Patient", "name": [{"given": ["A", "B"]}, {"given": ["C"]}]});
-        assert_eq!(values("Patient.name.given", &p), vec![json!("A"), json!("B"), json!("C")]);
-        assert!(values("Observation.name", &p).is_empty(), "root must match the resource type");
+        let p =
+            json!({"resourceType": "Patient", "name": [{"given": ["A", "B"]}, {"given": ["C"]}]});
+        assert_eq!(
+            values("Patient.name.given", &p),
+            vec![json!("A"), json!("B"), json!("C")]
+        );
+        assert!(
+            values("Observation.name", &p).is_empty(),
+            "root must match the resource type"
+        );
         assert_eq!(values("Resource.name.given", &p).len(), 3);
     }
 
@@ -331,12 +356,24 @@ mod tests {
     fn choice_types_and_as() {
         let o = json!({"resourceType": "Observation", "effectiveDateTime": "2020", "valueQuantity": {"value": 1}});
         assert_eq!(values("Observation.effective", &o), vec![json!("2020")]);
-        assert_eq!(values("(Observation.effective as dateTime)", &o), vec![json!("2020")]);
+        assert_eq!(
+            values("(Observation.effective as dateTime)", &o),
+            vec![json!("2020")]
+        );
         assert!(values("(Observation.effective as Period)", &o).is_empty());
-        assert!(values("(Observation.value as CodeableConcept) | (Observation.value as string)", &o).is_empty());
+        assert!(
+            values(
+                "(Observation.value as CodeableConcept) | (Observation.value as string)",
+                &o
+            )
+            .is_empty()
+        );
         assert_eq!(values("Observation.value.as(Quantity)", &o).len(), 1);
         let c = json!({"resourceType": "Observation", "valueCodeableConcept": {"text": "x"}});
-        assert_eq!(values("(Observation.value as CodeableConcept).text", &c), vec![json!("x")]);
+        assert_eq!(
+            values("(Observation.value as CodeableConcept).text", &c),
+            vec![json!("x")]
+        );
     }
 
     #[test]
@@ -344,11 +381,20 @@ mod tests {
         let o = json!({"resourceType": "Observation", "subject": {"reference": "Group/g"}});
         assert!(values("Observation.subject.where(resolve() is Patient)", &o).is_empty());
         let o = json!({"resourceType": "Observation", "subject": {"reference": "http://x/fhir/Patient/p/_history/2"}});
-        assert_eq!(values("Observation.subject.where(resolve() is Patient)", &o).len(), 1);
+        assert_eq!(
+            values("Observation.subject.where(resolve() is Patient)", &o).len(),
+            1
+        );
         let a = json!({"resourceType": "Observation", "subject": {"id": "p", "resourceType": "Patient"}});
-        assert_eq!(values("Observation.subject.where(resolve() is Patient)", &a).len(), 1);
+        assert_eq!(
+            values("Observation.subject.where(resolve() is Patient)", &a).len(),
+            1
+        );
         let p = json!({"resourceType": "Patient", "telecom": [{"system": "phone", "value": "1"}, {"system": "email", "value": "e"}]});
-        assert_eq!(values("Patient.telecom.where(system='email')", &p), vec![json!({"system": "email", "value": "e"})]);
+        assert_eq!(
+            values("Patient.telecom.where(system='email')", &p),
+            vec![json!({"system": "email", "value": "e"})]
+        );
     }
 
     #[test]
@@ -360,8 +406,14 @@ mod tests {
 
     #[test]
     fn references_split() {
-        assert_eq!(split_reference("Patient/1"), Some(("Patient".into(), "1".into())));
-        assert_eq!(split_reference("https://h/fhir/Patient/1/_history/3"), Some(("Patient".into(), "1".into())));
+        assert_eq!(
+            split_reference("Patient/1"),
+            Some(("Patient".into(), "1".into()))
+        );
+        assert_eq!(
+            split_reference("https://h/fhir/Patient/1/_history/3"),
+            Some(("Patient".into(), "1".into()))
+        );
         assert_eq!(split_reference("urn:uuid:abc"), None);
         assert_eq!(split_reference("#contained"), None);
         assert_eq!(split_reference("1"), None);

@@ -61,7 +61,11 @@ fn is_column_param(code: &str) -> bool {
 /// cache stays bounded whatever types clients write.
 fn type_params(resource_type: &str) -> &'static TypeParams {
     static CACHE: OnceLock<RwLock<HashMap<String, &'static TypeParams>>> = OnceLock::new();
-    let key = if fhirgate_fhir::is_resource_type(resource_type) { resource_type } else { "DomainResource" };
+    let key = if fhirgate_fhir::is_resource_type(resource_type) {
+        resource_type
+    } else {
+        "DomainResource"
+    };
     let cache = CACHE.get_or_init(Default::default);
     if let Some(tp) = cache.read().unwrap_or_else(|e| e.into_inner()).get(key) {
         return tp;
@@ -69,16 +73,30 @@ fn type_params(resource_type: &str) -> &'static TypeParams {
     let mut params: Vec<CompiledParam> = Vec::new();
     let mut unsupported = Vec::new();
     for (code, p) in fhirgate_fhir::search_params(key) {
-        if is_column_param(code) || params.iter().any(|q| q.code == code) || unsupported.iter().any(|u: &UnsupportedParam| u.code == code) {
+        if is_column_param(code)
+            || params.iter().any(|q| q.code == code)
+            || unsupported
+                .iter()
+                .any(|u: &UnsupportedParam| u.code == code)
+        {
             continue;
         }
         match compile(p) {
             Ok((kind, expr)) => params.push(CompiledParam { code, kind, expr }),
-            Err(reason) => unsupported.push(UnsupportedParam { resource_type: key.to_string(), code: code.to_string(), reason }),
+            Err(reason) => unsupported.push(UnsupportedParam {
+                resource_type: key.to_string(),
+                code: code.to_string(),
+                reason,
+            }),
         }
     }
     let mut w = cache.write().unwrap_or_else(|e| e.into_inner());
-    w.entry(key.to_string()).or_insert_with(|| Box::leak(Box::new(TypeParams { params, unsupported })))
+    w.entry(key.to_string()).or_insert_with(|| {
+        Box::leak(Box::new(TypeParams {
+            params,
+            unsupported,
+        }))
+    })
 }
 
 fn compile(p: &fhirgate_fhir::SearchParam) -> Result<(IndexKind, Expr), String> {
@@ -97,7 +115,10 @@ fn compile(p: &fhirgate_fhir::SearchParam) -> Result<(IndexKind, Expr), String> 
 
 /// The indexed parameter `code` of `resource_type`, if the store can search it.
 pub(crate) fn param(resource_type: &str, code: &str) -> Option<&'static CompiledParam> {
-    type_params(resource_type).params.iter().find(|p| p.code == code)
+    type_params(resource_type)
+        .params
+        .iter()
+        .find(|p| p.code == code)
 }
 
 /// The R4 search parameters of `resource_type` that the store cannot search, with the reason.
@@ -193,7 +214,10 @@ fn string_rows(code: &'static str, v: &Value, out: &mut Vec<(&'static str, Strin
                 }
                 match val {
                     Value::String(s) => push_string(code, s, out),
-                    Value::Array(items) => items.iter().filter_map(Value::as_str).for_each(|s| push_string(code, s, out)),
+                    Value::Array(items) => items
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .for_each(|s| push_string(code, s, out)),
                     _ => {}
                 }
             }
@@ -209,7 +233,11 @@ fn push_string(code: &'static str, s: &str, out: &mut Vec<(&'static str, String,
 
 /// Lowercase with accents removed, so that `name=jose` finds `José`.
 pub(crate) fn normalize(s: &str) -> String {
-    s.nfd().filter(|c| !is_combining_mark(*c)).flat_map(char::to_lowercase).take(MAX_STRING_CHARS).collect()
+    s.nfd()
+        .filter(|c| !is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .take(MAX_STRING_CHARS)
+        .collect()
 }
 
 /// (ref_type, ref_id, ref_url) of a Reference, an Aidbox reference or a canonical string.
@@ -221,7 +249,10 @@ fn reference_row(v: &Value) -> Option<(String, String, String)> {
             None => {
                 // Aidbox form {id, resourceType}
                 let id = m.get("id").and_then(Value::as_str)?;
-                let t = m.get("resourceType").or_else(|| m.get("type")).and_then(Value::as_str)?;
+                let t = m
+                    .get("resourceType")
+                    .or_else(|| m.get("type"))
+                    .and_then(Value::as_str)?;
                 return Some((t.to_string(), id.to_string(), format!("{t}/{id}")));
             }
         },
@@ -234,7 +265,9 @@ fn reference_row(v: &Value) -> Option<(String, String, String)> {
         Some((t, id)) => Some((t, id, text.to_string())),
         None => match declared_type {
             // A bare id with an explicit `type`
-            Some(t) if !text.contains([':', '/']) => Some((t.to_string(), text.to_string(), text.to_string())),
+            Some(t) if !text.contains([':', '/']) => {
+                Some((t.to_string(), text.to_string(), text.to_string()))
+            }
             _ => Some((String::new(), String::new(), text.to_string())),
         },
     }
@@ -250,8 +283,16 @@ fn date_rows(code: &'static str, v: &Value, out: &mut Vec<(&'static str, i64, i6
         Value::Object(m) => {
             if m.contains_key("start") || m.contains_key("end") {
                 // Period: open ends are unbounded.
-                let lo = m.get("start").and_then(Value::as_str).and_then(date::parse_range).map_or(MIN_US, |r| r.0);
-                let hi = m.get("end").and_then(Value::as_str).and_then(date::parse_range).map_or(MAX_US, |r| r.1);
+                let lo = m
+                    .get("start")
+                    .and_then(Value::as_str)
+                    .and_then(date::parse_range)
+                    .map_or(MIN_US, |r| r.0);
+                let hi = m
+                    .get("end")
+                    .and_then(Value::as_str)
+                    .and_then(date::parse_range)
+                    .map_or(MAX_US, |r| r.1);
                 if lo < hi {
                     out.push((code, lo, hi));
                 }
@@ -301,9 +342,20 @@ mod tests {
         ] {
             assert!(param(t, c).is_some(), "{t}.{c} should be indexed");
         }
-        assert!(unsupported_params("Patient").iter().any(|u| u.code == "deceased"));
-        assert!(unsupported_params("Observation").iter().any(|u| u.code == "value-quantity"));
-        assert!(param("Client", "_tag").is_some(), "non-R4 types get the common parameters");
+        assert!(
+            unsupported_params("Patient")
+                .iter()
+                .any(|u| u.code == "deceased")
+        );
+        assert!(
+            unsupported_params("Observation")
+                .iter()
+                .any(|u| u.code == "value-quantity")
+        );
+        assert!(
+            param("Client", "_tag").is_some(),
+            "non-R4 types get the common parameters"
+        );
     }
 
     #[test]
@@ -318,14 +370,37 @@ mod tests {
             "meta": {"tag": [{"system": "t", "code": "c"}]}
         });
         let rows = extract("Observation", &o);
-        assert!(rows.tokens.contains(&("status", String::new(), "final".into())));
-        assert!(rows.tokens.contains(&("category", "http://terminology.hl7.org/CodeSystem/observation-category".into(), "laboratory".into())));
-        assert!(rows.tokens.contains(&("identifier", "urn:s".into(), "v1".into())));
+        assert!(
+            rows.tokens
+                .contains(&("status", String::new(), "final".into()))
+        );
+        assert!(rows.tokens.contains(&(
+            "category",
+            "http://terminology.hl7.org/CodeSystem/observation-category".into(),
+            "laboratory".into()
+        )));
+        assert!(
+            rows.tokens
+                .contains(&("identifier", "urn:s".into(), "v1".into()))
+        );
         assert!(rows.tokens.contains(&("_tag", "t".into(), "c".into())));
-        assert!(rows.references.contains(&("patient", "Patient".into(), "p1".into(), "Patient/p1".into())));
-        assert!(rows.references.contains(&("subject", "Patient".into(), "p1".into(), "Patient/p1".into())));
+        assert!(rows.references.contains(&(
+            "patient",
+            "Patient".into(),
+            "p1".into(),
+            "Patient/p1".into()
+        )));
+        assert!(rows.references.contains(&(
+            "subject",
+            "Patient".into(),
+            "p1".into(),
+            "Patient/p1".into()
+        )));
         let d = rows.dates.iter().find(|d| d.0 == "date").copied();
-        let (lo, hi) = (date::parse_range("2020-01").map(|r| r.0), date::parse_range("2020-02-03").map(|r| r.1));
+        let (lo, hi) = (
+            date::parse_range("2020-01").map(|r| r.0),
+            date::parse_range("2020-02-03").map(|r| r.1),
+        );
         assert_eq!(d.map(|d| (Some(d.1), Some(d.2))), Some((lo, hi)));
     }
 
@@ -333,17 +408,39 @@ mod tests {
     fn names_are_normalized() {
         let p = json!({"resourceType": "Patient", "name": [{"use": "official", "family": "Muñoz", "given": ["José"]}]});
         let rows = extract("Patient", &p);
-        assert!(rows.strings.contains(&("family", "munoz".into(), "Muñoz".into())));
-        assert!(rows.strings.contains(&("name", "jose".into(), "José".into())));
-        assert!(!rows.strings.iter().any(|s| s.1 == "official"), "HumanName.use is not text");
+        assert!(
+            rows.strings
+                .contains(&("family", "munoz".into(), "Muñoz".into()))
+        );
+        assert!(
+            rows.strings
+                .contains(&("name", "jose".into(), "José".into()))
+        );
+        assert!(
+            !rows.strings.iter().any(|s| s.1 == "official"),
+            "HumanName.use is not text"
+        );
     }
 
     #[test]
     fn references_in_every_form() {
         let r = |v: Value| reference_row(&v);
-        assert_eq!(r(json!({"reference": "https://h/fhir/Patient/1"})), Some(("Patient".into(), "1".into(), "https://h/fhir/Patient/1".into())));
-        assert_eq!(r(json!({"reference": "urn:uuid:1"})), Some((String::new(), String::new(), "urn:uuid:1".into())));
-        assert_eq!(r(json!({"id": "1", "resourceType": "Patient"})), Some(("Patient".into(), "1".into(), "Patient/1".into())));
+        assert_eq!(
+            r(json!({"reference": "https://h/fhir/Patient/1"})),
+            Some((
+                "Patient".into(),
+                "1".into(),
+                "https://h/fhir/Patient/1".into()
+            ))
+        );
+        assert_eq!(
+            r(json!({"reference": "urn:uuid:1"})),
+            Some((String::new(), String::new(), "urn:uuid:1".into()))
+        );
+        assert_eq!(
+            r(json!({"id": "1", "resourceType": "Patient"})),
+            Some(("Patient".into(), "1".into(), "Patient/1".into()))
+        );
         assert_eq!(r(json!({"reference": "#c"})), None);
     }
 }

@@ -95,9 +95,14 @@ pub trait Store: Send + Sync {
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PostgresStore::open(url).await?))
-    } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+    } else if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
         Ok(Arc::new(SqliteStore::open(path).await?))
     } else {
-        Err(StoreError::Invalid(format!("unsupported database URL {url:?}: expected sqlite:PATH or postgres://…")))
+        Err(StoreError::Invalid(format!(
+            "unsupported database URL {url:?}: expected sqlite:PATH or postgres://…"
+        )))
     }
 }

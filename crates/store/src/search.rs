@@ -81,12 +81,22 @@ pub struct SearchResult {
 }
 
 /// Parameters that steer the result rather than filter it, handled above the store.
-const RESULT_PARAMS: [&str; 6] = ["_format", "_summary", "_elements", "_pretty", "_contained", "_containedType"];
+const RESULT_PARAMS: [&str; 6] = [
+    "_format",
+    "_summary",
+    "_elements",
+    "_pretty",
+    "_contained",
+    "_containedType",
+];
 
 impl SearchQuery {
     /// An unfiltered search of `resource_type`.
     pub fn new(resource_type: impl Into<String>) -> Self {
-        SearchQuery { resource_type: resource_type.into(), ..Default::default() }
+        SearchQuery {
+            resource_type: resource_type.into(),
+            ..Default::default()
+        }
     }
 
     /// Add `name[:modifier]=values`.
@@ -101,7 +111,10 @@ impl SearchQuery {
 
     /// Build a query from decoded request parameters (`name[:modifier]`, raw value).
     /// Unknown or unsupported parameters and malformed values are [`StoreError::Invalid`].
-    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(resource_type: &str, pairs: impl IntoIterator<Item = (K, V)>) -> Result<Self> {
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(
+        resource_type: &str,
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self> {
         let mut q = SearchQuery::new(resource_type);
         for (k, v) in pairs {
             let (k, v) = (k.as_ref(), v.as_ref());
@@ -117,7 +130,11 @@ impl SearchQuery {
                         "none" => TotalMode::None,
                         "estimate" => TotalMode::Estimate,
                         "accurate" => TotalMode::Accurate,
-                        _ => return Err(invalid(format!("_total must be none, estimate or accurate, not {v:?}"))),
+                        _ => {
+                            return Err(invalid(format!(
+                                "_total must be none, estimate or accurate, not {v:?}"
+                            )));
+                        }
                     }
                 }
                 "_sort" => {
@@ -126,20 +143,29 @@ impl SearchQuery {
                             Some(p) => (p, true),
                             None => (key, false),
                         };
-                        q.sort.push(SortKey { param: param.to_string(), descending });
+                        q.sort.push(SortKey {
+                            param: param.to_string(),
+                            descending,
+                        });
                     }
                 }
                 "_include" | "_revinclude" => {
                     let mut parts = v.split(':');
                     let (Some(source), Some(param)) = (parts.next(), parts.next()) else {
-                        return Err(invalid(format!("{name} must be Type:param[:Target], not {v:?}")));
+                        return Err(invalid(format!(
+                            "{name} must be Type:param[:Target], not {v:?}"
+                        )));
                     };
                     let inc = Include {
                         source_type: source.to_string(),
                         param: param.to_string(),
                         target_type: parts.next().map(str::to_string),
                     };
-                    if name == "_include" { q.include.push(inc) } else { q.revinclude.push(inc) }
+                    if name == "_include" {
+                        q.include.push(inc)
+                    } else {
+                        q.revinclude.push(inc)
+                    }
                 }
                 n if RESULT_PARAMS.contains(&n) => {}
                 _ => q.params.push(Filter {
@@ -168,7 +194,8 @@ impl SearchQuery {
 }
 
 fn parse_usize(k: &str, v: &str) -> Result<usize> {
-    v.parse().map_err(|_| invalid(format!("{k} must be a non-negative integer, not {v:?}")))
+    v.parse()
+        .map_err(|_| invalid(format!("{k} must be a non-negative integer, not {v:?}")))
 }
 
 fn invalid(msg: String) -> StoreError {
@@ -273,7 +300,10 @@ struct Cond {
 /// The WHERE clause (without the keyword) of a search; `$1` is the resource type.
 pub(crate) fn build_where(q: &SearchQuery, sql: &mut Sql) -> Result<String> {
     if !q.resource_type.chars().all(|c| c.is_ascii_alphanumeric()) || q.resource_type.is_empty() {
-        return Err(invalid(format!("{:?} is not a resource type", q.resource_type)));
+        return Err(invalid(format!(
+            "{:?} is not a resource type",
+            q.resource_type
+        )));
     }
     let rt = sql.text(&q.resource_type);
     debug_assert_eq!(rt, "$1");
@@ -291,13 +321,24 @@ pub(crate) fn build_where(q: &SearchQuery, sql: &mut Sql) -> Result<String> {
         .filter_map(|(i, c)| c.rank.map(|r| (r, i)))
         .min()
         .map(|(_, i)| i);
-    let mut clauses = vec![format!("r.resource_type = {rt}"), "r.deleted = FALSE".to_string()];
+    let mut clauses = vec![
+        format!("r.resource_type = {rt}"),
+        "r.deleted = FALSE".to_string(),
+    ];
     for (i, c) in conds.iter().enumerate() {
         let Some(table) = c.table else {
-            clauses.push(if c.negated { format!("NOT ({})", c.pred) } else { format!("({})", c.pred) });
+            clauses.push(if c.negated {
+                format!("NOT ({})", c.pred)
+            } else {
+                format!("({})", c.pred)
+            });
             continue;
         };
-        let param_filter = if c.param.is_empty() { String::new() } else { format!(" AND s.param = {}", c.param) };
+        let param_filter = if c.param.is_empty() {
+            String::new()
+        } else {
+            format!(" AND s.param = {}", c.param)
+        };
         if Some(i) == driver {
             clauses.push(format!(
                 "r.id IN (SELECT s.id FROM {table} s WHERE s.resource_type = {rt}{param_filter} AND ({}))",
@@ -316,13 +357,29 @@ pub(crate) fn build_where(q: &SearchQuery, sql: &mut Sql) -> Result<String> {
 
 fn compartment_cond(resource_type: &str, patient_id: &str, sql: &mut Sql) -> Result<Cond> {
     if resource_type == "Patient" {
-        return Ok(Cond { table: None, param: String::new(), pred: format!("r.id = {}", sql.text(patient_id)), negated: false, rank: None });
+        return Ok(Cond {
+            table: None,
+            param: String::new(),
+            pred: format!("r.id = {}", sql.text(patient_id)),
+            negated: false,
+            rank: None,
+        });
     }
     let params = fhirgate_fhir::patient_compartment_params(resource_type).unwrap_or_default();
-    let params: Vec<String> = params.iter().filter(|p| index::param(resource_type, p).is_some()).map(|p| sql.text(p.as_str())).collect();
+    let params: Vec<String> = params
+        .iter()
+        .filter(|p| index::param(resource_type, p).is_some())
+        .map(|p| sql.text(p.as_str()))
+        .collect();
     if params.is_empty() {
         // Not in the compartment at all: nothing matches.
-        return Ok(Cond { table: None, param: String::new(), pred: "1 = 0".into(), negated: false, rank: None });
+        return Ok(Cond {
+            table: None,
+            param: String::new(),
+            pred: "1 = 0".into(),
+            negated: false,
+            rank: None,
+        });
     }
     let pred = format!(
         "s.param IN ({}) AND s.ref_type = {} AND s.ref_id = {}",
@@ -330,12 +387,21 @@ fn compartment_cond(resource_type: &str, patient_id: &str, sql: &mut Sql) -> Res
         sql.text("Patient"),
         sql.text(patient_id)
     );
-    Ok(Cond { table: Some("search_reference"), param: String::new(), pred, negated: false, rank: Some(1) })
+    Ok(Cond {
+        table: Some("search_reference"),
+        param: String::new(),
+        pred,
+        negated: false,
+        rank: Some(1),
+    })
 }
 
 fn filter_cond(resource_type: &str, f: &Filter, sql: &mut Sql) -> Result<Cond> {
-    if f.values.is_empty() || f.values.iter().any(String::is_empty) {
-        return Err(invalid(format!("search parameter {} has an empty value", f.name)));
+    if f.values.is_empty() || f.values.iter().any(|v| unescape(v).is_empty()) {
+        return Err(invalid(format!(
+            "search parameter {} has an empty value",
+            f.name
+        )));
     }
     let modifier = f.modifier.as_deref();
     if modifier == Some("missing") {
@@ -345,16 +411,34 @@ fn filter_cond(resource_type: &str, f: &Filter, sql: &mut Sql) -> Result<Cond> {
             _ => return Err(invalid(format!("{}:missing must be true or false", f.name))),
         };
         if f.name == "_id" || f.name == "_lastUpdated" {
-            return Ok(Cond { table: None, param: String::new(), pred: "1 = 1".into(), negated: missing, rank: None });
+            return Ok(Cond {
+                table: None,
+                param: String::new(),
+                pred: "1 = 1".into(),
+                negated: missing,
+                rank: None,
+            });
         }
         let p = param_of(resource_type, &f.name)?;
-        return Ok(Cond { table: Some(table_of(p.kind)), param: sql.text(p.code), pred: "1 = 1".into(), negated: missing, rank: None });
+        return Ok(Cond {
+            table: Some(table_of(p.kind)),
+            param: sql.text(p.code),
+            pred: "1 = 1".into(),
+            negated: missing,
+            rank: None,
+        });
     }
     match f.name.as_str() {
         "_id" => {
             no_modifier(f)?;
             let ids: Vec<String> = f.values.iter().map(|v| sql.text(unescape(v))).collect();
-            return Ok(Cond { table: None, param: String::new(), pred: format!("r.id IN ({})", ids.join(", ")), negated: false, rank: None });
+            return Ok(Cond {
+                table: None,
+                param: String::new(),
+                pred: format!("r.id IN ({})", ids.join(", ")),
+                negated: false,
+                rank: None,
+            });
         }
         "_lastUpdated" => {
             no_modifier(f)?;
@@ -362,7 +446,13 @@ fn filter_cond(resource_type: &str, f: &Filter, sql: &mut Sql) -> Result<Cond> {
             for v in &f.values {
                 alts.push(date_pred(v, "r.lu", "(r.lu + 1)", sql)?);
             }
-            return Ok(Cond { table: None, param: String::new(), pred: or(&alts), negated: false, rank: None });
+            return Ok(Cond {
+                table: None,
+                param: String::new(),
+                pred: or(&alts),
+                negated: false,
+                rank: None,
+            });
         }
         _ => {}
     }
@@ -378,11 +468,17 @@ fn filter_cond(resource_type: &str, f: &Filter, sql: &mut Sql) -> Result<Cond> {
                 Some(m) => return Err(unsupported_modifier(f, m)),
             };
             for v in &f.values {
-                let (system, code) = if p.kind == IndexKind::Uri { (None, unescape(v)) } else { split_token(v) };
+                let (system, code) = if p.kind == IndexKind::Uri {
+                    (None, unescape(v))
+                } else {
+                    split_token(v)
+                };
                 alts.push(match (system, code.is_empty()) {
                     (None, _) => format!("s.code = {}", sql.text(code)),
                     (Some(s), true) => format!("s.system = {}", sql.text(s)),
-                    (Some(s), false) => format!("s.code = {} AND s.system = {}", sql.text(code), sql.text(s)),
+                    (Some(s), false) => {
+                        format!("s.code = {} AND s.system = {}", sql.text(code), sql.text(s))
+                    }
                 });
             }
             (negated, Some(2))
@@ -395,19 +491,42 @@ fn filter_cond(resource_type: &str, f: &Filter, sql: &mut Sql) -> Result<Cond> {
                     None => {
                         // Prefix match as a range, so it uses the index and `%`/`_` stay literal.
                         let hi = format!("{norm}{}", char::MAX);
-                        format!("s.value >= {} AND s.value < {}", sql.text(norm), sql.text(hi))
+                        format!(
+                            "s.value >= {} AND s.value < {}",
+                            sql.text(norm),
+                            sql.text(hi)
+                        )
                     }
-                    Some("exact") => format!("s.value = {} AND s.raw = {}", sql.text(norm), sql.text(v)),
-                    Some("contains") => format!("s.value LIKE {} ESCAPE '\\'", sql.text(format!("%{}%", like_escape(&norm)))),
+                    Some("exact") => {
+                        format!("s.value = {} AND s.raw = {}", sql.text(norm), sql.text(v))
+                    }
+                    Some("contains") => format!(
+                        "s.value LIKE {} ESCAPE '\\'",
+                        sql.text(format!("%{}%", like_escape(&norm)))
+                    ),
                     Some(m) => return Err(unsupported_modifier(f, m)),
                 });
             }
-            (false, Some(if modifier == Some("exact") { 2 } else if modifier.is_none() { 3 } else { 9 }))
+            (
+                false,
+                Some(if modifier == Some("exact") {
+                    2
+                } else if modifier.is_none() {
+                    3
+                } else {
+                    9
+                }),
+            )
         }
         IndexKind::Reference => {
             let type_modifier = match modifier {
                 None => None,
-                Some(m) if m.starts_with(|c: char| c.is_ascii_uppercase()) && m.chars().all(|c| c.is_ascii_alphanumeric()) => Some(m),
+                Some(m)
+                    if m.starts_with(|c: char| c.is_ascii_uppercase())
+                        && m.chars().all(|c| c.is_ascii_alphanumeric()) =>
+                {
+                    Some(m)
+                }
                 Some(m) => return Err(unsupported_modifier(f, m)),
             };
             for v in &f.values {
@@ -415,7 +534,11 @@ fn filter_cond(resource_type: &str, f: &Filter, sql: &mut Sql) -> Result<Cond> {
                 let (ty, id, url) = parse_reference_value(&f.name, &v)?;
                 let ty = ty.or(type_modifier.map(str::to_string));
                 alts.push(match (ty, id, url) {
-                    (Some(t), Some(id), _) => format!("s.ref_id = {} AND s.ref_type = {}", sql.text(id), sql.text(t)),
+                    (Some(t), Some(id), _) => format!(
+                        "s.ref_id = {} AND s.ref_type = {}",
+                        sql.text(id),
+                        sql.text(t)
+                    ),
                     (None, Some(id), _) => format!("s.ref_id = {}", sql.text(id)),
                     (_, None, Some(url)) => format!("s.ref_url = {}", sql.text(url)),
                     _ => return Err(invalid(format!("bad reference {v:?} for {}", f.name))),
@@ -433,11 +556,20 @@ fn filter_cond(resource_type: &str, f: &Filter, sql: &mut Sql) -> Result<Cond> {
             (false, Some(4))
         }
     };
-    Ok(Cond { table, param, pred: or(&alts), negated, rank })
+    Ok(Cond {
+        table,
+        param,
+        pred: or(&alts),
+        negated,
+        rank,
+    })
 }
 
 /// `(type, id, url)` of a reference search value: `id`, `Type/id`, an absolute URL or a URN.
-fn parse_reference_value(name: &str, v: &str) -> Result<(Option<String>, Option<String>, Option<String>)> {
+fn parse_reference_value(
+    name: &str,
+    v: &str,
+) -> Result<(Option<String>, Option<String>, Option<String>)> {
     if v.contains("://") || v.starts_with("urn:") {
         return Ok(match split_reference(v) {
             Some((t, id)) => (Some(t), Some(id), None),
@@ -447,7 +579,9 @@ fn parse_reference_value(name: &str, v: &str) -> Result<(Option<String>, Option<
     if v.contains('/') {
         return match split_reference(v) {
             Some((t, id)) => Ok((Some(t), Some(id), None)),
-            None => Err(invalid(format!("bad reference {v:?} for {name}: expected id, Type/id or a URL"))),
+            None => Err(invalid(format!(
+                "bad reference {v:?} for {name}: expected id, Type/id or a URL"
+            ))),
         };
     }
     Ok((None, Some(v.to_string()), None))
@@ -465,7 +599,14 @@ fn like_escape(s: &str) -> String {
 }
 
 fn or(alts: &[String]) -> String {
-    if alts.len() == 1 { alts[0].clone() } else { alts.iter().map(|a| format!("({a})")).collect::<Vec<_>>().join(" OR ") }
+    if alts.len() == 1 {
+        alts[0].clone()
+    } else {
+        alts.iter()
+            .map(|a| format!("({a})"))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    }
 }
 
 fn no_modifier(f: &Filter) -> Result<()> {
@@ -482,9 +623,13 @@ fn unsupported_modifier(f: &Filter, m: &str) -> StoreError {
 fn param_of(resource_type: &str, name: &str) -> Result<&'static index::CompiledParam> {
     index::param(resource_type, name).ok_or_else(|| {
         if fhirgate_fhir::search_param(resource_type, name).is_some() {
-            invalid(format!("search parameter {name} of {resource_type} is not supported"))
+            invalid(format!(
+                "search parameter {name} of {resource_type} is not supported"
+            ))
         } else {
-            invalid(format!("unknown search parameter {name} for {resource_type}"))
+            invalid(format!(
+                "unknown search parameter {name} for {resource_type}"
+            ))
         }
     })
 }
@@ -492,7 +637,9 @@ fn param_of(resource_type: &str, name: &str) -> Result<&'static index::CompiledP
 fn reference_param(resource_type: &str, name: &str) -> Result<&'static index::CompiledParam> {
     let p = param_of(resource_type, name)?;
     if p.kind != IndexKind::Reference {
-        return Err(invalid(format!("{resource_type}:{name} is not a reference parameter")));
+        return Err(invalid(format!(
+            "{resource_type}:{name} is not a reference parameter"
+        )));
     }
     Ok(p)
 }
@@ -512,7 +659,11 @@ fn date_pred(v: &str, lo: &str, hi: &str, sql: &mut Sql) -> Result<String> {
         Some(p @ ("eq" | "ne" | "gt" | "lt" | "ge" | "le" | "sa" | "eb" | "ap")) => (p, &v[2..]),
         _ => ("eq", v),
     };
-    let (ps, pe) = date::parse_range(rest).ok_or_else(|| invalid(format!("bad date {v:?}: expected [prefix]YYYY[-MM[-DD[Thh:mm[:ss][zone]]]]")))?;
+    let (ps, pe) = date::parse_range(rest).ok_or_else(|| {
+        invalid(format!(
+            "bad date {v:?}: expected [prefix]YYYY[-MM[-DD[Thh:mm[:ss][zone]]]]"
+        ))
+    })?;
     let (ps, pe) = (sql.int(ps), sql.int(pe));
     let within = format!("{lo} >= {ps} AND {hi} <= {pe}");
     Ok(match prefix {
@@ -540,16 +691,29 @@ pub(crate) fn sort_expr(resource_type: &str, k: &SortKey, sql: &mut Sql) -> Resu
             let corr = "s.resource_type = r.resource_type AND s.id = r.id AND s.param =";
             match p.kind {
                 IndexKind::Date if k.descending => {
-                    format!("COALESCE((SELECT MAX(s.hi) FROM search_date s WHERE {corr} {param}), {MIN_US}) DESC")
+                    format!(
+                        "COALESCE((SELECT MAX(s.hi) FROM search_date s WHERE {corr} {param}), {MIN_US}) DESC"
+                    )
                 }
-                IndexKind::Date => format!("COALESCE((SELECT MIN(s.lo) FROM search_date s WHERE {corr} {param}), {MAX_US}) ASC"),
+                IndexKind::Date => format!(
+                    "COALESCE((SELECT MIN(s.lo) FROM search_date s WHERE {corr} {param}), {MAX_US}) ASC"
+                ),
                 IndexKind::String | IndexKind::Token | IndexKind::Uri => {
-                    let (col, table) = if p.kind == IndexKind::String { ("value", "search_string") } else { ("code", "search_token") };
+                    let (col, table) = if p.kind == IndexKind::String {
+                        ("value", "search_string")
+                    } else {
+                        ("code", "search_token")
+                    };
                     let agg = if k.descending { "MAX" } else { "MIN" };
-                    let sub = format!("(SELECT {agg}(s.{col}) FROM {table} s WHERE {corr} {param})");
+                    let sub =
+                        format!("(SELECT {agg}(s.{col}) FROM {table} s WHERE {corr} {param})");
                     format!("({sub} IS NULL) ASC, {sub} {dir}")
                 }
-                IndexKind::Reference => return Err(invalid(format!("cannot sort by reference parameter {name}"))),
+                IndexKind::Reference => {
+                    return Err(invalid(format!(
+                        "cannot sort by reference parameter {name}"
+                    )));
+                }
             }
         }
     })
@@ -568,7 +732,10 @@ pub(crate) fn page_sql(q: &SearchQuery) -> Result<Sql> {
     let count = q.count.unwrap_or(DEFAULT_COUNT);
     let limit = sql.int(i64::try_from(count.saturating_add(1)).unwrap_or(i64::MAX));
     let offset = sql.int(i64::try_from(q.offset).unwrap_or(i64::MAX));
-    sql.text = format!("SELECT r.body FROM resource r WHERE {w} ORDER BY {} LIMIT {limit} OFFSET {offset}", order.join(", "));
+    sql.text = format!(
+        "SELECT r.body FROM resource r WHERE {w} ORDER BY {} LIMIT {limit} OFFSET {offset}",
+        order.join(", ")
+    );
     Ok(sql)
 }
 
@@ -609,11 +776,19 @@ pub(crate) fn include_sql(q: &SearchQuery, ids: &[String]) -> Result<Vec<Sql>> {
     }
     for inc in &q.revinclude {
         let p = reference_param(&inc.source_type, &inc.param)?;
-        if inc.target_type.as_deref().is_some_and(|t| t != q.resource_type) {
+        if inc
+            .target_type
+            .as_deref()
+            .is_some_and(|t| t != q.resource_type)
+        {
             continue;
         }
         let mut sql = Sql::default();
-        let (src, param, target) = (sql.text(&inc.source_type), sql.text(p.code), sql.text(&q.resource_type));
+        let (src, param, target) = (
+            sql.text(&inc.source_type),
+            sql.text(p.code),
+            sql.text(&q.resource_type),
+        );
         let list: Vec<String> = ids.iter().map(|id| sql.text(id.as_str())).collect();
         sql.text = format!(
             "SELECT t.resource_type, t.id, t.body FROM search_reference s \
@@ -648,11 +823,33 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(q.params.len(), 3);
-        assert_eq!(q.params[1].values, vec!["http://x|laboratory", "vital-signs"]);
+        assert_eq!(
+            q.params[1].values,
+            vec!["http://x|laboratory", "vital-signs"]
+        );
         assert_eq!(q.count, Some(10));
-        assert_eq!(q.sort, vec![SortKey { param: "date".into(), descending: true }, SortKey { param: "_id".into(), descending: false }]);
+        assert_eq!(
+            q.sort,
+            vec![
+                SortKey {
+                    param: "date".into(),
+                    descending: true
+                },
+                SortKey {
+                    param: "_id".into(),
+                    descending: false
+                }
+            ]
+        );
         assert_eq!(q.total, TotalMode::Accurate);
-        assert_eq!(q.revinclude[0], Include { source_type: "Provenance".into(), param: "target".into(), target_type: None });
+        assert_eq!(
+            q.revinclude[0],
+            Include {
+                source_type: "Provenance".into(),
+                param: "target".into(),
+                target_type: None
+            }
+        );
     }
 
     #[test]
@@ -691,7 +888,9 @@ mod tests {
     #[test]
     fn values_are_bound_never_inlined() {
         let evil = "x'; DROP TABLE resource;--";
-        let q = SearchQuery::new("Patient").filter("name", None, &[evil]).filter("identifier", None, &[evil]);
+        let q = SearchQuery::new("Patient")
+            .filter("name", None, &[evil])
+            .filter("identifier", None, &[evil]);
         let mut sql = Sql::default();
         let w = build_where(&q, &mut sql).unwrap_or_else(|e| panic!("{e}"));
         assert!(!w.contains("DROP"), "{w}");

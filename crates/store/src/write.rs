@@ -22,8 +22,14 @@ pub(crate) enum Op {
     /// with that id is [`StoreError::AlreadyExists`].
     Create(Value),
     /// Create or replace; `if_match` must equal the current version when given.
-    Put { resource: Value, if_match: Option<String> },
-    Delete { resource_type: String, id: String },
+    Put {
+        resource: Value,
+        if_match: Option<String>,
+    },
+    Delete {
+        resource_type: String,
+        id: String,
+    },
 }
 
 pub(crate) type Key = (String, String);
@@ -72,12 +78,19 @@ pub(crate) fn prepare(ops: Vec<Op>) -> Result<Vec<Prepared>> {
             Op::Delete { resource_type, id } => {
                 check_type(&resource_type)?;
                 check_id(&id)?;
-                Ok(Prepared { key: (resource_type, id), kind: Kind::Delete, body: None, rows: IndexRows::default() })
+                Ok(Prepared {
+                    key: (resource_type, id),
+                    kind: Kind::Delete,
+                    body: None,
+                    rows: IndexRows::default(),
+                })
             }
             Op::Create(v) => with_body(v, Kind::Create),
             Op::Put { resource, if_match } => {
                 if resource.get("id").is_none() {
-                    return Err(StoreError::Invalid("an update needs the resource's id".into()));
+                    return Err(StoreError::Invalid(
+                        "an update needs the resource's id".into(),
+                    ));
                 }
                 with_body(resource, Kind::Put(if_match))
             }
@@ -87,11 +100,17 @@ pub(crate) fn prepare(ops: Vec<Op>) -> Result<Vec<Prepared>> {
 
 fn with_body(mut v: Value, kind: Kind) -> Result<Prepared> {
     let Value::Object(map) = &mut v else {
-        return Err(StoreError::Invalid("a resource must be a JSON object".into()));
+        return Err(StoreError::Invalid(
+            "a resource must be a JSON object".into(),
+        ));
     };
     let rt = match map.get("resourceType") {
         Some(Value::String(s)) => s.clone(),
-        _ => return Err(StoreError::Invalid("the resource has no resourceType".into())),
+        _ => {
+            return Err(StoreError::Invalid(
+                "the resource has no resourceType".into(),
+            ));
+        }
     };
     check_type(&rt)?;
     let id = match map.get("id") {
@@ -107,18 +126,39 @@ fn with_body(mut v: Value, kind: Kind) -> Result<Prepared> {
         return Err(StoreError::Invalid("meta must be an object".into()));
     }
     let rows = index::extract(&rt, &v);
-    Ok(Prepared { key: (rt, id), kind, body: Some(v), rows })
+    Ok(Prepared {
+        key: (rt, id),
+        kind,
+        body: Some(v),
+        rows,
+    })
 }
 
 fn check_type(t: &str) -> Result<()> {
-    let ok = t.len() <= 64 && t.starts_with(|c: char| c.is_ascii_uppercase()) && t.chars().all(|c| c.is_ascii_alphanumeric());
-    if ok { Ok(()) } else { Err(StoreError::Invalid(format!("{t:?} is not a resource type name"))) }
+    let ok = t.len() <= 64
+        && t.starts_with(|c: char| c.is_ascii_uppercase())
+        && t.chars().all(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{t:?} is not a resource type name"
+        )))
+    }
 }
 
 /// FHIR ids: `[A-Za-z0-9\-\.]{1,64}`.
 pub(crate) fn check_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-    if ok { Ok(()) } else { Err(StoreError::Invalid(format!("{id:?} is not a valid id"))) }
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!("{id:?} is not a valid id")))
+    }
 }
 
 /// The distinct keys of a batch, sorted so that concurrent batches lock in the same order.
@@ -180,7 +220,10 @@ struct Final {
 
 /// Apply the batch to `current` (as read under lock) and return the statements to run and
 /// what each op did (`None` for a delete that found nothing to delete).
-pub(crate) fn plan(prepared: Vec<Prepared>, mut current: HashMap<Key, Current>) -> Result<(Vec<Sql>, Vec<Option<Stored>>)> {
+pub(crate) fn plan(
+    prepared: Vec<Prepared>,
+    mut current: HashMap<Key, Current>,
+) -> Result<(Vec<Sql>, Vec<Option<Stored>>)> {
     let (now, now_us) = crate::date::now();
     let mut finals: BTreeMap<Key, Final> = BTreeMap::new();
     let mut history: Vec<[Bind; 6]> = Vec::new();
@@ -190,8 +233,15 @@ pub(crate) fn plan(prepared: Vec<Prepared>, mut current: HashMap<Key, Current>) 
         let cur = current.get(&p.key).copied().filter(|c| c.version > 0);
         let live = cur.filter(|c| !c.deleted);
         match &p.kind {
-            Kind::Create if live.is_some() => return Err(StoreError::AlreadyExists { resource_type: rt, id }),
-            Kind::Put(Some(expected)) if live.map(|c| c.version.to_string()).as_deref() != Some(expected.as_str()) => {
+            Kind::Create if live.is_some() => {
+                return Err(StoreError::AlreadyExists {
+                    resource_type: rt,
+                    id,
+                });
+            }
+            Kind::Put(Some(expected))
+                if live.map(|c| c.version.to_string()).as_deref() != Some(expected.as_str()) =>
+            {
                 return Err(StoreError::VersionConflict {
                     resource_type: rt,
                     id,
@@ -236,10 +286,24 @@ pub(crate) fn plan(prepared: Vec<Prepared>, mut current: HashMap<Key, Current>) 
             resource: (!deleted).then(|| body.clone()),
         }));
         current.insert(p.key.clone(), Current { version, deleted });
-        let had_rows = finals.get(&p.key).map_or(cur.is_some_and(|c| !c.deleted), |f| f.had_rows);
+        let had_rows = finals
+            .get(&p.key)
+            .map_or(cur.is_some_and(|c| !c.deleted), |f| f.had_rows);
         finals.insert(
             p.key,
-            Final { version, last_updated: now.clone(), lu: now_us, deleted, body, rows: if deleted { IndexRows::default() } else { p.rows }, had_rows },
+            Final {
+                version,
+                last_updated: now.clone(),
+                lu: now_us,
+                deleted,
+                body,
+                rows: if deleted {
+                    IndexRows::default()
+                } else {
+                    p.rows
+                },
+                had_rows,
+            },
         );
     }
     Ok((statements(&finals, history), outcomes))
@@ -291,34 +355,97 @@ fn statements(finals: &BTreeMap<Key, Final>, history: Vec<[Bind; 6]>) -> Vec<Sql
     }
     for (t, ids) in stale {
         for chunk in ids.chunks(CHUNK_ROWS) {
-            for table in ["search_token", "search_string", "search_reference", "search_date"] {
+            for table in [
+                "search_token",
+                "search_string",
+                "search_reference",
+                "search_date",
+            ] {
                 let mut sql = Sql::default();
                 let rt = sql.text(t);
                 let ids: Vec<String> = chunk.iter().map(|id| sql.text(*id)).collect();
-                sql.text = format!("DELETE FROM {table} WHERE resource_type = {rt} AND id IN ({})", ids.join(", "));
+                sql.text = format!(
+                    "DELETE FROM {table} WHERE resource_type = {rt} AND id IN ({})",
+                    ids.join(", ")
+                );
                 out.push(sql);
             }
         }
     }
     let key = |t: &str, id: &str| [Bind::Text(t.to_string()), Bind::Text(id.to_string())];
     let tokens = finals.iter().flat_map(|((t, id), f)| {
-        f.rows.tokens.iter().map(move |(p, s, c)| [key(t, id).to_vec(), vec![Bind::Text((*p).into()), Bind::Text(s.clone()), Bind::Text(c.clone())]].concat())
-    });
-    insert_rows(&mut out, "INSERT INTO search_token (resource_type, id, param, system, code) VALUES", "", tokens);
-    let strings = finals.iter().flat_map(|((t, id), f)| {
-        f.rows.strings.iter().map(move |(p, v, r)| [key(t, id).to_vec(), vec![Bind::Text((*p).into()), Bind::Text(v.clone()), Bind::Text(r.clone())]].concat())
-    });
-    insert_rows(&mut out, "INSERT INTO search_string (resource_type, id, param, value, raw) VALUES", "", strings);
-    let refs = finals.iter().flat_map(|((t, id), f)| {
-        f.rows.references.iter().map(move |(p, rt, rid, url)| {
-            [key(t, id).to_vec(), vec![Bind::Text((*p).into()), Bind::Text(rt.clone()), Bind::Text(rid.clone()), Bind::Text(url.clone())]].concat()
+        f.rows.tokens.iter().map(move |(p, s, c)| {
+            [
+                key(t, id).to_vec(),
+                vec![
+                    Bind::Text((*p).into()),
+                    Bind::Text(s.clone()),
+                    Bind::Text(c.clone()),
+                ],
+            ]
+            .concat()
         })
     });
-    insert_rows(&mut out, "INSERT INTO search_reference (resource_type, id, param, ref_type, ref_id, ref_url) VALUES", "", refs);
-    let dates = finals.iter().flat_map(|((t, id), f)| {
-        f.rows.dates.iter().map(move |(p, lo, hi)| [key(t, id).to_vec(), vec![Bind::Text((*p).into()), Bind::Int(*lo), Bind::Int(*hi)]].concat())
+    insert_rows(
+        &mut out,
+        "INSERT INTO search_token (resource_type, id, param, system, code) VALUES",
+        "",
+        tokens,
+    );
+    let strings = finals.iter().flat_map(|((t, id), f)| {
+        f.rows.strings.iter().map(move |(p, v, r)| {
+            [
+                key(t, id).to_vec(),
+                vec![
+                    Bind::Text((*p).into()),
+                    Bind::Text(v.clone()),
+                    Bind::Text(r.clone()),
+                ],
+            ]
+            .concat()
+        })
     });
-    insert_rows(&mut out, "INSERT INTO search_date (resource_type, id, param, lo, hi) VALUES", "", dates);
+    insert_rows(
+        &mut out,
+        "INSERT INTO search_string (resource_type, id, param, value, raw) VALUES",
+        "",
+        strings,
+    );
+    let refs = finals.iter().flat_map(|((t, id), f)| {
+        f.rows.references.iter().map(move |(p, rt, rid, url)| {
+            [
+                key(t, id).to_vec(),
+                vec![
+                    Bind::Text((*p).into()),
+                    Bind::Text(rt.clone()),
+                    Bind::Text(rid.clone()),
+                    Bind::Text(url.clone()),
+                ],
+            ]
+            .concat()
+        })
+    });
+    insert_rows(
+        &mut out,
+        "INSERT INTO search_reference (resource_type, id, param, ref_type, ref_id, ref_url) VALUES",
+        "",
+        refs,
+    );
+    let dates = finals.iter().flat_map(|((t, id), f)| {
+        f.rows.dates.iter().map(move |(p, lo, hi)| {
+            [
+                key(t, id).to_vec(),
+                vec![Bind::Text((*p).into()), Bind::Int(*lo), Bind::Int(*hi)],
+            ]
+            .concat()
+        })
+    });
+    insert_rows(
+        &mut out,
+        "INSERT INTO search_date (resource_type, id, param, lo, hi) VALUES",
+        "",
+        dates,
+    );
     out
 }
 

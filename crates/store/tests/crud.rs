@@ -23,11 +23,16 @@ suite!(
 );
 
 fn meta<'a>(v: &'a Value, k: &str) -> &'a str {
-    v["meta"][k].as_str().unwrap_or_else(|| panic!("meta.{k} missing in {v}"))
+    v["meta"][k]
+        .as_str()
+        .unwrap_or_else(|| panic!("meta.{k} missing in {v}"))
 }
 
 async fn create_assigns_id_and_meta(s: Arc<dyn Store>) {
-    let stored = s.create(json!({"resourceType": "Patient", "gender": "female"})).await.expect("create");
+    let stored = s
+        .create(json!({"resourceType": "Patient", "gender": "female"}))
+        .await
+        .expect("create");
     assert!(stored.created);
     assert_eq!(stored.version_id, "1");
     let body = stored.resource.clone().expect("body");
@@ -35,7 +40,10 @@ async fn create_assigns_id_and_meta(s: Arc<dyn Store>) {
     assert_eq!(id, stored.id);
     assert_eq!(meta(&body, "versionId"), "1");
     let lu = meta(&body, "lastUpdated");
-    assert!(lu.ends_with('Z') && chrono_like(lu), "lastUpdated {lu} is not an RFC 3339 UTC instant");
+    assert!(
+        lu.ends_with('Z') && chrono_like(lu),
+        "lastUpdated {lu} is not an RFC 3339 UTC instant"
+    );
     let read = s.read("Patient", &id).await.expect("read");
     assert_eq!(read, body);
     assert_eq!(read["gender"], "female");
@@ -48,29 +56,64 @@ fn chrono_like(s: &str) -> bool {
 }
 
 async fn create_keeps_given_id_and_refuses_a_duplicate(s: Arc<dyn Store>) {
-    let stored = s.create(json!({"resourceType": "Patient", "id": "pt-1"})).await.expect("create");
+    let stored = s
+        .create(json!({"resourceType": "Patient", "id": "pt-1"}))
+        .await
+        .expect("create");
     assert_eq!(stored.id, "pt-1");
-    match s.create(json!({"resourceType": "Patient", "id": "pt-1"})).await {
+    match s
+        .create(json!({"resourceType": "Patient", "id": "pt-1"}))
+        .await
+    {
         Err(e @ StoreError::AlreadyExists { .. }) => assert_eq!(e.http_status(), 409),
         other => panic!("expected AlreadyExists, got {other:?}"),
     }
     // The same id under another type is another resource.
-    s.create(json!({"resourceType": "Observation", "id": "pt-1", "status": "final"})).await.expect("other type");
+    s.create(json!({"resourceType": "Observation", "id": "pt-1", "status": "final"}))
+        .await
+        .expect("other type");
 }
 
 async fn update_increments_version_and_creates_if_absent(s: Arc<dyn Store>) {
-    let v1 = s.update(json!({"resourceType": "Patient", "id": "u", "gender": "male"}), None).await.expect("put new");
+    let v1 = s
+        .update(
+            json!({"resourceType": "Patient", "id": "u", "gender": "male"}),
+            None,
+        )
+        .await
+        .expect("put new");
     assert!(v1.created);
     assert_eq!(v1.version_id, "1");
-    let v2 = s.update(json!({"resourceType": "Patient", "id": "u", "gender": "female"}), None).await.expect("put again");
+    let v2 = s
+        .update(
+            json!({"resourceType": "Patient", "id": "u", "gender": "female"}),
+            None,
+        )
+        .await
+        .expect("put again");
     assert!(!v2.created);
     assert_eq!(v2.version_id, "2");
     assert_eq!(meta(v2.resource.as_ref().expect("body"), "versionId"), "2");
-    assert_eq!(s.read("Patient", "u").await.expect("read")["gender"], "female");
-    assert_eq!(s.vread("Patient", "u", "1").await.expect("vread 1")["gender"], "male");
-    assert_eq!(s.vread("Patient", "u", "2").await.expect("vread 2")["gender"], "female");
-    assert!(matches!(s.vread("Patient", "u", "3").await, Err(StoreError::NotFound { .. })));
-    assert!(matches!(s.vread("Patient", "u", "x").await, Err(StoreError::NotFound { .. })));
+    assert_eq!(
+        s.read("Patient", "u").await.expect("read")["gender"],
+        "female"
+    );
+    assert_eq!(
+        s.vread("Patient", "u", "1").await.expect("vread 1")["gender"],
+        "male"
+    );
+    assert_eq!(
+        s.vread("Patient", "u", "2").await.expect("vread 2")["gender"],
+        "female"
+    );
+    assert!(matches!(
+        s.vread("Patient", "u", "3").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.vread("Patient", "u", "x").await,
+        Err(StoreError::NotFound { .. })
+    ));
     match s.update(json!({"resourceType": "Patient"}), None).await {
         Err(StoreError::Invalid(_)) => {}
         other => panic!("update without id must be Invalid, got {other:?}"),
@@ -78,9 +121,23 @@ async fn update_increments_version_and_creates_if_absent(s: Arc<dyn Store>) {
 }
 
 async fn delete_is_soft_and_history_keeps_every_version(s: Arc<dyn Store>) {
-    s.update(json!({"resourceType": "Patient", "id": "d", "gender": "male"}), None).await.expect("v1");
-    s.update(json!({"resourceType": "Patient", "id": "d", "gender": "female"}), None).await.expect("v2");
-    let del = s.delete("Patient", "d").await.expect("delete").expect("something was deleted");
+    s.update(
+        json!({"resourceType": "Patient", "id": "d", "gender": "male"}),
+        None,
+    )
+    .await
+    .expect("v1");
+    s.update(
+        json!({"resourceType": "Patient", "id": "d", "gender": "female"}),
+        None,
+    )
+    .await
+    .expect("v2");
+    let del = s
+        .delete("Patient", "d")
+        .await
+        .expect("delete")
+        .expect("something was deleted");
     assert_eq!(del.version_id, "3");
     assert!(del.resource.is_none());
     match s.read("Patient", "d").await {
@@ -91,40 +148,96 @@ async fn delete_is_soft_and_history_keeps_every_version(s: Arc<dyn Store>) {
         Err(e @ StoreError::NotFound { .. }) => assert_eq!(e.http_status(), 404),
         other => panic!("read of a never-created id must be NotFound, got {other:?}"),
     }
-    assert_eq!(s.vread("Patient", "d", "2").await.expect("old version readable")["gender"], "female");
-    assert!(matches!(s.vread("Patient", "d", "3").await, Err(StoreError::Gone { .. })));
+    assert_eq!(
+        s.vread("Patient", "d", "2")
+            .await
+            .expect("old version readable")["gender"],
+        "female"
+    );
+    assert!(matches!(
+        s.vread("Patient", "d", "3").await,
+        Err(StoreError::Gone { .. })
+    ));
     let h = s.history("Patient", "d").await.expect("history");
-    let versions: Vec<(&str, bool)> = h.iter().map(|e| (e.version_id.as_str(), e.deleted)).collect();
+    let versions: Vec<(&str, bool)> = h
+        .iter()
+        .map(|e| (e.version_id.as_str(), e.deleted))
+        .collect();
     assert_eq!(versions, vec![("3", true), ("2", false), ("1", false)]);
     assert!(h[0].resource.is_none());
     assert_eq!(h[2].resource.as_ref().expect("v1 body")["gender"], "male");
-    assert!(s.delete("Patient", "d").await.expect("second delete").is_none(), "deleting twice deletes nothing");
-    assert!(s.delete("Patient", "never").await.expect("delete missing").is_none());
-    assert!(matches!(s.history("Patient", "never").await, Err(StoreError::NotFound { .. })));
-    let again = s.update(json!({"resourceType": "Patient", "id": "d"}), None).await.expect("recreate");
+    assert!(
+        s.delete("Patient", "d")
+            .await
+            .expect("second delete")
+            .is_none(),
+        "deleting twice deletes nothing"
+    );
+    assert!(
+        s.delete("Patient", "never")
+            .await
+            .expect("delete missing")
+            .is_none()
+    );
+    assert!(matches!(
+        s.history("Patient", "never").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let again = s
+        .update(json!({"resourceType": "Patient", "id": "d"}), None)
+        .await
+        .expect("recreate");
     assert!(again.created, "re-creating a deleted resource is a create");
     assert_eq!(again.version_id, "4");
     assert!(s.read("Patient", "d").await.is_ok());
 }
 
 async fn if_match_detects_version_conflicts(s: Arc<dyn Store>) {
-    s.update(json!({"resourceType": "Patient", "id": "m"}), None).await.expect("v1");
-    s.update(json!({"resourceType": "Patient", "id": "m"}), None).await.expect("v2");
-    match s.update(json!({"resourceType": "Patient", "id": "m", "gender": "x"}), Some("1")).await {
-        Err(StoreError::VersionConflict { expected, current, .. }) => {
+    s.update(json!({"resourceType": "Patient", "id": "m"}), None)
+        .await
+        .expect("v1");
+    s.update(json!({"resourceType": "Patient", "id": "m"}), None)
+        .await
+        .expect("v2");
+    match s
+        .update(
+            json!({"resourceType": "Patient", "id": "m", "gender": "x"}),
+            Some("1"),
+        )
+        .await
+    {
+        Err(StoreError::VersionConflict {
+            expected, current, ..
+        }) => {
             assert_eq!(expected, "1");
             assert_eq!(current.as_deref(), Some("2"));
         }
         other => panic!("expected VersionConflict, got {other:?}"),
     }
-    assert!(s.read("Patient", "m").await.expect("read")["gender"].is_null(), "a refused update writes nothing");
-    let ok = s.update(json!({"resourceType": "Patient", "id": "m", "gender": "other"}), Some("2")).await.expect("matching if-match");
+    assert!(
+        s.read("Patient", "m").await.expect("read")["gender"].is_null(),
+        "a refused update writes nothing"
+    );
+    let ok = s
+        .update(
+            json!({"resourceType": "Patient", "id": "m", "gender": "other"}),
+            Some("2"),
+        )
+        .await
+        .expect("matching if-match");
     assert_eq!(ok.version_id, "3");
     assert!(matches!(
-        s.update(json!({"resourceType": "Patient", "id": "absent"}), Some("1")).await,
+        s.update(
+            json!({"resourceType": "Patient", "id": "absent"}),
+            Some("1")
+        )
+        .await,
         Err(StoreError::VersionConflict { current: None, .. })
     ));
-    assert!(matches!(s.read("Patient", "absent").await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        s.read("Patient", "absent").await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 async fn invalid_resources_are_client_errors(s: Arc<dyn Store>) {
@@ -146,7 +259,12 @@ async fn invalid_resources_are_client_errors(s: Arc<dyn Store>) {
 }
 
 async fn upsert_all_is_all_or_nothing(s: Arc<dyn Store>) {
-    s.update(json!({"resourceType": "Patient", "id": "a0", "gender": "male"}), None).await.expect("existing");
+    s.update(
+        json!({"resourceType": "Patient", "id": "a0", "gender": "male"}),
+        None,
+    )
+    .await
+    .expect("existing");
     let batch = vec![
         json!({"resourceType": "Patient", "id": "a0", "gender": "female"}),
         json!({"resourceType": "Patient", "id": "a1"}),
@@ -154,14 +272,27 @@ async fn upsert_all_is_all_or_nothing(s: Arc<dyn Store>) {
         json!({"resourceType": "Patient", "id": "a3"}),
         json!({"resourceType": "Patient", "id": "bad id!"}),
     ];
-    assert!(matches!(s.upsert_all(batch).await, Err(StoreError::Invalid(_))));
-    assert_eq!(s.read("Patient", "a0").await.expect("a0")["gender"], "male", "the existing resource is untouched");
+    assert!(matches!(
+        s.upsert_all(batch).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(
+        s.read("Patient", "a0").await.expect("a0")["gender"],
+        "male",
+        "the existing resource is untouched"
+    );
     assert_eq!(s.history("Patient", "a0").await.expect("history").len(), 1);
     for (t, id) in [("Patient", "a1"), ("Observation", "a2"), ("Patient", "a3")] {
-        assert!(matches!(s.read(t, id).await, Err(StoreError::NotFound { .. })), "{t}/{id} must not exist");
+        assert!(
+            matches!(s.read(t, id).await, Err(StoreError::NotFound { .. })),
+            "{t}/{id} must not exist"
+        );
     }
     let q = fhirgate_store::SearchQuery::new("Observation").filter("patient", None, &["a1"]);
-    assert!(s.search(&q).await.expect("search").matches.is_empty(), "no index rows either");
+    assert!(
+        s.search(&q).await.expect("search").matches.is_empty(),
+        "no index rows either"
+    );
 
     let good = vec![
         json!({"resourceType": "Patient", "id": "a0", "gender": "female"}),
@@ -169,11 +300,13 @@ async fn upsert_all_is_all_or_nothing(s: Arc<dyn Store>) {
         json!({"resourceType": "Observation", "id": "a2", "status": "final", "subject": {"reference": "Patient/a1"}}),
     ];
     let stored = s.upsert_all(good).await.expect("good batch");
-    assert_eq!(stored.iter().map(|x| (x.id.as_str(), x.version_id.as_str(), x.created)).collect::<Vec<_>>(), vec![
-        ("a0", "2", false),
-        ("a1", "1", true),
-        ("a2", "1", true)
-    ]);
+    assert_eq!(
+        stored
+            .iter()
+            .map(|x| (x.id.as_str(), x.version_id.as_str(), x.created))
+            .collect::<Vec<_>>(),
+        vec![("a0", "2", false), ("a1", "1", true), ("a2", "1", true)]
+    );
     assert_eq!(s.search(&q).await.expect("search").matches.len(), 1);
 }
 
@@ -185,28 +318,59 @@ async fn upsert_all_versions_repeated_resources_in_order(s: Arc<dyn Store>) {
         ])
         .await
         .expect("batch");
-    assert_eq!(stored.iter().map(|x| x.version_id.as_str()).collect::<Vec<_>>(), vec!["1", "2"]);
-    assert_eq!(s.read("Patient", "r").await.expect("read")["gender"], "female");
+    assert_eq!(
+        stored
+            .iter()
+            .map(|x| x.version_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["1", "2"]
+    );
+    assert_eq!(
+        s.read("Patient", "r").await.expect("read")["gender"],
+        "female"
+    );
     assert_eq!(s.history("Patient", "r").await.expect("history").len(), 2);
     let q = fhirgate_store::SearchQuery::new("Patient").filter("gender", None, &["male"]);
-    assert!(s.search(&q).await.expect("search").matches.is_empty(), "only the last version is indexed");
+    assert!(
+        s.search(&q).await.expect("search").matches.is_empty(),
+        "only the last version is indexed"
+    );
 }
 
 async fn concurrent_updates_of_one_resource_all_get_distinct_versions(s: Arc<dyn Store>) {
-    s.update(json!({"resourceType": "Patient", "id": "c"}), None).await.expect("v1");
+    s.update(json!({"resourceType": "Patient", "id": "c"}), None)
+        .await
+        .expect("v1");
     let n = 16;
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.update(json!({"resourceType": "Patient", "id": "c", "birthDate": format!("20{i:02}")}), None).await })
+            tokio::spawn(async move {
+                s.update(
+                    json!({"resourceType": "Patient", "id": "c", "birthDate": format!("20{i:02}")}),
+                    None,
+                )
+                .await
+            })
         })
         .collect();
     let mut versions = Vec::new();
     for t in tasks {
-        versions.push(t.await.expect("join").expect("update").version_id.parse::<u32>().expect("numeric version"));
+        versions.push(
+            t.await
+                .expect("join")
+                .expect("update")
+                .version_id
+                .parse::<u32>()
+                .expect("numeric version"),
+        );
     }
     versions.sort_unstable();
-    assert_eq!(versions, (2..=n + 1).collect::<Vec<_>>(), "every update got its own version");
+    assert_eq!(
+        versions,
+        (2..=n + 1).collect::<Vec<_>>(),
+        "every update got its own version"
+    );
     let h = s.history("Patient", "c").await.expect("history");
     assert_eq!(h.len(), n as usize + 1);
     let current = s.read("Patient", "c").await.expect("read");
@@ -216,11 +380,19 @@ async fn concurrent_updates_of_one_resource_all_get_distinct_versions(s: Arc<dyn
 }
 
 async fn concurrent_conditional_updates_let_exactly_one_win(s: Arc<dyn Store>) {
-    s.update(json!({"resourceType": "Patient", "id": "w"}), None).await.expect("v1");
+    s.update(json!({"resourceType": "Patient", "id": "w"}), None)
+        .await
+        .expect("v1");
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.update(json!({"resourceType": "Patient", "id": "w", "gender": format!("g{i}")}), Some("1")).await })
+            tokio::spawn(async move {
+                s.update(
+                    json!({"resourceType": "Patient", "id": "w", "gender": format!("g{i}")}),
+                    Some("1"),
+                )
+                .await
+            })
         })
         .collect();
     let (mut ok, mut conflicts) = (0, 0);
@@ -241,7 +413,10 @@ async fn concurrent_creates_of_one_id_serialize(s: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let s = s.clone();
-            tokio::spawn(async move { s.update(json!({"resourceType": "Patient", "id": "new"}), None).await })
+            tokio::spawn(async move {
+                s.update(json!({"resourceType": "Patient", "id": "new"}), None)
+                    .await
+            })
         })
         .collect();
     let mut created = 0;
@@ -265,7 +440,11 @@ async fn meta_is_kept_and_stamped(s: Arc<dyn Store>) {
         .await
         .expect("put");
     let body = st.resource.expect("body");
-    assert_eq!(meta(&body, "versionId"), "1", "the client's versionId is not trusted");
+    assert_eq!(
+        meta(&body, "versionId"),
+        "1",
+        "the client's versionId is not trusted"
+    );
     assert_ne!(meta(&body, "lastUpdated"), "1999-01-01T00:00:00Z");
     assert_eq!(body["meta"]["tag"][0]["code"], "x");
 }

@@ -22,7 +22,11 @@ pub async fn sqlite() -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("nested").join("fhirgate.db");
     let store = SqliteStore::open(&path).await.expect("open sqlite store");
-    Harness { store: Arc::new(store), _dir: Some(dir), url: Some(format!("sqlite:{}", path.display())) }
+    Harness {
+        store: Arc::new(store),
+        _dir: Some(dir),
+        url: Some(format!("sqlite:{}", path.display())),
+    }
 }
 
 /// `None` only when `FHIRGATE_TEST_SKIP_POSTGRES=1`.
@@ -31,7 +35,9 @@ pub async fn postgres() -> Option<Harness> {
         Ok(u) if !u.is_empty() => u,
         _ => {
             if std::env::var("FHIRGATE_TEST_SKIP_POSTGRES").as_deref() == Ok("1") {
-                eprintln!("FHIRGATE_TEST_SKIP_POSTGRES=1: skipping the PostgreSQL half of this test");
+                eprintln!(
+                    "FHIRGATE_TEST_SKIP_POSTGRES=1: skipping the PostgreSQL half of this test"
+                );
                 return None;
             }
             panic!(
@@ -41,18 +47,37 @@ pub async fn postgres() -> Option<Harness> {
         }
     };
     static N: AtomicU32 = AtomicU32::new(0);
-    let schema = format!("t{}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst), rand_suffix());
-    let admin = sqlx::PgPool::connect(&url).await.expect("connect to FHIRGATE_TEST_POSTGRES_URL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.expect("create schema");
+    let schema = format!(
+        "t{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        rand_suffix()
+    );
+    let admin = sqlx::PgPool::connect(&url)
+        .await
+        .expect("connect to FHIRGATE_TEST_POSTGRES_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .expect("create schema");
     admin.close().await;
     let sep = if url.contains('?') { '&' } else { '?' };
     let schema_url = format!("{url}{sep}options[search_path]={schema}");
-    let store = PostgresStore::open(&schema_url).await.expect("open postgres store");
-    Some(Harness { store: Arc::new(store), _dir: None, url: Some(schema_url) })
+    let store = PostgresStore::open(&schema_url)
+        .await
+        .expect("open postgres store");
+    Some(Harness {
+        store: Arc::new(store),
+        _dir: None,
+        url: Some(schema_url),
+    })
 }
 
 fn rand_suffix() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("{nanos:x}")
 }
 
