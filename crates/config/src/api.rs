@@ -43,13 +43,16 @@ pub(crate) struct RouteWalker<'l, 'a> {
     params_seen: HashMap<String, (String, Location)>,
     /// APIs being walked, outermost first, for cycle detection.
     stack: Vec<String>,
+    /// The path to the node being walked.
+    segments: Vec<Segment>,
+    /// The middlewares inherited by the node being walked, outermost first.
+    middlewares: Vec<String>,
 }
 
-/// Everything a route map node inherits from above.
+/// What a node inherits besides path and middlewares: which API declares it, and where that
+/// API is mounted.
 #[derive(Clone)]
 struct Ctx {
-    segments: Vec<Segment>,
-    middlewares: Vec<String>,
     mount_len: usize,
     api: String,
 }
@@ -62,6 +65,8 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
             ops_seen: HashMap::new(),
             params_seen: HashMap::new(),
             stack: Vec::new(),
+            segments: Vec::new(),
+            middlewares: Vec::new(),
         }
     }
 
@@ -70,22 +75,14 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
     }
 
     pub fn walk_root(&mut self, api: &str) {
-        self.walk_api(
-            api,
-            Ctx {
-                segments: Vec::new(),
-                middlewares: Vec::new(),
-                mount_len: 0,
-                api: api.to_string(),
-            },
-        );
+        self.walk_api(api);
     }
 
     fn error(&mut self, file: &PathBuf, pos: Pos, msg: impl Into<String>) {
         self.loader.error(file, pos, msg);
     }
 
-    fn walk_api(&mut self, api: &str, ctx: Ctx) {
+    fn walk_api(&mut self, api: &str) {
         let Some((ns_name, name)) = api.rsplit_once('/') else {
             return;
         };
@@ -97,15 +94,14 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
         let (file, node, ns_clone) = (ns.file.clone(), def.value.clone(), ns_snapshot(ns));
         self.stack.push(api.to_string());
         let ctx = Ctx {
-            mount_len: ctx.segments.len(),
+            mount_len: self.segments.len(),
             api: api.to_string(),
-            ..ctx
         };
-        self.walk_node(&ns_clone, &file, &node, ctx);
+        self.walk_node(&ns_clone, &file, &node, &ctx);
         self.stack.pop();
     }
 
-    fn walk_node(&mut self, ns: &Namespace, file: &PathBuf, node: &Node, mut ctx: Ctx) {
+    fn walk_node(&mut self, ns: &Namespace, file: &PathBuf, node: &Node, ctx: &Ctx) {
         let Some(entries) = node.value.as_map() else {
             self.error(
                 file,
@@ -114,16 +110,17 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
             );
             return;
         };
+        let inherited = self.middlewares.len();
         if let Some(m) = node.value.get_keyword("middlewares") {
-            self.middlewares(file, m, &mut ctx.middlewares);
+            self.push_middlewares(file, m);
         }
         for (k, v) in entries {
             match &k.value {
                 Value::Keyword(kw) => match kw.as_str() {
                     "zen/tags" | "zen/desc" | "middlewares" => {}
-                    "apis" => self.apis(ns, file, v, &ctx),
+                    "apis" => self.apis(ns, file, v),
                     m => match Method::from_keyword(m) {
-                        Some(method) => self.op(file, method, v, &ctx),
+                        Some(method) => self.op(file, method, v, ctx),
                         None => self.error(
                             file,
                             k.span.start,
@@ -136,9 +133,9 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
                         self.error(file, k.span.start, format!("a path segment must be non-empty, without '/' or spaces: {seg:?}"));
                         continue;
                     }
-                    let mut child = ctx.clone();
-                    child.segments.push(Segment::Literal(seg.clone()));
-                    self.walk_node(ns, file, v, child);
+                    self.segments.push(Segment::Literal(seg.clone()));
+                    self.walk_node(ns, file, v, ctx);
+                    self.segments.pop();
                 }
                 Value::Vector(items) => {
                     let name = match items.as_slice() {
@@ -150,7 +147,7 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
                         continue;
                     };
                     let here = Location { file: file.clone(), pos: k.span.start };
-                    let prefix = normalized(&ctx.segments);
+                    let prefix = normalized(&self.segments);
                     match self.params_seen.get(&prefix) {
                         Some((other, loc)) if *other != name => {
                             let msg = format!("path parameter [:{name}] clashes with [:{other}] declared at {loc} on the same path");
@@ -162,9 +159,9 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
                             self.params_seen.insert(prefix, (name.clone(), here));
                         }
                     }
-                    let mut child = ctx.clone();
-                    child.segments.push(Segment::Param(name));
-                    self.walk_node(ns, file, v, child);
+                    self.segments.push(Segment::Param(name));
+                    self.walk_node(ns, file, v, ctx);
+                    self.segments.pop();
                 }
                 other => self.error(
                     file,
@@ -173,9 +170,10 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
                 ),
             }
         }
+        self.middlewares.truncate(inherited);
     }
 
-    fn middlewares(&mut self, file: &PathBuf, node: &Node, out: &mut Vec<String>) {
+    fn push_middlewares(&mut self, file: &PathBuf, node: &Node) {
         let Value::Vector(items) = &node.value else {
             self.error(
                 file,
@@ -189,7 +187,9 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
         };
         for item in items {
             match item.value.as_keyword() {
-                Some(kw) if self.loader.catalog.has_middleware(kw) => out.push(kw.to_string()),
+                Some(kw) if self.loader.catalog.has_middleware(kw) => {
+                    self.middlewares.push(kw.to_string())
+                }
                 Some(kw) => self.error(file, item.span.start, format!("unknown middleware :{kw}")),
                 None => self.error(
                     file,
@@ -200,7 +200,7 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
         }
     }
 
-    fn apis(&mut self, ns: &Namespace, file: &PathBuf, node: &Node, ctx: &Ctx) {
+    fn apis(&mut self, ns: &Namespace, file: &PathBuf, node: &Node) {
         let (Value::Set(items) | Value::Vector(items)) = &node.value else {
             self.error(
                 file,
@@ -248,7 +248,7 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
                 );
                 continue;
             }
-            self.walk_api(&qualified, ctx.clone());
+            self.walk_api(&qualified);
         }
     }
 
@@ -350,7 +350,7 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
             }
             return;
         };
-        let from_path = ctx
+        let from_path = self
             .segments
             .iter()
             .any(|s| *s == Segment::Param("resource/type".into()));
@@ -369,22 +369,22 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
             ok = false;
         }
 
-        let key = (method, normalized(&ctx.segments));
+        let key = (method, normalized(&self.segments));
         if let Some(first) = self.ops_seen.get(&key) {
             let msg = format!(
                 "{method} {} is already declared at {first}",
-                crate::segments_path(&ctx.segments)
+                crate::segments_path(&self.segments)
             );
             self.error(file, node.span.start, msg);
             return;
         }
         self.ops_seen.insert(key, here.clone());
 
-        let first = ctx.segments.first().map(|s| match s {
+        let first = self.segments.first().map(|s| match s {
             Segment::Literal(l) => Some(l.as_str()),
             Segment::Param(_) => None,
         });
-        let second = ctx.segments.get(1).map(|s| match s {
+        let second = self.segments.get(1).map(|s| match s {
             Segment::Literal(l) => Some(l.as_str()),
             Segment::Param(_) => None,
         });
@@ -394,11 +394,11 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
                 node.span.start,
                 format!(
                     "{method} {} cannot be declared: {why}",
-                    crate::segments_path(&ctx.segments)
+                    crate::segments_path(&self.segments)
                 ),
             );
             ok = false;
-        } else if ctx.segments.is_empty() && method == Method::Put {
+        } else if self.segments.is_empty() && method == Method::Put {
             self.error(
                 file,
                 node.span.start,
@@ -411,13 +411,13 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
         }
         self.routes.push(Route {
             method,
-            segments: ctx.segments.clone(),
+            segments: self.segments.clone(),
             mount_len: ctx.mount_len,
             action,
             public,
             resource_type,
             params,
-            middlewares: ctx.middlewares.clone(),
+            middlewares: self.middlewares.clone(),
             api: ctx.api.clone(),
             location: here,
         });

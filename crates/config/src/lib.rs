@@ -194,7 +194,8 @@ fn segments_path(segments: &[Segment]) -> String {
 /// Every route of a project, in declaration order.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    pub routes: Vec<Route>,
+    /// Shared so that the router can hold them without copying.
+    pub routes: Vec<std::sync::Arc<Route>>,
 }
 
 /// A loaded, validated project.

@@ -37,7 +37,8 @@ pub(crate) struct Namespace {
 /// One top-level definition (`smart-api {...}`).
 pub(crate) struct Def {
     pub key_pos: Pos,
-    pub value: Node,
+    /// Shared so that walking an API does not copy its tree.
+    pub value: std::sync::Arc<Node>,
     pub tags: Vec<String>,
 }
 
@@ -129,7 +130,9 @@ impl<'a> Loader<'a> {
             root_dir: self.root_dir,
             entry_ns: ns_name,
             root_api: root_api.unwrap_or_default(),
-            routes: crate::RouteTable { routes },
+            routes: crate::RouteTable {
+                routes: routes.into_iter().map(std::sync::Arc::new).collect(),
+            },
             grant_lookup,
             warnings,
         })
@@ -259,7 +262,7 @@ impl<'a> Loader<'a> {
                         sym.to_string(),
                         Def {
                             key_pos: k.span.start,
-                            value: v,
+                            value: std::sync::Arc::new(v),
                             tags: Vec::new(),
                         },
                     );

@@ -226,10 +226,35 @@ fn convert_all(items: Vec<parse::Node<'_>>) -> Result<Vec<Node>, EdnError> {
 }
 
 fn first_duplicate<'a>(nodes: impl Iterator<Item = &'a Node>) -> Option<&'a Node> {
-    let mut seen = std::collections::HashSet::new();
-    nodes
-        .into_iter()
-        .find(|n| !seen.insert(n.value.to_string()))
+    // Scalars (nearly every key in practice) are compared without allocating; composite forms
+    // by their canonical printed form, which ignores spans and set/map order.
+    fn scalar(v: &Value) -> Option<(u8, &str)> {
+        match v {
+            Value::Keyword(s) => Some((0, s)),
+            Value::Str(s) => Some((1, s)),
+            Value::Symbol(s) => Some((2, s)),
+            _ => None,
+        }
+    }
+    let nodes: Vec<&Node> = nodes.collect();
+    if nodes.len() <= 12 && nodes.iter().all(|n| scalar(&n.value).is_some()) {
+        // small maps of scalar keys: pairwise beats hashing
+        return nodes
+            .iter()
+            .enumerate()
+            .find(|(i, n)| {
+                nodes[..*i]
+                    .iter()
+                    .any(|m| scalar(&m.value) == scalar(&n.value))
+            })
+            .map(|(_, n)| *n);
+    }
+    let mut scalars = std::collections::HashSet::new();
+    let mut others = std::collections::HashSet::new();
+    nodes.into_iter().find(|n| match scalar(&n.value) {
+        Some(k) => !scalars.insert(k),
+        None => !others.insert(n.value.to_string()),
+    })
 }
 
 /// Decode the escapes the EDN spec allows: `\t \r \n \\ \"`. The reader has already refused

@@ -9,6 +9,9 @@ use fhirgate::cli::{Cli, Command, ProjectArgs, RoutesArgs, ServeArgs, validate_b
 use fhirgate::{Settings, build_app, load_project, registry};
 use fhirgate_config::{Diagnostic, Project};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

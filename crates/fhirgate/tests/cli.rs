@@ -15,11 +15,18 @@ fn repo() -> PathBuf {
 
 /// `../shared` beside the repository (override with FHIRGATE_SHARED_DIR).
 fn shared() -> PathBuf {
-    std::env::var_os("FHIRGATE_SHARED_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared"))
+    std::env::var_os("FHIRGATE_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared"))
 }
 
 fn run(args: &[&str], dir: &Path) -> Output {
-    bin().args(args).current_dir(dir).env_remove("FHIRGATE_CONFIG").output().unwrap()
+    bin()
+        .args(args)
+        .current_dir(dir)
+        .env_remove("FHIRGATE_CONFIG")
+        .output()
+        .unwrap()
 }
 
 fn text(b: &[u8]) -> String {
@@ -39,14 +46,27 @@ fn check_passes_on_every_shipped_and_aidbox_project() {
     ];
     for f in files {
         let out = run(&["check", f.to_str().unwrap()], &repo());
-        assert!(out.status.success(), "{}: {}", f.display(), text(&out.stderr));
-        assert!(text(&out.stdout).contains(": ok, "), "{}", text(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            f.display(),
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains(": ok, "),
+            "{}",
+            text(&out.stdout)
+        );
         assert!(!text(&out.stderr).contains("error:"));
     }
     // with no argument, check reads ./core.edn
     let out = run(&["check"], &repo());
     assert!(out.status.success());
-    assert!(text(&out.stdout).starts_with("core.edn: ok, 82 routes"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("core.edn: ok, 82 routes"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -71,14 +91,26 @@ fn check_reports_every_error_with_path_line_col_and_exits_1() {
     );
     assert!(out.stdout.is_empty());
 
-    std::fs::write(&f, "{ns core\n import #{zenbox}\n root-api {:zen/tags #{zenbox/api}\n").unwrap();
+    std::fs::write(
+        &f,
+        "{ns core\n import #{zenbox}\n root-api {:zen/tags #{zenbox/api}\n",
+    )
+    .unwrap();
     let out = run(&["check", "--config", "core.edn"], &dir);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).starts_with("core.edn:4:1: error: unexpected end of input"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("core.edn:4:1: error: unexpected end of input"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = run(&["check", "missing.edn"], &dir);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).starts_with("missing.edn:1:1: error: cannot read file"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("missing.edn:1:1: error: cannot read file"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -86,23 +118,67 @@ fn routes_prints_the_table() {
     let out = run(&["routes"], &repo());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let table = text(&out.stdout);
-    let line = table.lines().find(|l| l.split_whitespace().nth(1) == Some("/smart/Patient/{id}")).unwrap();
+    let line = table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("/smart/Patient/{id}"))
+        .unwrap();
     let cols: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(cols, vec!["GET", "/smart/Patient/{id}", "smart.fhir/read", "smart.fhir/authorization-middleware", "-"]);
-    let meta = table.lines().find(|l| l.contains("/smart/metadata")).unwrap();
-    assert_eq!(meta.split_whitespace().collect::<Vec<_>>(), vec!["GET", "/smart/metadata", "smart.fhir/capability", "-", "public"]);
+    assert_eq!(
+        cols,
+        vec![
+            "GET",
+            "/smart/Patient/{id}",
+            "smart.fhir/read",
+            "smart.fhir/authorization-middleware",
+            "-"
+        ]
+    );
+    let meta = table
+        .lines()
+        .find(|l| l.contains("/smart/metadata"))
+        .unwrap();
+    assert_eq!(
+        meta.split_whitespace().collect::<Vec<_>>(),
+        vec![
+            "GET",
+            "/smart/metadata",
+            "smart.fhir/capability",
+            "-",
+            "public"
+        ]
+    );
     assert_eq!(table.lines().count(), 82);
 
-    let out = run(&["routes", "--json", "--config", "project-samples/patient-access/core.edn"], &repo());
+    let out = run(
+        &[
+            "routes",
+            "--json",
+            "--config",
+            "project-samples/patient-access/core.edn",
+        ],
+        &repo(),
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let read = json.as_array().unwrap().iter().find(|r| r["path"] == "/patient/fhir/Patient/{id}").unwrap();
-    assert_eq!(read["middlewares"], serde_json::json!(["smart.fhir/single-patient-auth-middleware"]));
+    let read = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == "/patient/fhir/Patient/{id}")
+        .unwrap();
+    assert_eq!(
+        read["middlewares"],
+        serde_json::json!(["smart.fhir/single-patient-auth-middleware"])
+    );
     assert_eq!(read["mount"], "/patient/fhir");
     assert_eq!(read["public"], false);
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Server {
@@ -114,7 +190,13 @@ impl Server {
     fn start(config: &Path) -> Server {
         let port = free_port();
         let child = bin()
-            .args(["serve", "--config", config.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -129,7 +211,10 @@ impl Server {
     }
 
     fn get(&self, path: &str) -> (u16, String) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let r = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
             (r.status().as_u16(), r.text().await.unwrap())
@@ -138,7 +223,9 @@ impl Server {
 
     /// SIGTERM, then the exit status.
     fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -153,22 +240,36 @@ impl Server {
 #[test]
 fn serve_answers_declared_routes_and_stops_cleanly() {
     let server = Server::start(&repo().join("core.edn"));
-    assert_eq!(server.get("/health"), (200, "{\"status\":\"pass\"}".to_string()));
+    assert_eq!(
+        server.get("/health"),
+        (200, "{\"status\":\"pass\"}".to_string())
+    );
     let (s, body) = server.get("/smart/metadata");
     assert_eq!(s, 501, "public op reaches its action: {body}");
     let (s, body) = server.get("/smart/Observation?patient=pt-1");
     assert_eq!(s, 401, "protected op requires a token: {body}");
     assert!(body.contains("OperationOutcome"));
-    assert_eq!(server.get("/smart/Observation?nonsense=1").0, 401, "authentication comes before the params check");
+    assert_eq!(
+        server.get("/smart/Observation?nonsense=1").0,
+        401,
+        "authentication comes before the params check"
+    );
     assert_eq!(server.get("/nope").0, 404);
     assert!(server.stop().success(), "SIGTERM exits 0");
 }
 
 #[test]
 fn serve_runs_aidbox_samples_unmodified() {
-    for entry in ["aidbox/smart-on-fhir/core.edn", "aidbox/smart-on-fhir/aidbox/patient-access-smart-api/sample.edn"] {
+    for entry in [
+        "aidbox/smart-on-fhir/core.edn",
+        "aidbox/smart-on-fhir/aidbox/patient-access-smart-api/sample.edn",
+    ] {
         let server = Server::start(&shared().join(entry));
-        assert_eq!(server.get("/smart/.well-known/smart-configuration").0, 501, "{entry}");
+        assert_eq!(
+            server.get("/smart/.well-known/smart-configuration").0,
+            501,
+            "{entry}"
+        );
         assert_eq!(server.get("/smart/Patient/pt-1").0, 401, "{entry}");
         assert!(server.stop().success());
     }
@@ -180,7 +281,11 @@ fn serve_refuses_a_bad_project_or_base_url() {
     std::fs::write(dir.join("core.edn"), "{ns core import #{zenbox}\n root-api {:zen/tags #{zenbox/api} \"x\" {:GET {:action :bad/action}}}}").unwrap();
     let out = run(&["serve", "--listen", "127.0.0.1:0"], &dir);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("core.edn:2:55: error: unknown action :bad/action"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("core.edn:2:55: error: unknown action :bad/action"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = bin()
         .args(["serve", "--base-url", "http://localhost:8080/"])
@@ -188,14 +293,22 @@ fn serve_refuses_a_bad_project_or_base_url() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("must not end with '/'"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("must not end with '/'"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn serve_explains_a_port_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = bin().args(["serve", "--listen", &addr]).current_dir(repo()).output().unwrap();
+    let out = bin()
+        .args(["serve", "--listen", &addr])
+        .current_dir(repo())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("the address is in use"), "{err}");
@@ -203,7 +316,11 @@ fn serve_explains_a_port_in_use() {
 }
 
 fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fhirgate-cli-{}-{}", std::process::id(), free_port()));
+    let d = std::env::temp_dir().join(format!(
+        "fhirgate-cli-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }

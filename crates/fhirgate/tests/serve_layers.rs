@@ -1,15 +1,14 @@
 //! The constructor over loopback: an EDN project served by the real app, requests over HTTP.
 //! Proves route precedence, middleware inheritance and order, public ops, `:params` allow-lists.
 
-
+use axum::Json;
 use axum::extract::{Extension, Request};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
-use axum::Json;
-use fhirgate::{build_app, Settings};
-use fhirgate_config::{load_sources, MemorySources};
+use fhirgate::{Settings, build_app};
+use fhirgate_config::{MemorySources, load_sources};
 use fhirgate_router::{ActionSpec, Registry, RouteMatch};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const PROJECT: &str = r#"
 {ns core import #{zenbox}
@@ -36,7 +35,16 @@ const PROJECT: &str = r#"
 #[derive(Clone, Default)]
 struct Trail(Vec<&'static str>);
 
-fn tag(name: &'static str) -> impl Fn(Request, Next) -> std::pin::Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>> + Clone + Send + Sync + 'static {
+fn tag(
+    name: &'static str,
+) -> impl Fn(
+    Request,
+    Next,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
     move |mut req: Request, next: Next| {
         Box::pin(async move {
             let mut trail = req.extensions().get::<Trail>().cloned().unwrap_or_default();
@@ -47,9 +55,15 @@ fn tag(name: &'static str) -> impl Fn(Request, Next) -> std::pin::Pin<Box<dyn st
     }
 }
 
-async fn echo(Extension(m): Extension<RouteMatch>, trail: Option<Extension<Trail>>, req: Request) -> impl IntoResponse {
+async fn echo(
+    Extension(m): Extension<RouteMatch>,
+    trail: Option<Extension<Trail>>,
+    req: Request,
+) -> impl IntoResponse {
     let query = req.uri().query().unwrap_or("").to_string();
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap_or_default();
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
     Json(json!({
         "route": m.route.path(),
         "params": m.params.iter().map(|(k, v)| json!([k.as_ref(), v])).collect::<Vec<_>>(),
@@ -64,7 +78,8 @@ async fn start() -> String {
     let mut registry = fhirgate::registry();
     add_test_keywords(&mut registry);
     let sources = MemorySources::new([("t/core.edn", PROJECT)]);
-    let project = load_sources("t/core.edn", &sources, &registry).unwrap_or_else(|d| panic!("{d:#?}"));
+    let project =
+        load_sources("t/core.edn", &sources, &registry).unwrap_or_else(|d| panic!("{d:#?}"));
     let app = build_app(&Settings::default(), &project, &registry).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -83,7 +98,11 @@ async fn get(url: &str) -> (u16, Value, reqwest::header::HeaderMap) {
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let body = r.text().await.unwrap();
-    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)), headers)
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        headers,
+    )
 }
 
 async fn post_form(url: &str, body: &str) -> (u16, Value) {
@@ -121,7 +140,10 @@ async fn matching_backtracks_to_the_generic_history_route() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["route"], "/api/{resource/type}/{id}/_history");
     assert_eq!(v["resource_type"], "Patient");
-    assert_eq!(v["params"], json!([["resource/type", "Patient"], ["id", "pt-1"]]));
+    assert_eq!(
+        v["params"],
+        json!([["resource/type", "Patient"], ["id", "pt-1"]])
+    );
 }
 
 #[tokio::test]
@@ -130,9 +152,17 @@ async fn middlewares_are_inherited_outermost_first() {
     let (_, v, _) = get(&format!("{base}/api/Patient/pt-1")).await;
     assert_eq!(v["trail"], json!(["outer", "inner"]));
     let (_, v, _) = get(&format!("{base}/api/Patient/pt-1/_history")).await;
-    assert_eq!(v["trail"], json!(["outer"]), "the inner middleware belongs to the Patient subtree only");
+    assert_eq!(
+        v["trail"],
+        json!(["outer"]),
+        "the inner middleware belongs to the Patient subtree only"
+    );
     let (_, v, _) = get(&format!("{base}/open")).await;
-    assert_eq!(v["trail"], json!([]), "routes of the root API do not get the mounted API's middlewares");
+    assert_eq!(
+        v["trail"],
+        json!([]),
+        "routes of the root API do not get the mounted API's middlewares"
+    );
 }
 
 #[tokio::test]
@@ -153,26 +183,49 @@ async fn public_ops_skip_authentication_but_not_other_middlewares() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("error=\"invalid_token\""));
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
 }
 
 #[tokio::test]
 async fn params_allow_list() {
     let base = start().await;
-    let (s, v, _) = get(&format!("{base}/api/Patient?name=amy&_count=10&_sort=-birthdate")).await;
+    let (s, v, _) = get(&format!(
+        "{base}/api/Patient?name=amy&_count=10&_sort=-birthdate"
+    ))
+    .await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["query"], "name=amy&_count=10&_sort=-birthdate", "unchanged when nothing is capped");
+    assert_eq!(
+        v["query"], "name=amy&_count=10&_sort=-birthdate",
+        "unchanged when nothing is capped"
+    );
 
     let (s, v, _) = get(&format!("{base}/api/Patient?name=amy&colour=red")).await;
     assert_eq!(s, 400);
     assert_eq!(v["resourceType"], "OperationOutcome");
     let diag = v["issue"][0]["diagnostics"].as_str().unwrap();
-    assert!(diag.contains("unknown search parameter 'colour' for Patient"), "{diag}");
+    assert!(
+        diag.contains("unknown search parameter 'colour' for Patient"),
+        "{diag}"
+    );
 
     // modifiers ride on their base parameter; chains must be listed as written
-    assert_eq!(get(&format!("{base}/api/Patient?name:exact=Amy")).await.0, 200);
-    assert_eq!(get(&format!("{base}/api/Patient?subject.name=x")).await.0, 200);
-    assert_eq!(get(&format!("{base}/api/Patient?name.family=x")).await.0, 400);
+    assert_eq!(
+        get(&format!("{base}/api/Patient?name:exact=Amy")).await.0,
+        200
+    );
+    assert_eq!(
+        get(&format!("{base}/api/Patient?subject.name=x")).await.0,
+        200
+    );
+    assert_eq!(
+        get(&format!("{base}/api/Patient?name.family=x")).await.0,
+        400
+    );
 
     // :max caps _count and its alias _limit
     let (_, v, _) = get(&format!("{base}/api/Patient?_count=5000")).await;
@@ -182,12 +235,32 @@ async fn params_allow_list() {
     assert_eq!(get(&format!("{base}/api/Patient?_count=lots")).await.0, 400);
 
     // :values restricts values
-    assert_eq!(get(&format!("{base}/api/Patient?_revinclude=Provenance:target")).await.0, 200);
+    assert_eq!(
+        get(&format!("{base}/api/Patient?_revinclude=Provenance:target"))
+            .await
+            .0,
+        200
+    );
     let (s, v, _) = get(&format!("{base}/api/Patient?_revinclude=AuditEvent:entity")).await;
     assert_eq!(s, 400);
-    assert!(v["issue"][0]["diagnostics"].as_str().unwrap().contains("_revinclude=AuditEvent:entity is not allowed"));
-    assert_eq!(get(&format!("{base}/api/Patient?gender=male,female")).await.0, 200);
-    assert_eq!(get(&format!("{base}/api/Patient?gender=male,other")).await.0, 400);
+    assert!(
+        v["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("_revinclude=AuditEvent:entity is not allowed")
+    );
+    assert_eq!(
+        get(&format!("{base}/api/Patient?gender=male,female"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(&format!("{base}/api/Patient?gender=male,other"))
+            .await
+            .0,
+        400
+    );
 }
 
 #[tokio::test]
@@ -207,9 +280,18 @@ async fn lenient_handling_drops_unknown_parameters() {
 #[tokio::test]
 async fn post_search_bodies_are_checked_too() {
     let base = start().await;
-    let (s, v) = post_form(&format!("{base}/api/Patient/_search"), "name=amy&birthdate=1987").await;
+    let (s, v) = post_form(
+        &format!("{base}/api/Patient/_search"),
+        "name=amy&birthdate=1987",
+    )
+    .await;
     assert_eq!(s, 400);
-    assert!(v["issue"][0]["diagnostics"].as_str().unwrap().contains("'birthdate'"));
+    assert!(
+        v["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("'birthdate'")
+    );
     let (s, v) = post_form(&format!("{base}/api/Patient/_search"), "name=amy").await;
     assert_eq!(s, 200);
     assert_eq!(v["body"], "name=amy");
@@ -235,6 +317,14 @@ fn registry_rejects_what_check_rejects() {
     let registry = fhirgate::registry();
     let sources = MemorySources::new([("t/core.edn", PROJECT)]);
     let diags = load_sources("t/core.edn", &sources, &registry).unwrap_err();
-    assert!(diags.iter().any(|d| d.message == "unknown action :test/echo"));
-    assert!(diags.iter().any(|d| d.message == "unknown middleware :test/outer"));
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.message == "unknown action :test/echo")
+    );
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.message == "unknown middleware :test/outer")
+    );
 }

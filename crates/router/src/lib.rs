@@ -80,7 +80,7 @@ impl ProjectRouter {
         let mut matcher = Matcher::default();
         let mut routes = Vec::with_capacity(project.routes.routes.len());
         for (i, route) in project.routes.routes.iter().enumerate() {
-            let route = Arc::new(route.clone());
+            let route = route.clone();
             let service = registry.build_stack(&route)?;
             matcher.insert(&route.segments, route.method, i);
             routes.push((route, service));
