@@ -188,11 +188,12 @@ impl<'m, 'p> Search<'m, 'p, '_> {
 mod tests {
     use super::*;
 
+    /// `/a/:id` → segments; a `:` parameter name may contain `.` for `/` (`:resource.type`).
     fn segs(p: &str) -> Vec<Segment> {
         p.split('/')
             .filter(|s| !s.is_empty())
             .map(|s| match s.strip_prefix(':') {
-                Some(name) => Segment::Param(name.into()),
+                Some(name) => Segment::Param(name.replace('.', "/")),
                 None => Segment::Literal(s.into()),
             })
             .collect()
@@ -230,7 +231,7 @@ mod tests {
     fn backtracks_from_a_dead_literal_branch() {
         let m = matcher(&[
             ("/smart/Patient/:id", Method::Get),
-            ("/smart/:resource/type/:id/_history", Method::Get),
+            ("/smart/:resource.type/:id/_history", Method::Get),
         ]);
         let h = m.find("/smart/Patient/pt-1/_history").unwrap();
         assert_eq!(h.op(Method::Get), Some(1));

@@ -88,10 +88,29 @@ impl PostgresStore {
     }
 }
 
+/// Placeholders as the backend prefers them. SQLite reads `$N` as a *named* parameter and
+/// looks each name up in a list, which is quadratic in a 7,000-parameter bulk INSERT; `?N`
+/// is a plain index.
+trait Placeholders {
+    fn placeholders(text: String) -> String;
+}
+
+impl Placeholders for Sqlite {
+    fn placeholders(text: String) -> String {
+        text.replace('$', "?")
+    }
+}
+
+impl Placeholders for Postgres {
+    fn placeholders(text: String) -> String {
+        text
+    }
+}
+
 macro_rules! bind_all {
     ($db:ty, $sql:expr) => {{
         let sql: Sql = $sql;
-        let mut q = sqlx::query::<$db>(AssertSqlSafe(sql.text));
+        let mut q = sqlx::query::<$db>(AssertSqlSafe(<$db as Placeholders>::placeholders(sql.text)));
         for b in sql.binds {
             q = match b {
                 Bind::Text(s) => q.bind(s),
