@@ -1,7 +1,7 @@
 //! Walking `zenbox/api` route maps into a flat list of routes, with their diagnostics.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::Path;
 
 use fhirgate_edn::{Node, Pos, Value};
 
@@ -78,7 +78,7 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
         self.walk_api(api);
     }
 
-    fn error(&mut self, file: &PathBuf, pos: Pos, msg: impl Into<String>) {
+    fn error(&mut self, file: &Path, pos: Pos, msg: impl Into<String>) {
         self.loader.error(file, pos, msg);
     }
 
@@ -101,7 +101,7 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
         self.stack.pop();
     }
 
-    fn walk_node(&mut self, ns: &Namespace, file: &PathBuf, node: &Node, ctx: &Ctx) {
+    fn walk_node(&mut self, ns: &Namespace, file: &Path, node: &Node, ctx: &Ctx) {
         let Some(entries) = node.value.as_map() else {
             self.error(
                 file,
@@ -146,7 +146,7 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
                         self.error(file, k.span.start, format!("a path parameter is written [:name], found {}", k.value));
                         continue;
                     };
-                    let here = Location { file: file.clone(), pos: k.span.start };
+                    let here = Location { file: file.to_path_buf(), pos: k.span.start };
                     let prefix = normalized(&self.segments);
                     match self.params_seen.get(&prefix) {
                         Some((other, loc)) if *other != name => {
@@ -173,7 +173,7 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
         self.middlewares.truncate(inherited);
     }
 
-    fn push_middlewares(&mut self, file: &PathBuf, node: &Node) {
+    fn push_middlewares(&mut self, file: &Path, node: &Node) {
         let Value::Vector(items) = &node.value else {
             self.error(
                 file,
@@ -200,7 +200,7 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
         }
     }
 
-    fn apis(&mut self, ns: &Namespace, file: &PathBuf, node: &Node) {
+    fn apis(&mut self, ns: &Namespace, file: &Path, node: &Node) {
         let (Value::Set(items) | Value::Vector(items)) = &node.value else {
             self.error(
                 file,
@@ -263,9 +263,9 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
             .is_some_and(|d| d.tags.iter().any(|t| t == API_TAG))
     }
 
-    fn op(&mut self, file: &PathBuf, method: Method, node: &Node, ctx: &Ctx) {
+    fn op(&mut self, file: &Path, method: Method, node: &Node, ctx: &Ctx) {
         let here = Location {
-            file: file.clone(),
+            file: file.to_path_buf(),
             pos: node.span.start,
         };
         let Some(entries) = node.value.as_map() else {
@@ -426,7 +426,7 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
     /// Parse a `:params` allow-list. Returns `None` (after reporting) when it is malformed.
     fn params(
         &mut self,
-        file: &PathBuf,
+        file: &Path,
         node: &Node,
         resource_type: Option<&str>,
     ) -> Option<BTreeMap<String, ParamSpec>> {
@@ -481,7 +481,7 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
         ok.then_some(out)
     }
 
-    fn param_spec(&mut self, file: &PathBuf, name: &str, node: &Node) -> Option<ParamSpec> {
+    fn param_spec(&mut self, file: &Path, name: &str, node: &Node) -> Option<ParamSpec> {
         let Some(entries) = node.value.as_map() else {
             self.error(
                 file,

@@ -207,15 +207,15 @@ impl<'a> Loader<'a> {
             return None;
         };
         let ns_pos = ns_node.span.start;
-        if let Some((want, _, _)) = expected_ns {
-            if want != name {
-                self.error(
-                    file,
-                    ns_pos,
-                    format!("this file declares ns {name}, but its path means it must be {want}"),
-                );
-                return None;
-            }
+        if let Some((want, _, _)) = expected_ns
+            && want != name
+        {
+            self.error(
+                file,
+                ns_pos,
+                format!("this file declares ns {name}, but its path means it must be {want}"),
+            );
+            return None;
         }
         Some((root, name, ns_pos))
     }

@@ -146,12 +146,16 @@ impl Matcher {
     }
 }
 
+/// Parameter captures: (parameter name, raw segment).
+type Captures<'m, 'p> = Vec<(&'m str, &'p str)>;
+
 struct Search<'m, 'p, 's> {
     matcher: &'m Matcher,
     segs: &'s [&'p str],
     /// Parameters captured on the current branch.
-    trail: Vec<(&'m str, &'p str)>,
-    best: Option<(u32, usize, Vec<(&'m str, &'p str)>)>,
+    trail: Captures<'m, 'p>,
+    /// (score, node, captures) of the best complete match so far.
+    best: Option<(u32, usize, Captures<'m, 'p>)>,
 }
 
 impl<'m, 'p> Search<'m, 'p, '_> {
