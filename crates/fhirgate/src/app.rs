@@ -41,9 +41,26 @@ pub fn registry() -> Registry {
     r
 }
 
-/// Load and validate the project at `path` against `registry`.
+/// The default project (the repository's root `core.edn`), compiled in so that `fhirgate serve`
+/// works from any folder.
+pub const EMBEDDED_CORE_EDN: &str = include_str!("../../../core.edn");
+
+/// The default `--config`.
+pub const DEFAULT_CONFIG: &str = "core.edn";
+
+/// Load and validate the project at `path` against `registry`. When `path` is the default
+/// `core.edn` and no such file exists, the embedded default project is loaded instead.
 pub fn load_project(path: &Path, registry: &Registry) -> Result<Project, Vec<Diagnostic>> {
+    if uses_embedded(path) {
+        let sources = fhirgate_config::MemorySources::new([(DEFAULT_CONFIG, EMBEDDED_CORE_EDN)]);
+        return fhirgate_config::load_sources(DEFAULT_CONFIG, &sources, registry);
+    }
     fhirgate_config::load(path, registry)
+}
+
+/// Whether [`load_project`] would use the embedded default for `path`.
+pub fn uses_embedded(path: &Path) -> bool {
+    path == Path::new(DEFAULT_CONFIG) && !path.exists()
 }
 
 /// The whole HTTP app: built-in routes first, then the project's routes, under global layers.

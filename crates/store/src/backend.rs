@@ -11,7 +11,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -145,6 +148,35 @@ impl Placeholders for Postgres {
     }
 }
 
+/// How each backend binds a serialized JSON document: SQLite stores the text as is;
+/// PostgreSQL needs it typed as `jsonb`, which `Json<&RawValue>` gives without re-encoding.
+trait BindJson: sqlx::Database + Sized {
+    fn bind_json<'q>(
+        q: sqlx::query::Query<'q, Self, <Self as sqlx::Database>::Arguments>,
+        json: Arc<str>,
+    ) -> Result<sqlx::query::Query<'q, Self, <Self as sqlx::Database>::Arguments>>;
+}
+
+impl BindJson for Sqlite {
+    fn bind_json<'q>(
+        q: sqlx::query::Query<'q, Self, <Self as sqlx::Database>::Arguments>,
+        json: Arc<str>,
+    ) -> Result<sqlx::query::Query<'q, Self, <Self as sqlx::Database>::Arguments>> {
+        Ok(q.bind(json))
+    }
+}
+
+impl BindJson for Postgres {
+    fn bind_json<'q>(
+        q: sqlx::query::Query<'q, Self, <Self as sqlx::Database>::Arguments>,
+        json: Arc<str>,
+    ) -> Result<sqlx::query::Query<'q, Self, <Self as sqlx::Database>::Arguments>> {
+        let raw: &RawValue = serde_json::from_str(&json).map_err(|e| StoreError::Backend(format!("bad JSON: {e}")))?;
+        Ok(q.bind(Json(raw)))
+    }
+}
+
+/// A query with its values bound; `?`s out of the enclosing function on a binding failure.
 macro_rules! bind_all {
     ($db:ty, $sql:expr) => {{
         let sql: Sql = <$db as Placeholders>::placeholders($sql);
@@ -154,8 +186,8 @@ macro_rules! bind_all {
                 Bind::Text(s) => q.bind(s),
                 Bind::Int(i) => q.bind(i),
                 Bind::Bool(b) => q.bind(b),
-                Bind::Json(v) => q.bind(Json(v)),
-                Bind::OptJson(v) => q.bind(v.map(Json)),
+                Bind::Json(j) => <$db as BindJson>::bind_json(q, j)?,
+                Bind::NullJson => q.bind(None::<Json<Value>>),
             };
         }
         q

@@ -7,6 +7,8 @@
 //! and the others are checked per candidate with correlated `EXISTS` on the per-resource index,
 //! so `Observation?patient=X&category=laboratory` reads the patient's rows, not every lab result.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::date::{self, MAX_US, MIN_US};
@@ -254,12 +256,15 @@ fn unescape(v: &str) -> String {
 /// A bound SQL value.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Bind {
-    Text(String),
+    /// Shared, so that a value repeated on many rows (type, id, parameter name) is one
+    /// allocation, which SQLite then binds without copying.
+    Text(Arc<str>),
     Int(i64),
     Bool(bool),
-    Json(Value),
-    /// A nullable JSON column (a deleted version's body).
-    OptJson(Option<Value>),
+    /// A JSON document, already serialized.
+    Json(Arc<str>),
+    /// SQL NULL in a JSON column (a deleted version's body).
+    NullJson,
 }
 
 /// SQL text with `$n` placeholders and the values they stand for.
@@ -276,7 +281,7 @@ impl Sql {
         format!("${}", self.binds.len())
     }
 
-    pub fn text(&mut self, value: impl Into<String>) -> String {
+    pub fn text(&mut self, value: impl Into<Arc<str>>) -> String {
         self.bind(Bind::Text(value.into()))
     }
 
@@ -305,7 +310,7 @@ pub(crate) fn build_where(q: &SearchQuery, sql: &mut Sql) -> Result<String> {
             q.resource_type
         )));
     }
-    let rt = sql.text(&q.resource_type);
+    let rt = sql.text(q.resource_type.as_str());
     debug_assert_eq!(rt, "$1");
     let mut conds = Vec::new();
     if let Some(pid) = &q.patient_compartment {
@@ -760,7 +765,7 @@ pub(crate) fn include_sql(q: &SearchQuery, ids: &[String]) -> Result<Vec<Sql>> {
             continue; // applies to matches of another type: none here
         }
         let mut sql = Sql::default();
-        let (rt, param) = (sql.text(&q.resource_type), sql.text(p.code));
+        let (rt, param) = (sql.text(q.resource_type.as_str()), sql.text(p.code));
         let list: Vec<String> = ids.iter().map(|id| sql.text(id.as_str())).collect();
         let target = match &inc.target_type {
             Some(t) => format!(" AND s.ref_type = {}", sql.text(t.as_str())),
@@ -785,9 +790,9 @@ pub(crate) fn include_sql(q: &SearchQuery, ids: &[String]) -> Result<Vec<Sql>> {
         }
         let mut sql = Sql::default();
         let (src, param, target) = (
-            sql.text(&inc.source_type),
+            sql.text(inc.source_type.as_str()),
             sql.text(p.code),
-            sql.text(&q.resource_type),
+            sql.text(q.resource_type.as_str()),
         );
         let list: Vec<String> = ids.iter().map(|id| sql.text(id.as_str())).collect();
         sql.text = format!(

@@ -5,6 +5,7 @@
 //! fast (one statement per table per chunk instead of one per index row).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -207,11 +208,12 @@ pub(crate) fn current_sql(keys: &BTreeSet<Key>, for_update: &str) -> Vec<Sql> {
 
 /// The final state of one key after the batch.
 struct Final {
+    rt: Arc<str>,
+    id: Arc<str>,
     version: i64,
-    last_updated: String,
-    lu: i64,
     deleted: bool,
-    body: Value,
+    /// The body serialized once, shared by the resource and history rows.
+    body: Arc<str>,
     /// Index rows of the final version (none when deleted).
     rows: IndexRows,
     /// Whether index rows from before the batch must go.
@@ -225,8 +227,9 @@ pub(crate) fn plan(
     mut current: HashMap<Key, Current>,
 ) -> Result<(Vec<Sql>, Vec<Option<Stored>>)> {
     let (now, now_us) = crate::date::now();
+    let now_arc: Arc<str> = Arc::from(now.as_str());
     let mut finals: BTreeMap<Key, Final> = BTreeMap::new();
-    let mut history: Vec<[Bind; 6]> = Vec::new();
+    let mut history: Vec<Vec<Bind>> = Vec::new();
     let mut outcomes = Vec::with_capacity(prepared.len());
     for p in prepared {
         let (rt, id) = p.key.clone();
@@ -234,10 +237,7 @@ pub(crate) fn plan(
         let live = cur.filter(|c| !c.deleted);
         match &p.kind {
             Kind::Create if live.is_some() => {
-                return Err(StoreError::AlreadyExists {
-                    resource_type: rt,
-                    id,
-                });
+                return Err(StoreError::AlreadyExists { resource_type: rt, id });
             }
             Kind::Put(Some(expected))
                 if live.map(|c| c.version.to_string()).as_deref() != Some(expected.as_str()) =>
@@ -258,55 +258,34 @@ pub(crate) fn plan(
         let version = cur.map_or(1, |c| c.version + 1);
         let vid = version.to_string();
         let deleted = matches!(p.kind, Kind::Delete);
-        let body = match p.body {
-            Some(mut b) => {
-                stamp(&mut b, &vid, &now);
-                b
-            }
-            None => {
-                let mut b = serde_json::json!({"resourceType": rt, "id": id});
-                stamp(&mut b, &vid, &now);
-                b
-            }
-        };
-        history.push([
-            Bind::Text(rt.clone()),
-            Bind::Text(id.clone()),
+        let mut body = p.body.unwrap_or_else(|| serde_json::json!({"resourceType": rt, "id": id}));
+        stamp(&mut body, &vid, &now);
+        let text: Arc<str> = Arc::from(
+            serde_json::to_string(&body).map_err(|e| StoreError::Invalid(format!("unserializable resource: {e}")))?,
+        );
+        let (rt_arc, id_arc): (Arc<str>, Arc<str>) = (Arc::from(rt.as_str()), Arc::from(id.as_str()));
+        history.push(vec![
+            Bind::Text(rt_arc.clone()),
+            Bind::Text(id_arc.clone()),
             Bind::Int(version),
-            Bind::Text(now.clone()),
+            Bind::Text(now_arc.clone()),
             Bind::Bool(deleted),
-            Bind::OptJson((!deleted).then(|| body.clone())),
+            if deleted { Bind::NullJson } else { Bind::Json(text.clone()) },
         ]);
         outcomes.push(Some(Stored {
-            resource_type: rt.clone(),
-            id: id.clone(),
+            resource_type: rt,
+            id,
             version_id: vid,
             last_updated: now.clone(),
             created: live.is_none(),
-            resource: (!deleted).then(|| body.clone()),
+            resource: (!deleted).then_some(body),
         }));
         current.insert(p.key.clone(), Current { version, deleted });
-        let had_rows = finals
-            .get(&p.key)
-            .map_or(cur.is_some_and(|c| !c.deleted), |f| f.had_rows);
-        finals.insert(
-            p.key,
-            Final {
-                version,
-                last_updated: now.clone(),
-                lu: now_us,
-                deleted,
-                body,
-                rows: if deleted {
-                    IndexRows::default()
-                } else {
-                    p.rows
-                },
-                had_rows,
-            },
-        );
+        let had_rows = finals.get(&p.key).map_or(cur.is_some_and(|c| !c.deleted), |f| f.had_rows);
+        let rows = if deleted { IndexRows::default() } else { p.rows };
+        finals.insert(p.key, Final { rt: rt_arc, id: id_arc, version, deleted, body: text, rows, had_rows });
     }
-    Ok((statements(&finals, history), outcomes))
+    Ok((statements(finals, history, now_arc, now_us), outcomes))
 }
 
 /// Set `meta.versionId` and `meta.lastUpdated`, keeping the rest of `meta`.
@@ -320,15 +299,15 @@ fn stamp(body: &mut Value, version: &str, now: &str) {
     }
 }
 
-fn statements(finals: &BTreeMap<Key, Final>, history: Vec<[Bind; 6]>) -> Vec<Sql> {
+fn statements(finals: BTreeMap<Key, Final>, history: Vec<Vec<Bind>>, now: Arc<str>, now_us: i64) -> Vec<Sql> {
     let mut out = Vec::new();
-    let resource_rows = finals.iter().map(|((t, id), f)| {
+    let resource_rows = finals.values().map(|f| {
         vec![
-            Bind::Text(t.clone()),
-            Bind::Text(id.clone()),
+            Bind::Text(f.rt.clone()),
+            Bind::Text(f.id.clone()),
             Bind::Int(f.version),
-            Bind::Text(f.last_updated.clone()),
-            Bind::Int(f.lu),
+            Bind::Text(now.clone()),
+            Bind::Int(now_us),
             Bind::Bool(f.deleted),
             Bind::Json(f.body.clone()),
         ]
@@ -344,108 +323,59 @@ fn statements(finals: &BTreeMap<Key, Final>, history: Vec<[Bind; 6]>) -> Vec<Sql
         &mut out,
         "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, body) VALUES",
         "",
-        history.into_iter().map(Vec::from),
+        history.into_iter(),
     );
     // Old index rows of resources that had any, per type.
-    let mut stale: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for ((t, id), f) in finals {
+    let mut stale: BTreeMap<&str, Vec<&Arc<str>>> = BTreeMap::new();
+    for ((t, _), f) in &finals {
         if f.had_rows {
-            stale.entry(t).or_default().push(id);
+            stale.entry(t).or_default().push(&f.id);
         }
     }
     for (t, ids) in stale {
         for chunk in ids.chunks(CHUNK_ROWS) {
-            for table in [
-                "search_token",
-                "search_string",
-                "search_reference",
-                "search_date",
-            ] {
+            for table in ["search_token", "search_string", "search_reference", "search_date"] {
                 let mut sql = Sql::default();
                 let rt = sql.text(t);
-                let ids: Vec<String> = chunk.iter().map(|id| sql.text(*id)).collect();
-                sql.text = format!(
-                    "DELETE FROM {table} WHERE resource_type = {rt} AND id IN ({})",
-                    ids.join(", ")
-                );
+                let ids: Vec<String> = chunk.iter().map(|id| sql.bind(Bind::Text(Arc::clone(id)))).collect();
+                sql.text = format!("DELETE FROM {table} WHERE resource_type = {rt} AND id IN ({})", ids.join(", "));
                 out.push(sql);
             }
         }
     }
-    let key = |t: &str, id: &str| [Bind::Text(t.to_string()), Bind::Text(id.to_string())];
-    let tokens = finals.iter().flat_map(|((t, id), f)| {
-        f.rows.tokens.iter().map(move |(p, s, c)| {
-            [
-                key(t, id).to_vec(),
-                vec![
-                    Bind::Text((*p).into()),
-                    Bind::Text(s.clone()),
-                    Bind::Text(c.clone()),
-                ],
-            ]
-            .concat()
-        })
-    });
-    insert_rows(
-        &mut out,
-        "INSERT INTO search_token (resource_type, id, param, system, code) VALUES",
-        "",
-        tokens,
-    );
-    let strings = finals.iter().flat_map(|((t, id), f)| {
-        f.rows.strings.iter().map(move |(p, v, r)| {
-            [
-                key(t, id).to_vec(),
-                vec![
-                    Bind::Text((*p).into()),
-                    Bind::Text(v.clone()),
-                    Bind::Text(r.clone()),
-                ],
-            ]
-            .concat()
-        })
-    });
-    insert_rows(
-        &mut out,
-        "INSERT INTO search_string (resource_type, id, param, value, raw) VALUES",
-        "",
-        strings,
-    );
-    let refs = finals.iter().flat_map(|((t, id), f)| {
-        f.rows.references.iter().map(move |(p, rt, rid, url)| {
-            [
-                key(t, id).to_vec(),
-                vec![
-                    Bind::Text((*p).into()),
-                    Bind::Text(rt.clone()),
-                    Bind::Text(rid.clone()),
-                    Bind::Text(url.clone()),
-                ],
-            ]
-            .concat()
-        })
-    });
-    insert_rows(
-        &mut out,
-        "INSERT INTO search_reference (resource_type, id, param, ref_type, ref_id, ref_url) VALUES",
-        "",
-        refs,
-    );
-    let dates = finals.iter().flat_map(|((t, id), f)| {
-        f.rows.dates.iter().map(move |(p, lo, hi)| {
-            [
-                key(t, id).to_vec(),
-                vec![Bind::Text((*p).into()), Bind::Int(*lo), Bind::Int(*hi)],
-            ]
-            .concat()
-        })
-    });
-    insert_rows(
-        &mut out,
-        "INSERT INTO search_date (resource_type, id, param, lo, hi) VALUES",
-        "",
-        dates,
-    );
+    // Parameter names repeat on every row: share one allocation per name.
+    let mut names: HashMap<&'static str, Arc<str>> = HashMap::new();
+    let mut name = |p: &'static str| Bind::Text(names.entry(p).or_insert_with(|| Arc::from(p)).clone());
+    let mut tokens = Vec::new();
+    let mut strings = Vec::new();
+    let mut refs = Vec::new();
+    let mut dates = Vec::new();
+    for f in finals.into_values() {
+        let key = || [Bind::Text(f.rt.clone()), Bind::Text(f.id.clone())];
+        for (p, system, code) in f.rows.tokens {
+            tokens.push([key().as_slice(), &[name(p), Bind::Text(system.into()), Bind::Text(code.into())]].concat());
+        }
+        for (p, value, raw) in f.rows.strings {
+            strings.push([key().as_slice(), &[name(p), Bind::Text(value.into()), Bind::Text(raw.into())]].concat());
+        }
+        for (p, rt, rid, url) in f.rows.references {
+            refs.push(
+                [key().as_slice(), &[name(p), Bind::Text(rt.into()), Bind::Text(rid.into()), Bind::Text(url.into())]].concat(),
+            );
+        }
+        for (p, lo, hi) in f.rows.dates {
+            dates.push([key().as_slice(), &[name(p), Bind::Int(lo), Bind::Int(hi)]].concat());
+        }
+    }
+    let tables = [
+        ("INSERT INTO search_token (resource_type, id, param, system, code) VALUES", tokens),
+        ("INSERT INTO search_string (resource_type, id, param, value, raw) VALUES", strings),
+        ("INSERT INTO search_reference (resource_type, id, param, ref_type, ref_id, ref_url) VALUES", refs),
+        ("INSERT INTO search_date (resource_type, id, param, lo, hi) VALUES", dates),
+    ];
+    for (head, rows) in tables {
+        insert_rows(&mut out, head, "", rows.into_iter());
+    }
     out
 }
 
