@@ -38,7 +38,9 @@ fn print_diagnostics(diags: &[Diagnostic]) {
 /// Load the project, printing its diagnostics; `None` when it has errors.
 fn load(path: &std::path::Path, registry: &fhirgate_router::Registry) -> Option<Project> {
     if fhirgate::app::uses_embedded(path) {
-        eprintln!("fhirgate: no ./core.edn here; using the embedded default project (pass --config FILE for yours)");
+        eprintln!(
+            "fhirgate: no ./core.edn here; using the embedded default project (pass --config FILE for yours)"
+        );
     }
     match load_project(path, registry) {
         Ok(project) => {

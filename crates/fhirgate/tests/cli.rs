@@ -331,7 +331,11 @@ fn without_a_core_edn_the_embedded_default_is_used() {
     let out = run(&["check"], &dir);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("using the embedded default project"));
-    assert!(text(&out.stdout).starts_with("core.edn: ok, 82 routes"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("core.edn: ok, 82 routes"),
+        "{}",
+        text(&out.stdout)
+    );
     // an explicit file that does not exist is an error, not the default
     let out = run(&["check", "other.edn"], &dir);
     assert_eq!(out.status.code(), Some(1));

@@ -41,12 +41,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(2000);
     let store = open(url).await?;
 
+    // Two batches in flight: one is prepared (parsed, indexed) while the other is written.
     let t = Instant::now();
+    let mut pending: Option<tokio::task::JoinHandle<fhirgate_store::Result<usize>>> = None;
     let mut i = 0;
     while i < n {
         let end = (i + batch).min(n);
-        store.upsert_all((i..end).map(resource).collect()).await?;
+        let resources: Vec<Value> = (i..end).map(resource).collect();
+        let s = store.clone();
+        let next = tokio::spawn(async move { s.upsert_all(resources).await.map(|v| v.len()) });
+        if let Some(p) = pending.replace(next) {
+            p.await??;
+        }
         i = end;
+    }
+    if let Some(p) = pending {
+        p.await??;
     }
     let secs = t.elapsed().as_secs_f64();
     println!("loaded {n} resources in {secs:.1} s: {:.0} resources/s", n as f64 / secs);

@@ -32,12 +32,17 @@ use crate::{Backend, HistoryEntry, Store};
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// SQLite has one writer at a time; queueing writers here instead of in SQLite's busy
+    /// handler (which sleeps up to 100 ms between retries) keeps write latency flat.
+    write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// The store on a PostgreSQL database (bodies as JSONB).
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Unused: PostgreSQL writers serialize per resource through row locks.
+    write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl SqliteStore {
@@ -63,7 +68,7 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, write_lock: Some(Arc::default()) })
     }
 
     /// The connection pool, for other tables that live in the same database.
@@ -82,7 +87,7 @@ impl PostgresStore {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore { pool, write_lock: None })
     }
 
     /// The connection pool, for other tables that live in the same database.
@@ -199,8 +204,21 @@ macro_rules! store_impl {
         impl $store {
             /// Run a batch of writes in one transaction.
             async fn write(&self, ops: Vec<Op>) -> Result<Vec<Option<Stored>>> {
-                let prepared = write::prepare(ops)?;
+                // Validation and index extraction are CPU work: keep big batches off the
+                // async workers (and let a loader prepare one batch while another is written).
+                let prepared = if ops.len() > 64 {
+                    tokio::task::spawn_blocking(move || write::prepare(ops))
+                        .await
+                        .map_err(|e| StoreError::Backend(format!("prepare task failed: {e}")))??
+                } else {
+                    write::prepare(ops)?
+                };
                 let keys = write::keys(&prepared);
+                let lock = self.write_lock.clone();
+                let _guard = match &lock {
+                    Some(l) => Some(l.lock().await),
+                    None => None,
+                };
                 let begin: Option<&'static str> = $begin;
                 let mut tx = match begin {
                     Some(stmt) => self.pool.begin_with(stmt).await?,

@@ -51,11 +51,9 @@ CREATE TABLE search_reference (
     ref_id        TEXT NOT NULL,
     ref_url       TEXT NOT NULL  -- the reference as written
 );
+-- Also serves _revinclude and the patient compartment (target type and id within a source type).
 CREATE INDEX search_reference_target ON search_reference (resource_type, param, ref_id, ref_type);
-CREATE INDEX search_reference_url ON search_reference (resource_type, param, ref_url);
 CREATE INDEX search_reference_res ON search_reference (resource_type, id, param);
--- _revinclude and compartment lookups go from the target to the referring resources.
-CREATE INDEX search_reference_rev ON search_reference (ref_type, ref_id);
 
 CREATE TABLE search_date (
     resource_type TEXT NOT NULL,
