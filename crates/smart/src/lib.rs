@@ -8,6 +8,8 @@
 //! 401) and the actions answer 501 with an OperationOutcome.
 
 pub mod middleware;
+pub mod policy;
+pub mod scopes;
 
 use std::sync::Arc;
 
