@@ -22,7 +22,13 @@ fn resource(i: usize) -> Value {
             "identifier": [{"system": "urn:mrn", "value": format!("mrn{patient}")}]
         });
     }
-    let cat = ["laboratory", "vital-signs", "social-history", "survey", "exam"][i % 5];
+    let cat = [
+        "laboratory",
+        "vital-signs",
+        "social-history",
+        "survey",
+        "exam",
+    ][i % 5];
     json!({
         "resourceType": "Observation", "id": format!("ob{i}"), "status": "final",
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": cat}]}],
@@ -36,8 +42,14 @@ fn resource(i: usize) -> Value {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).ok_or("usage: bulk_load URL [RESOURCES] [BATCH]")?;
-    let n: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(100_000);
+    let url = args
+        .get(1)
+        .ok_or("usage: bulk_load URL [RESOURCES] [BATCH]")?;
+    let n: usize = args
+        .get(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(100_000);
     let batch: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(2000);
     let store = open(url).await?;
 
@@ -59,10 +71,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         p.await??;
     }
     let secs = t.elapsed().as_secs_f64();
-    println!("loaded {n} resources in {secs:.1} s: {:.0} resources/s", n as f64 / secs);
+    println!(
+        "loaded {n} resources in {secs:.1} s: {:.0} resources/s",
+        n as f64 / secs
+    );
 
     let patients = n / (PER_PATIENT + 1);
-    let q = |p: usize| SearchQuery::new("Observation").filter("patient", None, &[&format!("pt{p}")]).filter("category", None, &["laboratory"]);
+    let q = |p: usize| {
+        SearchQuery::new("Observation")
+            .filter("patient", None, &[&format!("pt{p}")])
+            .filter("category", None, &["laboratory"])
+    };
     println!("plan:\n{}", store.explain(&q(patients / 2)).await?);
     let mut times = Vec::new();
     let mut found = 0;

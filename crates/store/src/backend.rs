@@ -68,7 +68,10 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool, write_lock: Some(Arc::default()) })
+        Ok(SqliteStore {
+            pool,
+            write_lock: Some(Arc::default()),
+        })
     }
 
     /// The connection pool, for other tables that live in the same database.
@@ -87,7 +90,10 @@ impl PostgresStore {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PostgresStore { pool, write_lock: None })
+        Ok(PostgresStore {
+            pool,
+            write_lock: None,
+        })
     }
 
     /// The connection pool, for other tables that live in the same database.
@@ -140,7 +146,11 @@ impl Placeholders for Sqlite {
         let mut binds = Vec::with_capacity(order.len());
         for n in order {
             uses[n] -= 1;
-            let b = if uses[n] == 0 { slots[n].take() } else { slots[n].clone() };
+            let b = if uses[n] == 0 {
+                slots[n].take()
+            } else {
+                slots[n].clone()
+            };
             binds.extend(b);
         }
         Sql { text, binds }
@@ -176,7 +186,8 @@ impl BindJson for Postgres {
         q: sqlx::query::Query<'q, Self, <Self as sqlx::Database>::Arguments>,
         json: Arc<str>,
     ) -> Result<sqlx::query::Query<'q, Self, <Self as sqlx::Database>::Arguments>> {
-        let raw: &RawValue = serde_json::from_str(&json).map_err(|e| StoreError::Backend(format!("bad JSON: {e}")))?;
+        let raw: &RawValue = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Backend(format!("bad JSON: {e}")))?;
         Ok(q.bind(Json(raw)))
     }
 }
@@ -265,7 +276,9 @@ macro_rules! store_impl {
             }
 
             async fn read(&self, resource_type: &str, id: &str) -> Result<Value> {
-                let row = sqlx::query::<$db>("SELECT version_id, deleted, body FROM resource WHERE resource_type = $1 AND id = $2")
+                let row = sqlx::query::<$db>("SELECT r.version_id, r.deleted, h.body FROM resource r \
+                     JOIN resource_history h ON h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id \
+                     WHERE r.resource_type = $1 AND r.id = $2")
                     .bind(resource_type)
                     .bind(id)
                     .fetch_optional(&self.pool)
@@ -279,7 +292,7 @@ macro_rules! store_impl {
                 if row.try_get::<bool, _>(1)? {
                     return Err(StoreError::Gone { resource_type: resource_type.into(), id: id.into(), version_id: version.to_string() });
                 }
-                Ok(row.try_get::<Json<Value>, _>(2)?.0)
+                row.try_get::<Option<Json<Value>>, _>(2)?.map(|j| j.0).ok_or_else(not_found)
             }
 
             async fn vread(&self, resource_type: &str, id: &str, version_id: &str) -> Result<Value> {

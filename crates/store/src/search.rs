@@ -724,7 +724,11 @@ pub(crate) fn sort_expr(resource_type: &str, k: &SortKey, sql: &mut Sql) -> Resu
     })
 }
 
-/// The page query: `SELECT r.body …` with sort, limit (one more than the page, to tell
+/// The current body of resource row `r`.
+const HISTORY_JOIN: &str =
+    "h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id";
+
+/// The page query: `SELECT h.body …` with sort, limit (one more than the page, to tell
 /// whether a next page exists) and offset.
 pub(crate) fn page_sql(q: &SearchQuery) -> Result<Sql> {
     let mut sql = Sql::default();
@@ -738,7 +742,7 @@ pub(crate) fn page_sql(q: &SearchQuery) -> Result<Sql> {
     let limit = sql.int(i64::try_from(count.saturating_add(1)).unwrap_or(i64::MAX));
     let offset = sql.int(i64::try_from(q.offset).unwrap_or(i64::MAX));
     sql.text = format!(
-        "SELECT r.body FROM resource r WHERE {w} ORDER BY {} LIMIT {limit} OFFSET {offset}",
+        "SELECT h.body FROM resource r JOIN resource_history h ON {HISTORY_JOIN} WHERE {w} ORDER BY {} LIMIT {limit} OFFSET {offset}",
         order.join(", ")
     );
     Ok(sql)
@@ -772,8 +776,9 @@ pub(crate) fn include_sql(q: &SearchQuery, ids: &[String]) -> Result<Vec<Sql>> {
             None => String::new(),
         };
         sql.text = format!(
-            "SELECT t.resource_type, t.id, t.body FROM search_reference s \
+            "SELECT t.resource_type, t.id, h.body FROM search_reference s \
              JOIN resource t ON t.resource_type = s.ref_type AND t.id = s.ref_id \
+             JOIN resource_history h ON h.resource_type = t.resource_type AND h.id = t.id AND h.version_id = t.version_id \
              WHERE s.resource_type = {rt} AND s.param = {param} AND s.id IN ({}){target} AND t.deleted = FALSE",
             list.join(", ")
         );
@@ -796,8 +801,9 @@ pub(crate) fn include_sql(q: &SearchQuery, ids: &[String]) -> Result<Vec<Sql>> {
         );
         let list: Vec<String> = ids.iter().map(|id| sql.text(id.as_str())).collect();
         sql.text = format!(
-            "SELECT t.resource_type, t.id, t.body FROM search_reference s \
+            "SELECT t.resource_type, t.id, h.body FROM search_reference s \
              JOIN resource t ON t.resource_type = s.resource_type AND t.id = s.id \
+             JOIN resource_history h ON h.resource_type = t.resource_type AND h.id = t.id AND h.version_id = t.version_id \
              WHERE s.resource_type = {src} AND s.param = {param} AND s.ref_type = {target} AND s.ref_id IN ({}) AND t.deleted = FALSE",
             list.join(", ")
         );

@@ -174,9 +174,9 @@ pub(crate) fn claim_sql(keys: &BTreeSet<Key>) -> Vec<Sql> {
         .map(|chunk| {
             let mut sql = Sql::default();
             let vals: Vec<String> =
-                chunk.iter().map(|(t, id)| format!("({}, {}, 0, '', 0, TRUE, '{{}}')", sql.text(t.as_str()), sql.text(id.as_str()))).collect();
+                chunk.iter().map(|(t, id)| format!("({}, {}, 0, '', 0, TRUE)", sql.text(t.as_str()), sql.text(id.as_str()))).collect();
             sql.text = format!(
-                "INSERT INTO resource (resource_type, id, version_id, last_updated, lu, deleted, body) VALUES {} ON CONFLICT (resource_type, id) DO NOTHING",
+                "INSERT INTO resource (resource_type, id, version_id, last_updated, lu, deleted) VALUES {} ON CONFLICT (resource_type, id) DO NOTHING",
                 vals.join(", ")
             );
             sql
@@ -212,8 +212,6 @@ struct Final {
     id: Arc<str>,
     version: i64,
     deleted: bool,
-    /// The body serialized once, shared by the resource and history rows.
-    body: Arc<str>,
     /// Index rows of the final version (none when deleted).
     rows: IndexRows,
     /// Whether index rows from before the batch must go.
@@ -237,7 +235,10 @@ pub(crate) fn plan(
         let live = cur.filter(|c| !c.deleted);
         match &p.kind {
             Kind::Create if live.is_some() => {
-                return Err(StoreError::AlreadyExists { resource_type: rt, id });
+                return Err(StoreError::AlreadyExists {
+                    resource_type: rt,
+                    id,
+                });
             }
             Kind::Put(Some(expected))
                 if live.map(|c| c.version.to_string()).as_deref() != Some(expected.as_str()) =>
@@ -258,19 +259,27 @@ pub(crate) fn plan(
         let version = cur.map_or(1, |c| c.version + 1);
         let vid = version.to_string();
         let deleted = matches!(p.kind, Kind::Delete);
-        let mut body = p.body.unwrap_or_else(|| serde_json::json!({"resourceType": rt, "id": id}));
+        let mut body = p
+            .body
+            .unwrap_or_else(|| serde_json::json!({"resourceType": rt, "id": id}));
         stamp(&mut body, &vid, &now);
         let text: Arc<str> = Arc::from(
-            serde_json::to_string(&body).map_err(|e| StoreError::Invalid(format!("unserializable resource: {e}")))?,
+            serde_json::to_string(&body)
+                .map_err(|e| StoreError::Invalid(format!("unserializable resource: {e}")))?,
         );
-        let (rt_arc, id_arc): (Arc<str>, Arc<str>) = (Arc::from(rt.as_str()), Arc::from(id.as_str()));
+        let (rt_arc, id_arc): (Arc<str>, Arc<str>) =
+            (Arc::from(rt.as_str()), Arc::from(id.as_str()));
         history.push(vec![
             Bind::Text(rt_arc.clone()),
             Bind::Text(id_arc.clone()),
             Bind::Int(version),
             Bind::Text(now_arc.clone()),
             Bind::Bool(deleted),
-            if deleted { Bind::NullJson } else { Bind::Json(text.clone()) },
+            if deleted {
+                Bind::NullJson
+            } else {
+                Bind::Json(text)
+            },
         ]);
         outcomes.push(Some(Stored {
             resource_type: rt,
@@ -281,9 +290,25 @@ pub(crate) fn plan(
             resource: (!deleted).then_some(body),
         }));
         current.insert(p.key.clone(), Current { version, deleted });
-        let had_rows = finals.get(&p.key).map_or(cur.is_some_and(|c| !c.deleted), |f| f.had_rows);
-        let rows = if deleted { IndexRows::default() } else { p.rows };
-        finals.insert(p.key, Final { rt: rt_arc, id: id_arc, version, deleted, body: text, rows, had_rows });
+        let had_rows = finals
+            .get(&p.key)
+            .map_or(cur.is_some_and(|c| !c.deleted), |f| f.had_rows);
+        let rows = if deleted {
+            IndexRows::default()
+        } else {
+            p.rows
+        };
+        finals.insert(
+            p.key,
+            Final {
+                rt: rt_arc,
+                id: id_arc,
+                version,
+                deleted,
+                rows,
+                had_rows,
+            },
+        );
     }
     Ok((statements(finals, history, now_arc, now_us), outcomes))
 }
@@ -299,7 +324,12 @@ fn stamp(body: &mut Value, version: &str, now: &str) {
     }
 }
 
-fn statements(finals: BTreeMap<Key, Final>, history: Vec<Vec<Bind>>, now: Arc<str>, now_us: i64) -> Vec<Sql> {
+fn statements(
+    finals: BTreeMap<Key, Final>,
+    history: Vec<Vec<Bind>>,
+    now: Arc<str>,
+    now_us: i64,
+) -> Vec<Sql> {
     let mut out = Vec::new();
     let resource_rows = finals.values().map(|f| {
         vec![
@@ -309,14 +339,13 @@ fn statements(finals: BTreeMap<Key, Final>, history: Vec<Vec<Bind>>, now: Arc<st
             Bind::Text(now.clone()),
             Bind::Int(now_us),
             Bind::Bool(f.deleted),
-            Bind::Json(f.body.clone()),
         ]
     });
     insert_rows(
         &mut out,
-        "INSERT INTO resource (resource_type, id, version_id, last_updated, lu, deleted, body) VALUES",
+        "INSERT INTO resource (resource_type, id, version_id, last_updated, lu, deleted) VALUES",
         " ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, last_updated = excluded.last_updated, \
-         lu = excluded.lu, deleted = excluded.deleted, body = excluded.body",
+         lu = excluded.lu, deleted = excluded.deleted",
         resource_rows,
     );
     insert_rows(
@@ -334,18 +363,30 @@ fn statements(finals: BTreeMap<Key, Final>, history: Vec<Vec<Bind>>, now: Arc<st
     }
     for (t, ids) in stale {
         for chunk in ids.chunks(CHUNK_ROWS) {
-            for table in ["search_token", "search_string", "search_reference", "search_date"] {
+            for table in [
+                "search_token",
+                "search_string",
+                "search_reference",
+                "search_date",
+            ] {
                 let mut sql = Sql::default();
                 let rt = sql.text(t);
-                let ids: Vec<String> = chunk.iter().map(|id| sql.bind(Bind::Text(Arc::clone(id)))).collect();
-                sql.text = format!("DELETE FROM {table} WHERE resource_type = {rt} AND id IN ({})", ids.join(", "));
+                let ids: Vec<String> = chunk
+                    .iter()
+                    .map(|id| sql.bind(Bind::Text(Arc::clone(id))))
+                    .collect();
+                sql.text = format!(
+                    "DELETE FROM {table} WHERE resource_type = {rt} AND id IN ({})",
+                    ids.join(", ")
+                );
                 out.push(sql);
             }
         }
     }
     // Parameter names repeat on every row: share one allocation per name.
     let mut names: HashMap<&'static str, Arc<str>> = HashMap::new();
-    let mut name = |p: &'static str| Bind::Text(names.entry(p).or_insert_with(|| Arc::from(p)).clone());
+    let mut name =
+        |p: &'static str| Bind::Text(names.entry(p).or_insert_with(|| Arc::from(p)).clone());
     let mut tokens = Vec::new();
     let mut strings = Vec::new();
     let mut refs = Vec::new();
@@ -353,14 +394,35 @@ fn statements(finals: BTreeMap<Key, Final>, history: Vec<Vec<Bind>>, now: Arc<st
     for f in finals.into_values() {
         let key = || [Bind::Text(f.rt.clone()), Bind::Text(f.id.clone())];
         for (p, system, code) in f.rows.tokens {
-            tokens.push([key().as_slice(), &[name(p), Bind::Text(system.into()), Bind::Text(code.into())]].concat());
+            tokens.push(
+                [
+                    key().as_slice(),
+                    &[name(p), Bind::Text(system.into()), Bind::Text(code.into())],
+                ]
+                .concat(),
+            );
         }
         for (p, value, raw) in f.rows.strings {
-            strings.push([key().as_slice(), &[name(p), Bind::Text(value.into()), Bind::Text(raw.into())]].concat());
+            strings.push(
+                [
+                    key().as_slice(),
+                    &[name(p), Bind::Text(value.into()), Bind::Text(raw.into())],
+                ]
+                .concat(),
+            );
         }
         for (p, rt, rid, url) in f.rows.references {
             refs.push(
-                [key().as_slice(), &[name(p), Bind::Text(rt.into()), Bind::Text(rid.into()), Bind::Text(url.into())]].concat(),
+                [
+                    key().as_slice(),
+                    &[
+                        name(p),
+                        Bind::Text(rt.into()),
+                        Bind::Text(rid.into()),
+                        Bind::Text(url.into()),
+                    ],
+                ]
+                .concat(),
             );
         }
         for (p, lo, hi) in f.rows.dates {
@@ -368,10 +430,22 @@ fn statements(finals: BTreeMap<Key, Final>, history: Vec<Vec<Bind>>, now: Arc<st
         }
     }
     let tables = [
-        ("INSERT INTO search_token (resource_type, id, param, system, code) VALUES", tokens),
-        ("INSERT INTO search_string (resource_type, id, param, value, raw) VALUES", strings),
-        ("INSERT INTO search_reference (resource_type, id, param, ref_type, ref_id, ref_url) VALUES", refs),
-        ("INSERT INTO search_date (resource_type, id, param, lo, hi) VALUES", dates),
+        (
+            "INSERT INTO search_token (resource_type, id, param, system, code) VALUES",
+            tokens,
+        ),
+        (
+            "INSERT INTO search_string (resource_type, id, param, value, raw) VALUES",
+            strings,
+        ),
+        (
+            "INSERT INTO search_reference (resource_type, id, param, ref_type, ref_id, ref_url) VALUES",
+            refs,
+        ),
+        (
+            "INSERT INTO search_date (resource_type, id, param, lo, hi) VALUES",
+            dates,
+        ),
     ];
     for (head, rows) in tables {
         insert_rows(&mut out, head, "", rows.into_iter());

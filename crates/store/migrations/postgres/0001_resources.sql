@@ -1,4 +1,5 @@
 -- Current version of every resource (deleted ones too, so that reads can answer 410 Gone).
+-- The body lives only in resource_history, written once per version.
 CREATE TABLE resource (
     resource_type TEXT NOT NULL,
     id            TEXT NOT NULL,
@@ -6,7 +7,6 @@ CREATE TABLE resource (
     last_updated  TEXT NOT NULL,
     lu            BIGINT NOT NULL, -- last_updated in microseconds since the epoch, for _lastUpdated
     deleted       BOOLEAN NOT NULL,
-    body          JSONB NOT NULL,
     PRIMARY KEY (resource_type, id)
 );
 CREATE INDEX resource_lu ON resource (resource_type, lu);

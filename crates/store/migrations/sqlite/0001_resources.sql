@@ -1,4 +1,5 @@
 -- Current version of every resource (deleted ones too, so that reads can answer 410 Gone).
+-- The body lives only in resource_history, written once per version.
 CREATE TABLE resource (
     resource_type TEXT NOT NULL,
     id            TEXT NOT NULL,
@@ -6,7 +7,6 @@ CREATE TABLE resource (
     last_updated  TEXT NOT NULL,
     lu            INTEGER NOT NULL, -- last_updated in microseconds since the epoch, for _lastUpdated
     deleted       BOOLEAN NOT NULL,
-    body          TEXT NOT NULL,
     PRIMARY KEY (resource_type, id)
 );
 CREATE INDEX resource_lu ON resource (resource_type, lu);
@@ -22,15 +22,17 @@ CREATE TABLE resource_history (
     PRIMARY KEY (resource_type, id, version_id)
 );
 
--- Search indexes: one row per extracted value, rewritten with each version.
+-- Search indexes: one row per extracted value, rewritten with each version. Each table is
+-- clustered on its lookup key (WITHOUT ROWID), which saves one B-tree per row written;
+-- rows are unique because extraction deduplicates them.
 CREATE TABLE search_token (
     resource_type TEXT NOT NULL,
     id            TEXT NOT NULL,
     param         TEXT NOT NULL,
     system        TEXT NOT NULL, -- '' when the value has no system
-    code          TEXT NOT NULL
-);
-CREATE INDEX search_token_code ON search_token (resource_type, param, code, system);
+    code          TEXT NOT NULL,
+    PRIMARY KEY (resource_type, param, code, system, id)
+) WITHOUT ROWID;
 CREATE INDEX search_token_res ON search_token (resource_type, id, param);
 
 CREATE TABLE search_string (
@@ -38,9 +40,9 @@ CREATE TABLE search_string (
     id            TEXT NOT NULL,
     param         TEXT NOT NULL,
     value         TEXT NOT NULL, -- lowercase, accents removed
-    raw           TEXT NOT NULL  -- as written, for :exact
-);
-CREATE INDEX search_string_value ON search_string (resource_type, param, value);
+    raw           TEXT NOT NULL, -- as written, for :exact
+    PRIMARY KEY (resource_type, param, value, raw, id)
+) WITHOUT ROWID;
 CREATE INDEX search_string_res ON search_string (resource_type, id, param);
 
 CREATE TABLE search_reference (
@@ -49,10 +51,10 @@ CREATE TABLE search_reference (
     param         TEXT NOT NULL,
     ref_type      TEXT NOT NULL, -- '' when the reference names no type (urn:uuid:…, canonical)
     ref_id        TEXT NOT NULL,
-    ref_url       TEXT NOT NULL  -- the reference as written
-);
--- Also serves _revinclude and the patient compartment (target type and id within a source type).
-CREATE INDEX search_reference_target ON search_reference (resource_type, param, ref_id, ref_type);
+    ref_url       TEXT NOT NULL, -- the reference as written
+    -- Also serves _revinclude and the patient compartment (target type and id by source type).
+    PRIMARY KEY (resource_type, param, ref_id, ref_type, ref_url, id)
+) WITHOUT ROWID;
 CREATE INDEX search_reference_res ON search_reference (resource_type, id, param);
 
 CREATE TABLE search_date (
@@ -60,7 +62,7 @@ CREATE TABLE search_date (
     id            TEXT NOT NULL,
     param         TEXT NOT NULL,
     lo            INTEGER NOT NULL, -- [lo, hi) in microseconds since the epoch
-    hi            INTEGER NOT NULL
-);
-CREATE INDEX search_date_lo ON search_date (resource_type, param, lo, hi);
+    hi            INTEGER NOT NULL,
+    PRIMARY KEY (resource_type, param, lo, hi, id)
+) WITHOUT ROWID;
 CREATE INDEX search_date_res ON search_date (resource_type, id, param);
