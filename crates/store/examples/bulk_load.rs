@@ -14,9 +14,9 @@ const PER_PATIENT: usize = 50;
 
 fn resource(i: usize) -> Value {
     let patient = i / (PER_PATIENT + 1);
-    if i % (PER_PATIENT + 1) == 0 {
+    if i.is_multiple_of(PER_PATIENT + 1) {
         return json!({
-            "resourceType": "Patient", "id": format!("pt{patient}"), "gender": if patient % 2 == 0 { "female" } else { "male" },
+            "resourceType": "Patient", "id": format!("pt{patient}"), "gender": if patient.is_multiple_of(2) { "female" } else { "male" },
             "birthDate": format!("19{:02}-0{}-1{}", patient % 100, 1 + patient % 9, patient % 10),
             "name": [{"family": format!("Family{}", patient % 5000), "given": [format!("Given{}", patient % 700)]}],
             "identifier": [{"system": "urn:mrn", "value": format!("mrn{patient}")}]
