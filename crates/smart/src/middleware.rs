@@ -4,22 +4,20 @@
 //! ```
 //! use fhirgate_smart::middleware::SmartAuthLayer;
 //! use fhirgate_router::{outcome, Request};
-//! use tower::{ServiceBuilder, service_fn, ServiceExt};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
-//! # tokio_test();
-//! # fn tokio_test() { tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! // Allow requests that carry a particular header; a real decider verifies a bearer token.
+//! // Allow requests that carry a particular header; the real decider verifies a bearer token.
 //! let layer = SmartAuthLayer::new(|req: &mut Request| {
 //!     if req.headers().contains_key("x-ok") { Ok(()) } else { Err(outcome::not_found("no")) }
 //! });
 //! let svc = ServiceBuilder::new().layer(layer).service(service_fn(|_req: Request| async {
 //!     Ok::<_, std::convert::Infallible>(axum::response::Response::new(axum::body::Body::empty()))
 //! }));
-//! let denied = svc.clone().oneshot(Request::new(axum::body::Body::empty())).await.unwrap();
+//! let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+//! let denied = rt.block_on(svc.clone().oneshot(Request::new(axum::body::Body::empty()))).unwrap();
 //! assert_eq!(denied.status(), 404);
-//! let allowed = svc.oneshot(Request::builder().header("x-ok", "1").body(axum::body::Body::empty()).unwrap()).await.unwrap();
-//! assert_eq!(allowed.status(), 200);
-//! # }) }
+//! let ok = http::Request::builder().header("x-ok", "1").body(axum::body::Body::empty()).unwrap();
+//! assert_eq!(rt.block_on(svc.oneshot(ok)).unwrap().status(), 200);
 //! ```
 
 use std::task::{Context, Poll};
@@ -130,5 +128,65 @@ pub fn refuse_unverifiable(req: &mut Request) -> Result<(), Response> {
             Some("invalid_token"),
             "this server cannot verify access tokens yet",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::{ServiceExt, service_fn};
+
+    fn req(auth: Option<&str>) -> Request {
+        let mut b = http::Request::builder().uri("/x");
+        if let Some(a) = auth {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    fn ok_service() -> fhirgate_router::RouteService {
+        fhirgate_router::RouteService::new(service_fn(|_req: Request| async {
+            Ok(Response::new(Body::empty()))
+        }))
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(&req(Some("Bearer abc"))), Some("abc"));
+        assert_eq!(bearer(&req(Some("bearer  abc "))), Some("abc"));
+        assert_eq!(bearer(&req(Some("Basic abc"))), None);
+        assert_eq!(bearer(&req(Some("Bearer "))), None);
+        assert_eq!(bearer(&req(None)), None);
+    }
+
+    #[tokio::test]
+    async fn allows_what_the_decider_allows() {
+        let layer = SmartAuthLayer::new(|_: &mut Request| Ok(()));
+        let resp = layer.layer(ok_service()).oneshot(req(None)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn refuses_without_a_token_with_a_bare_challenge() {
+        let svc = SmartAuthLayer::new(refuse_unverifiable).layer(ok_service());
+        let resp = svc.oneshot(req(None)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            resp.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"fhirgate\""
+        );
+    }
+
+    #[tokio::test]
+    async fn refuses_an_unverifiable_token_as_invalid_token() {
+        let svc = SmartAuthLayer::new(refuse_unverifiable).layer(ok_service());
+        let resp = svc.oneshot(req(Some("Bearer x.y.z"))).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let challenge = resp.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
     }
 }
