@@ -45,6 +45,19 @@
 //!   reference and matches nothing. An operator object has exactly one key; an unknown `$`
 //!   operator is a load error.
 //!
+//! # Aidbox's SMART guide policies
+//!
+//! `patient-smart`, `smart-patient-read` and `smart-patient-search-self` work as written. Note
+//! that the unanchored `#/smart/Patient` of `smart-patient-search-self` also allows
+//! `GET /smart/Patient/pt-2` (and any URI containing `/smart/Patient`): Aidbox relies on the
+//! SMART layer's compartment check for that case, and so must fhirgate (decisions §10, §12).
+//!
+//! # Cost
+//!
+//! [`allowed_by`] (the per-request path) builds no explanation: about 0.15–0.2 µs for the three
+//! guide policies on a release build. [`evaluate`] also explains every policy that did not match
+//! (about 1 µs when all three fail); use it for the `x-debug: policy` view and denials.
+//!
 //! The `json-schema` engine validates the whole request (with `role` bound as above) against a
 //! subset of JSON Schema documented in its module (unknown keywords are load errors).
 //!
