@@ -1,0 +1,9 @@
+//! fhirgate's authorization server.
+//!
+//! Built so far: [`keys`] — signing keys the server generates, their JWK Set, and JWT signing and
+//! verification with an algorithm allow-list. The OAuth endpoints, sessions and SMART launch
+//! build on it.
+
+pub mod keys;
+
+pub use keys::{Algorithm, KeyError, Keyring, SigningKey};
