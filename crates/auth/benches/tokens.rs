@@ -31,5 +31,31 @@ fn tokens(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, tokens);
+fn cached_verification(c: &mut Criterion) {
+    use fhirgate_auth::tokens::{AccessClaims, TokenVerifier};
+    let ring = std::sync::Arc::new(Keyring::generate().unwrap());
+    let verifier = TokenVerifier::new(ring, "http://localhost:8080");
+    let claims = AccessClaims::new(
+        "http://localhost:8080",
+        "http://localhost:8080/smart",
+        "app",
+        "patient/*.rs",
+        3600,
+    );
+    let token = verifier.issue(&claims).unwrap();
+    verifier
+        .verify(&token, "http://localhost:8080/smart")
+        .unwrap();
+    c.bench_function("verify access token (cached)", |b| {
+        b.iter(|| {
+            black_box(
+                verifier
+                    .verify(black_box(&token), "http://localhost:8080/smart")
+                    .unwrap(),
+            )
+        })
+    });
+}
+
+criterion_group!(benches, tokens, cached_verification);
 criterion_main!(benches);
