@@ -76,6 +76,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         n as f64 / secs
     );
 
+    let t = Instant::now();
+    store.optimize().await?;
+    println!("ANALYZE took {:.1} s", t.elapsed().as_secs_f64());
+
     let patients = n / (PER_PATIENT + 1);
     let q = |p: usize| {
         SearchQuery::new("Observation")

@@ -9,13 +9,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
 use std::sync::Arc;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
-use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -84,10 +85,17 @@ impl PostgresStore {
     /// Connect to and migrate the database `url` names (`postgres://…`; an
     /// `options[search_path]=schema` query parameter selects a schema).
     pub async fn open(url: &str) -> Result<Self> {
+        // Search SQL binds parameter names and values; a generic (value-blind) plan guesses
+        // selectivity and, after five runs of a statement, drove
+        // `Observation?patient=X&category=laboratory` from the category (a fifth of the table)
+        // instead of the patient: 600 ms instead of 2 ms on 200,000 resources. Custom plans
+        // cost a little planning time per query and always see the values.
+        let opts =
+            PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(30))
-            .connect(url)
+            .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(PostgresStore {
@@ -378,6 +386,11 @@ macro_rules! store_impl {
                     }
                 }
                 Ok(result)
+            }
+
+            async fn optimize(&self) -> Result<()> {
+                sqlx::query::<$db>("ANALYZE").execute(&self.pool).await?;
+                Ok(())
             }
 
             async fn explain(&self, q: &SearchQuery) -> Result<String> {

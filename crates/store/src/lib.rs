@@ -88,6 +88,10 @@ pub trait Store: Send + Sync {
 
     /// The database's query plan for the page query of `query`, one line per plan step.
     async fn explain(&self, query: &SearchQuery) -> Result<String>;
+
+    /// Refresh the query planner's statistics (`ANALYZE`); worth calling after a bulk load so
+    /// that searches pick the selective index.
+    async fn optimize(&self) -> Result<()>;
 }
 
 /// Open (creating and migrating as needed) the store a URL names: `sqlite:PATH` /
