@@ -879,6 +879,7 @@ mod tests {
             ("_sort", "patient"),
             ("status", ""),
             ("status:missing", "maybe"),
+            ("status", "\\"),
         ];
         for (k, v) in bad {
             match SearchQuery::from_pairs("Observation", [(*k, *v)]) {
