@@ -3,10 +3,14 @@
 //! [`register`] adds them to a [`Registry`]. The middlewares are authentication middlewares (so
 //! `:public true` ops skip them) built on [`middleware::SmartAuthLayer`].
 //!
-//! Status: token verification, scopes and compartments arrive with the authorization server and
-//! the enforcement core; until then the middlewares fail closed (every protected request gets
-//! 401) and the actions answer 501 with an OperationOutcome.
+//! Modules: [`scopes`] (one SMART scope parser and permission model), [`enforce`] (the decision
+//! from scopes and launch context), [`policy`] (Aidbox AccessPolicy engines), [`middleware`].
+//!
+//! Status: the middlewares are not yet wired to token verification, policies and the store;
+//! until then they fail closed (every protected request gets 401) and the actions answer 501
+//! with an OperationOutcome.
 
+pub mod enforce;
 pub mod middleware;
 pub mod policy;
 pub mod scopes;
