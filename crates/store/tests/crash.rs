@@ -29,7 +29,9 @@ fn batch(i: usize) -> Vec<serde_json::Value> {
 #[tokio::test]
 #[ignore = "run by the kill -9 tests as their child process"]
 async fn crash_child() {
-    let Ok(url) = std::env::var("FHIRGATE_CRASH_CHILD_URL") else { return };
+    let Ok(url) = std::env::var("FHIRGATE_CRASH_CHILD_URL") else {
+        return;
+    };
     let store = open(&url).await.expect("child opens the store");
     for i in 0.. {
         store.upsert_all(batch(i)).await.expect("batch");
@@ -39,7 +41,13 @@ async fn crash_child() {
 
 async fn kill_mid_load(url: &str) {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("FHIRGATE_CRASH_CHILD_URL", url)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -50,7 +58,10 @@ async fn kill_mid_load(url: &str) {
         let mut last = None;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(n) = line.strip_prefix("acked ").and_then(|n| n.trim().parse::<usize>().ok()) {
+            if let Some(n) = line
+                .strip_prefix("acked ")
+                .and_then(|n| n.trim().parse::<usize>().ok())
+            {
                 last = Some(n);
                 if n >= 3 {
                     break;
@@ -77,15 +88,27 @@ async fn kill_mid_load(url: &str) {
     }
     for (i, &c) in counts.iter().enumerate() {
         if i <= acked {
-            assert_eq!(c, BATCH as u64, "acknowledged batch {i} lost rows: {counts:?}");
+            assert_eq!(
+                c, BATCH as u64,
+                "acknowledged batch {i} lost rows: {counts:?}"
+            );
         } else {
-            assert!(c == 0 || c == BATCH as u64, "batch {i} is partial: {counts:?}");
+            assert!(
+                c == 0 || c == BATCH as u64,
+                "batch {i} is partial: {counts:?}"
+            );
         }
     }
     // The data is usable, not just countable.
-    let p = store.read("Patient", &format!("c{acked}-{}", BATCH - 1)).await.expect("last acked resource");
+    let p = store
+        .read("Patient", &format!("c{acked}-{}", BATCH - 1))
+        .await
+        .expect("last acked resource");
     assert_eq!(p["meta"]["versionId"], "1");
-    store.upsert_all(batch(acked + 10)).await.expect("writes work after recovery");
+    store
+        .upsert_all(batch(acked + 10))
+        .await
+        .expect("writes work after recovery");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +120,9 @@ async fn sqlite_kill_9_loses_no_acknowledged_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_kill_9_loses_no_acknowledged_batch() {
-    let Some(h) = common::postgres().await else { return };
+    let Some(h) = common::postgres().await else {
+        return;
+    };
     let url = h.url.clone().expect("url");
     kill_mid_load(&url).await;
 }
