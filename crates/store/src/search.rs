@@ -19,6 +19,13 @@ use crate::index::{self, IndexKind, normalize};
 /// Page size when the query names none.
 pub const DEFAULT_COUNT: usize = 100;
 
+/// Most values (across all parameters) one search may carry: each is a bound parameter, and
+/// SQLite allows 32,766 per statement.
+const MAX_VALUES: usize = 1000;
+
+/// Matches per `_include`/`_revinclude` statement.
+const INCLUDE_CHUNK: usize = 1000;
+
 /// A search on one resource type.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SearchQuery {
@@ -308,6 +315,12 @@ pub(crate) fn build_where(q: &SearchQuery, sql: &mut Sql) -> Result<String> {
         return Err(invalid(format!(
             "{:?} is not a resource type",
             q.resource_type
+        )));
+    }
+    let values: usize = q.params.iter().map(|f| f.values.len()).sum();
+    if values > MAX_VALUES {
+        return Err(invalid(format!(
+            "too many search values ({values}; at most {MAX_VALUES})"
         )));
     }
     let rt = sql.text(q.resource_type.as_str());
@@ -760,9 +773,15 @@ pub(crate) fn count_sql(q: &SearchQuery) -> Result<Sql> {
 /// `_revinclude` pull in for the matches `ids` (all of type `q.resource_type`).
 pub(crate) fn include_sql(q: &SearchQuery, ids: &[String]) -> Result<Vec<Sql>> {
     let mut out = Vec::new();
-    if ids.is_empty() {
-        return Ok(out);
+    // Keep each statement's binds well under the backends' limits, whatever the page size.
+    for chunk in ids.chunks(INCLUDE_CHUNK) {
+        out.extend(include_chunk(q, chunk)?);
     }
+    Ok(out)
+}
+
+fn include_chunk(q: &SearchQuery, ids: &[String]) -> Result<Vec<Sql>> {
+    let mut out = Vec::new();
     for inc in &q.include {
         let p = reference_param(&inc.source_type, &inc.param)?;
         if inc.source_type != q.resource_type {

@@ -446,6 +446,15 @@ async fn bad_searches_are_invalid(s: Arc<dyn Store>) {
             other => panic!("{rt}?{k}={v} should be Invalid, got {other:?}"),
         }
     }
+    let many: Vec<String> = (0..1001).map(|i| format!("id{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let too_many = SearchQuery::new("Observation").filter("_id", None, &many);
+    assert!(
+        matches!(s.search(&too_many).await, Err(StoreError::Invalid(_))),
+        "more values than a statement should bind is the client's error, not a 500"
+    );
+    let at_limit = SearchQuery::new("Observation").filter("_id", None, &many[..1000]);
+    assert!(s.search(&at_limit).await.is_ok());
     let mut q = SearchQuery::new("Observation");
     q.sort.push(fhirgate_store::SortKey {
         param: "bogus".into(),
