@@ -205,6 +205,29 @@ impl TokenVerifier {
     }
 }
 
+/// The SMART middlewares verify bearer tokens through this.
+impl fhirgate_smart::authorize::BearerVerifier for TokenVerifier {
+    fn verify(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<fhirgate_smart::enforce::Principal, fhirgate_smart::authorize::VerifyError> {
+        use fhirgate_smart::authorize::VerifyError;
+        let claims = TokenVerifier::verify(self, token, audience).map_err(|e| match e {
+            TokenError::Invalid => VerifyError::Invalid,
+            TokenError::Revoked => VerifyError::Revoked,
+        })?;
+        Ok(fhirgate_smart::enforce::Principal {
+            client_id: claims.client_id.clone(),
+            subject: claims.sub.clone(),
+            scopes: fhirgate_smart::scopes::ScopeSet::parse(&claims.scope),
+            patient: claims.patient.clone(),
+            encounter: claims.encounter.clone(),
+            fhir_user: claims.fhir_user.clone(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,10 +34,23 @@ impl Default for Settings {
     }
 }
 
-/// The registry with every action and middleware fhirgate ships.
+/// The registry with every action and middleware fhirgate ships. Its SMART middlewares refuse
+/// every protected request (no token can be verified): what `check` and `routes` need, and
+/// what `serve` runs until the authorization server is wired in.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
-    fhirgate_smart::register(&mut r);
+    fhirgate_smart::register(&mut r, None, "");
+    r
+}
+
+/// The registry whose SMART middlewares verify tokens with `verifier`, for FHIR bases under
+/// `base_url`.
+pub fn registry_with(
+    verifier: std::sync::Arc<dyn fhirgate_smart::authorize::BearerVerifier>,
+    base_url: &str,
+) -> Registry {
+    let mut r = Registry::new();
+    fhirgate_smart::register(&mut r, Some(verifier), base_url);
     r
 }
 

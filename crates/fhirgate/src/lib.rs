@@ -4,4 +4,4 @@
 pub mod app;
 pub mod cli;
 
-pub use app::{Settings, build_app, load_project, registry};
+pub use app::{Settings, build_app, load_project, registry, registry_with};

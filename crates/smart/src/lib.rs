@@ -10,6 +10,7 @@
 //! until then they fail closed (every protected request gets 401) and the actions answer 501
 //! with an OperationOutcome.
 
+pub mod authorize;
 pub mod enforce;
 pub mod middleware;
 pub mod policy;
@@ -38,18 +39,42 @@ pub const ACTIONS: &[(&str, bool)] = &[
     ("smart.fhir/style", false),
 ];
 
-/// Register the SMART actions and middlewares.
-pub fn register(registry: &mut Registry) {
+/// Register the SMART actions and middlewares. With a `verifier`, the middlewares verify bearer
+/// tokens for `base_url` + the route's FHIR base and apply the enforcement core; without one,
+/// they refuse every protected request.
+pub fn register(
+    registry: &mut Registry,
+    verifier: Option<Arc<dyn authorize::BearerVerifier>>,
+    base_url: &str,
+) {
     for (keyword, needs_resource_type) in ACTIONS {
         let spec = ActionSpec {
             needs_resource_type: *needs_resource_type,
         };
         registry.action(keyword, spec, not_yet(keyword));
     }
-    for keyword in [SINGLE_PATIENT_AUTH, AUTHORIZATION] {
-        registry.authentication_with(keyword, |_route: &Arc<Route>| {
-            middleware::SmartAuthLayer::new(middleware::refuse_unverifiable)
-        });
+    for (keyword, mode) in [
+        (SINGLE_PATIENT_AUTH, enforce::Mode::SinglePatient),
+        (AUTHORIZATION, enforce::Mode::Authorization),
+    ] {
+        match &verifier {
+            Some(v) => {
+                let (v, base) = (v.clone(), base_url.to_string());
+                registry.authentication_with(keyword, move |route: &Arc<Route>| {
+                    middleware::SmartAuthLayer::new(authorize::SmartAuthorizer::new(
+                        mode,
+                        v.clone(),
+                        route.clone(),
+                        &base,
+                    ))
+                });
+            }
+            None => {
+                registry.authentication_with(keyword, |_route: &Arc<Route>| {
+                    middleware::SmartAuthLayer::new(middleware::refuse_unverifiable)
+                });
+            }
+        }
     }
 }
 

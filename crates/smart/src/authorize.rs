@@ -1,0 +1,126 @@
+//! The SMART middlewares' decision: bearer token → [`Principal`] → [`enforce::decide`] for the
+//! route's action and resource type → an [`Authorized`] request extension, or the refusal.
+//!
+//! Token verification is behind [`BearerVerifier`], which the authorization server implements;
+//! fhirgate's SMART crate never sees keys. Refusals: no or bad token → 401 with an RFC 6750
+//! `WWW-Authenticate` challenge; a type or interaction the scopes do not grant, or a missing
+//! patient context → 403 OperationOutcome (never an empty 200 Bundle).
+
+use std::sync::Arc;
+
+use fhirgate_config::Route;
+use fhirgate_router::{Request, Response, RouteMatch, outcome};
+use http::StatusCode;
+
+use crate::enforce::{self, Mode, Principal};
+use crate::middleware::{AuthorizeRequest, bearer, unauthorized};
+use crate::scopes::{Context, Filter};
+
+/// Why a bearer token was not accepted (all are `invalid_token` to the client).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the access token is invalid or expired")]
+    Invalid,
+    #[error("the access token has been revoked")]
+    Revoked,
+}
+
+/// Verifies access tokens for one audience (a FHIR base URL).
+pub trait BearerVerifier: Send + Sync + 'static {
+    fn verify(&self, token: &str, audience: &str) -> Result<Principal, VerifyError>;
+}
+
+/// What the middleware established, for the action to apply: it must confine reads and searches
+/// to `compartment` and to one of `filters` (when non-empty).
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    pub principal: Arc<Principal>,
+    pub context: Context,
+    pub compartment: Option<String>,
+    /// Granular alternatives (OR of ANDs); empty: no filter.
+    pub filters: Vec<Vec<Filter>>,
+}
+
+/// The decision of one SMART middleware on one route.
+#[derive(Clone)]
+pub struct SmartAuthorizer {
+    mode: Mode,
+    verifier: Arc<dyn BearerVerifier>,
+    route: Arc<Route>,
+    /// The `aud` tokens must carry here: the public base URL + the FHIR base's mount.
+    audience: Arc<str>,
+}
+
+impl SmartAuthorizer {
+    pub fn new(
+        mode: Mode,
+        verifier: Arc<dyn BearerVerifier>,
+        route: Arc<Route>,
+        base_url: &str,
+    ) -> Self {
+        let mount = route.mount();
+        let audience = if mount == "/" {
+            base_url.to_string()
+        } else {
+            format!("{base_url}{mount}")
+        };
+        SmartAuthorizer {
+            mode,
+            verifier,
+            route,
+            audience: audience.into(),
+        }
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+}
+
+fn forbidden(msg: impl AsRef<str>) -> Response {
+    outcome::response(StatusCode::FORBIDDEN, "forbidden", msg)
+}
+
+impl AuthorizeRequest for SmartAuthorizer {
+    fn authorize(&self, req: &mut Request) -> Result<(), Response> {
+        let Some(token) = bearer(req) else {
+            return Err(unauthorized(None, "a bearer token is required"));
+        };
+        let principal = self
+            .verifier
+            .verify(token, &self.audience)
+            .map_err(|e| unauthorized(Some("invalid_token"), &e.to_string()))?;
+        let principal = Arc::new(principal);
+        let Some(interaction) = enforce::interaction_for(&self.route.action) else {
+            // no data access (e.g. a non-public capability route): a valid token is enough
+            req.extensions_mut().insert(Authorized {
+                principal,
+                context: Context::User,
+                compartment: None,
+                filters: Vec::new(),
+            });
+            return Ok(());
+        };
+        let resource_type = req
+            .extensions()
+            .get::<RouteMatch>()
+            .and_then(|m| m.resource_type().map(str::to_string))
+            .or_else(|| self.route.resource_type.clone())
+            .or_else(|| {
+                (self.route.action == "smart.fhir/search-patient").then(|| "Patient".to_string())
+            });
+        let Some(resource_type) = resource_type else {
+            return Err(forbidden("the resource type of this request is unknown"));
+        };
+        let grant = enforce::decide(self.mode, &principal, &resource_type, interaction)
+            .map_err(|d| forbidden(d.to_string()))?;
+        let authorized = Authorized {
+            context: grant.context,
+            compartment: grant.compartment.map(str::to_string),
+            filters: grant.filters.iter().map(|f| f.to_vec()).collect(),
+            principal: principal.clone(),
+        };
+        req.extensions_mut().insert(authorized);
+        Ok(())
+    }
+}
