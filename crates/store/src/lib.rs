@@ -103,6 +103,8 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
     {
+        // `sqlite:path?mode=rwc` style options are not used: the store sets its own.
+        let path = path.split('?').next().unwrap_or(path);
         Ok(Arc::new(SqliteStore::open(path).await?))
     } else {
         Err(StoreError::Invalid(format!(

@@ -448,3 +448,27 @@ async fn meta_is_kept_and_stamped(s: Arc<dyn Store>) {
     assert_ne!(meta(&body, "lastUpdated"), "1999-01-01T00:00:00Z");
     assert_eq!(body["meta"]["tag"][0]["code"], "x");
 }
+
+#[tokio::test]
+async fn open_picks_the_backend_from_the_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("a").join("b.db");
+    let s = fhirgate_store::open(&format!("sqlite:{}?mode=rwc", path.display()))
+        .await
+        .expect("sqlite: URL");
+    assert_eq!(s.backend(), fhirgate_store::Backend::Sqlite);
+    s.ping().await.expect("ping");
+    assert!(path.exists(), "the file and its folders are created");
+    let again = fhirgate_store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("sqlite:// URL, migrated already");
+    again
+        .create(json!({"resourceType": "Patient"}))
+        .await
+        .expect("usable");
+    match fhirgate_store::open("mysql://localhost/x").await {
+        Err(StoreError::Invalid(_)) => {}
+        Err(e) => panic!("expected Invalid, got {e}"),
+        Ok(_) => panic!("expected Invalid, got a store"),
+    }
+}
