@@ -29,6 +29,7 @@ const INCLUDE_CHUNK: usize = 1000;
 /// A search on one resource type.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SearchQuery {
+    /// The type searched; any name (fhirgate's own types have the common parameters only).
     pub resource_type: String,
     /// Conditions that must all hold (AND).
     pub params: Vec<Filter>,
@@ -49,21 +50,29 @@ pub struct SearchQuery {
 /// One search parameter of the query: `name[:modifier]=v1,v2` (any value matches: OR).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filter {
+    /// The parameter's code (`patient`, `_id`, …).
     pub name: String,
+    /// `exact`, `contains`, `not`, `missing`, or a type for references (`Patient`).
     pub modifier: Option<String>,
+    /// Values as the request wrote them, FHIR `\` escapes included, date prefixes included.
     pub values: Vec<String>,
 }
 
+/// One `_sort` key: `_id`, `_lastUpdated`, or a date, string or token parameter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SortKey {
     pub param: String,
+    /// `-param`: dates sort by their latest instant, descending.
     pub descending: bool,
 }
 
+/// `Source:param[:Target]` of `_include` / `_revinclude`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Include {
     pub source_type: String,
+    /// A reference parameter of `source_type`.
     pub param: String,
+    /// Only targets of this type.
     pub target_type: Option<String>,
 }
 
