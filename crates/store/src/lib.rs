@@ -20,6 +20,7 @@ mod date;
 mod error;
 mod fhirpath;
 mod index;
+mod refs;
 mod search;
 mod write;
 
@@ -30,6 +31,7 @@ use serde_json::Value;
 pub use backend::{PostgresStore, SqliteStore};
 pub use error::{Result, StoreError};
 pub use index::{UnsupportedParam, unsupported_params};
+pub use refs::enrich_references;
 pub use search::{DEFAULT_COUNT, Filter, Include, SearchQuery, SearchResult, SortKey, TotalMode};
 pub use write::Stored;
 
