@@ -14,7 +14,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 /// Server settings that shape the app (the CLI fills them from flags and environment).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// The public base URL, without trailing slash (the OIDC issuer).
     pub base_url: String,
@@ -22,6 +22,8 @@ pub struct Settings {
     pub max_body: usize,
     /// Development mode (debug explanations).
     pub dev: bool,
+    /// The store `/health` checks (none: the process answering is the whole health).
+    pub store: Option<std::sync::Arc<dyn fhirgate_store::Store>>,
 }
 
 impl Default for Settings {
@@ -30,27 +32,22 @@ impl Default for Settings {
             base_url: "http://localhost:8080".into(),
             max_body: 16 * 1024 * 1024,
             dev: false,
+            store: None,
         }
     }
 }
 
-/// The registry with every action and middleware fhirgate ships. Its SMART middlewares refuse
-/// every protected request (no token can be verified): what `check` and `routes` need, and
-/// what `serve` runs until the authorization server is wired in.
+/// The registry with every action and middleware fhirgate ships, with nothing to run on: its
+/// SMART middlewares refuse every protected request and its data actions answer 501. What
+/// `check` and `routes` need.
 pub fn registry() -> Registry {
-    let mut r = Registry::new();
-    fhirgate_smart::register(&mut r, None, "");
-    r
+    registry_with(&fhirgate_smart::Setup::default())
 }
 
-/// The registry whose SMART middlewares verify tokens with `verifier`, for FHIR bases under
-/// `base_url`.
-pub fn registry_with(
-    verifier: std::sync::Arc<dyn fhirgate_smart::authorize::BearerVerifier>,
-    base_url: &str,
-) -> Registry {
+/// The registry whose SMART middlewares and actions run on `setup`.
+pub fn registry_with(setup: &fhirgate_smart::Setup) -> Registry {
     let mut r = Registry::new();
-    fhirgate_smart::register(&mut r, Some(verifier), base_url);
+    fhirgate_smart::register(&mut r, setup);
     r
 }
 
@@ -83,7 +80,8 @@ pub fn build_app(
     registry: &Registry,
 ) -> Result<axum::Router, BuildError> {
     let project_router = ProjectRouter::new(project, registry)?;
-    let builtin = axum::Router::new().route("/health", get(health));
+    let store = settings.store.clone();
+    let builtin = axum::Router::new().route("/health", get(move || health(store.clone())));
     let app = builtin
         .merge(project_router.into_router())
         .layer(RequestBodyLimitLayer::new(settings.max_body))
@@ -102,7 +100,20 @@ pub fn build_app(
     Ok(app)
 }
 
-async fn health() -> Json<serde_json::Value> {
-    // The store joins this check when it lands; today the process answering is the whole health.
-    Json(serde_json::json!({"status": "pass"}))
+async fn health(
+    store: Option<std::sync::Arc<dyn fhirgate_store::Store>>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    match store {
+        None => (StatusCode::OK, Json(serde_json::json!({"status": "pass"}))),
+        Some(s) => match s.ping().await {
+            Ok(()) => (StatusCode::OK, Json(serde_json::json!({"status": "pass"}))),
+            Err(e) => {
+                tracing::warn!("health: store does not answer: {e}");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(serde_json::json!({"status": "fail"})),
+                )
+            }
+        },
+    }
 }

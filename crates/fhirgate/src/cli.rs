@@ -65,6 +65,13 @@ pub struct ServeArgs {
         default_value = "http://localhost:8080"
     )]
     pub base_url: String,
+    /// The database: `sqlite:PATH` (the embedded default) or `postgres://…`.
+    #[arg(
+        long,
+        env = "FHIRGATE_DATABASE_URL",
+        default_value = "sqlite:data/fhirgate.db"
+    )]
+    pub database_url: String,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "FHIRGATE_MAX_BODY", default_value_t = 16 * 1024 * 1024)]
     pub max_body: usize,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use fhirgate::cli::{Cli, Command, ProjectArgs, RoutesArgs, ServeArgs, validate_base_url};
-use fhirgate::{Settings, build_app, load_project, registry};
+use fhirgate::{Settings, build_app, load_project, registry, registry_with};
 use fhirgate_config::{Diagnostic, Project};
 
 #[global_allocator]
@@ -168,21 +168,37 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let registry = registry();
-    let Some(project) = load(&args.config, &registry) else {
+    // A project error is reported before anything is opened.
+    if load(&args.config, &registry()).is_none() {
         return Ok(ExitCode::FAILURE);
-    };
-    let settings = Settings {
-        base_url,
-        max_body: args.max_body,
-        dev: args.dev,
-    };
-    let app = build_app(&settings, &project, &registry)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        let store = match open_store(&args.database_url).await {
+            Ok(s) => s,
+            Err(msg) => {
+                eprintln!("fhirgate: {msg}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        let registry = registry_with(&fhirgate_smart::Setup {
+            verifier: None,
+            store: Some(store.clone()),
+            base_url: base_url.clone(),
+        });
+        let Some(project) = load_quiet(&args.config, &registry) else {
+            return Ok(ExitCode::FAILURE);
+        };
+        let settings = Settings {
+            base_url,
+            max_body: args.max_body,
+            dev: args.dev,
+            store: Some(store),
+        };
+        let app = build_app(&settings, &project, &registry)?;
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(l) => l,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -205,6 +221,42 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("fhirgate stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Open the store, with a one-line explanation of what to fix when it cannot be.
+async fn open_store(url: &str) -> Result<std::sync::Arc<dyn fhirgate_store::Store>, String> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let path = std::path::Path::new(path.split('?').next().unwrap_or(path));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            return Err(format!(
+                "cannot create the data directory {}: {e}; choose a writable place with --database-url sqlite:PATH",
+                dir.display()
+            ));
+        }
+    }
+    fhirgate_store::open(url).await.map_err(|e| {
+        if url.starts_with("postgres") {
+            format!("cannot open the PostgreSQL database ({e}); is the server running and the URL in --database-url / FHIRGATE_DATABASE_URL right?")
+        } else {
+            format!("cannot open the database {url} ({e}); check that the path is writable, or choose another with --database-url")
+        }
+    })
+}
+
+/// Load the project without printing its warnings again.
+fn load_quiet(path: &std::path::Path, registry: &fhirgate_router::Registry) -> Option<Project> {
+    match load_project(path, registry) {
+        Ok(p) => Some(p),
+        Err(diags) => {
+            print_diagnostics(&diags);
+            None
+        }
+    }
 }
 
 /// Ctrl-C or SIGTERM: stop accepting, drain in-flight requests, exit 0.

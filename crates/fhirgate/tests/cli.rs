@@ -340,3 +340,34 @@ fn without_a_core_edn_the_embedded_default_is_used() {
     let out = run(&["check", "other.edn"], &dir);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn serve_explains_an_unusable_database() {
+    let dir = tempdir();
+    let blocker = dir.join("not-a-dir");
+    std::fs::write(&blocker, "a file where the data directory should be").unwrap();
+    let url = format!("sqlite:{}/data/fhirgate.db", blocker.display());
+    let out = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot create the data directory"), "{err}");
+
+    let port = free_port(); // nothing listens there
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let out = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot open the PostgreSQL database")
+            && err.contains("is the server running"),
+        "{err}"
+    );
+}

@@ -50,7 +50,11 @@ async fn start() -> Fixture {
         Arc::new(Keyring::generate().unwrap()),
         BASE,
     ));
-    let mut registry = fhirgate::registry_with(verifier.clone(), BASE);
+    let mut registry = fhirgate::registry_with(&fhirgate_smart::Setup {
+        verifier: Some(verifier.clone()),
+        store: None,
+        base_url: BASE.into(),
+    });
     for kw in [
         "smart.fhir/search",
         "smart.fhir/read-public",

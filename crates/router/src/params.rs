@@ -13,8 +13,16 @@ use tower::Service;
 
 use crate::{Request, Response, RouteService, outcome};
 
-/// Parameters every search accepts, declared or not (decisions §4).
-const ALWAYS_ALLOWED: &[&str] = &["_format", "_summary", "_elements", "_total", "_sort"];
+/// Parameters every search accepts, declared or not (decisions §4), plus `_offset`, the paging
+/// position of the `next` links fhirgate writes.
+const ALWAYS_ALLOWED: &[&str] = &[
+    "_format",
+    "_summary",
+    "_elements",
+    "_total",
+    "_sort",
+    "_offset",
+];
 
 #[derive(Clone)]
 pub(crate) struct ParamsCheck {

@@ -10,6 +10,7 @@
 //! until then they fail closed (every protected request gets 401) and the actions answer 501
 //! with an OperationOutcome.
 
+pub mod actions;
 pub mod authorize;
 pub mod enforce;
 pub mod middleware;
@@ -39,27 +40,51 @@ pub const ACTIONS: &[(&str, bool)] = &[
     ("smart.fhir/style", false),
 ];
 
-/// Register the SMART actions and middlewares. With a `verifier`, the middlewares verify bearer
-/// tokens for `base_url` + the route's FHIR base and apply the enforcement core; without one,
-/// they refuse every protected request.
-pub fn register(
-    registry: &mut Registry,
-    verifier: Option<Arc<dyn authorize::BearerVerifier>>,
-    base_url: &str,
-) {
+/// What the SMART actions and middlewares run on. Each part is optional while fhirgate is
+/// being built: without a verifier the middlewares refuse every protected request; without a
+/// store the data actions answer 501.
+#[derive(Clone, Default)]
+pub struct Setup {
+    /// Verifies bearer tokens (the authorization server).
+    pub verifier: Option<Arc<dyn authorize::BearerVerifier>>,
+    /// The FHIR data.
+    pub store: Option<Arc<dyn fhirgate_store::Store>>,
+    /// The public base URL (token audiences are this plus a FHIR base's mount).
+    pub base_url: String,
+}
+
+/// Register the SMART actions and middlewares.
+pub fn register(registry: &mut Registry, setup: &Setup) {
     for (keyword, needs_resource_type) in ACTIONS {
         let spec = ActionSpec {
             needs_resource_type: *needs_resource_type,
         };
-        registry.action(keyword, spec, not_yet(keyword));
+        match (&setup.store, actions::Kind::for_action(keyword)) {
+            (Some(store), Some(kind)) => {
+                let access = actions::DataAccess {
+                    store: store.clone(),
+                    base_url: setup.base_url.as_str().into(),
+                };
+                registry.action(keyword, spec, move |route: &Arc<Route>| {
+                    actions::DataAction {
+                        kind,
+                        access: access.clone(),
+                        route: route.clone(),
+                    }
+                });
+            }
+            _ => {
+                registry.action(keyword, spec, not_yet(keyword));
+            }
+        }
     }
     for (keyword, mode) in [
         (SINGLE_PATIENT_AUTH, enforce::Mode::SinglePatient),
         (AUTHORIZATION, enforce::Mode::Authorization),
     ] {
-        match &verifier {
+        match &setup.verifier {
             Some(v) => {
-                let (v, base) = (v.clone(), base_url.to_string());
+                let (v, base) = (v.clone(), setup.base_url.clone());
                 registry.authentication_with(keyword, move |route: &Arc<Route>| {
                     middleware::SmartAuthLayer::new(authorize::SmartAuthorizer::new(
                         mode,

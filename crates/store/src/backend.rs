@@ -92,6 +92,18 @@ impl PostgresStore {
         // cost a little planning time per query and always see the values.
         let opts =
             PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
+        // One direct connection first: an unreachable server is reported at once, not after the
+        // pool's acquire timeout of retries.
+        {
+            use sqlx::Connection;
+            let probe = tokio::time::timeout(
+                Duration::from_secs(10),
+                sqlx::postgres::PgConnection::connect_with(&opts),
+            )
+            .await
+            .map_err(|_| StoreError::Backend("timed out connecting to PostgreSQL".into()))??;
+            let _ = probe.close().await;
+        }
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(30))

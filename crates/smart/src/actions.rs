@@ -1,0 +1,543 @@
+//! The FHIR actions that read data: `read`, `read-public`, `search`, `search-public`,
+//! `search-patient`, `history`. Each refuses to run unless a SMART middleware authorized the
+//! request ([`Authorized`] in its extensions), and applies what it established: the patient
+//! compartment and granular scope filters. A read outside the compartment is 404 — the same as
+//! a resource that does not exist; a search naming another patient is 403; a search without a
+//! patient parameter is confined, never widened; `_include`/`_revinclude` results outside the
+//! compartment or the scopes are dropped.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use axum::response::IntoResponse;
+use fhirgate_config::Route;
+use fhirgate_router::{Request, Response, RouteMatch, outcome};
+use fhirgate_store::{SearchQuery, Store, StoreError};
+use http::{HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::authorize::Authorized;
+use crate::enforce;
+use crate::scopes::{Decision, Interaction};
+
+/// What the actions need: the store, and the public base URL for `fullUrl`s and links.
+#[derive(Clone)]
+pub struct DataAccess {
+    pub store: Arc<dyn Store>,
+    pub base_url: Arc<str>,
+}
+
+impl DataAccess {
+    /// The FHIR base a route belongs to: the public base URL plus its API's mount.
+    pub fn fhir_base(&self, route: &Route) -> String {
+        let mount = route.mount();
+        if mount == "/" {
+            self.base_url.to_string()
+        } else {
+            format!("{}{mount}", self.base_url)
+        }
+    }
+}
+
+/// Which data action a route runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Read,
+    Search,
+    History,
+}
+
+impl Kind {
+    pub fn for_action(action: &str) -> Option<Kind> {
+        match action {
+            "smart.fhir/read" | "smart.fhir/read-public" => Some(Kind::Read),
+            "smart.fhir/search" | "smart.fhir/search-public" | "smart.fhir/search-patient" => {
+                Some(Kind::Search)
+            }
+            "smart.fhir/history" => Some(Kind::History),
+            _ => None,
+        }
+    }
+}
+
+fn fhir_json(status: StatusCode, body: &Value) -> Response {
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(outcome::FHIR_JSON),
+    );
+    resp
+}
+
+fn forbidden(msg: impl AsRef<str>) -> Response {
+    outcome::response(StatusCode::FORBIDDEN, "forbidden", msg)
+}
+
+fn store_error(e: StoreError, what: &str) -> Response {
+    match e {
+        StoreError::NotFound { .. } => outcome::not_found(format!("{what} not found")),
+        StoreError::Gone { .. } => {
+            outcome::response(StatusCode::GONE, "deleted", format!("{what} was deleted"))
+        }
+        StoreError::Invalid(msg) => outcome::bad_request("invalid", msg),
+        other => {
+            tracing::error!("store error: {other}");
+            outcome::response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "the store is unavailable",
+            )
+        }
+    }
+}
+
+/// FHIR ids: `[A-Za-z0-9\-\.]{1,64}`. Anything else cannot exist, so it is not found.
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// Run a data action for `route`.
+pub async fn handle(kind: Kind, access: DataAccess, route: Arc<Route>, req: Request) -> Response {
+    let Some(auth) = req.extensions().get::<Authorized>().cloned() else {
+        // A route that names a data action without a SMART middleware: fail closed.
+        return forbidden("no SMART middleware authorized this request");
+    };
+    let Some(m) = req.extensions().get::<RouteMatch>().cloned() else {
+        return forbidden("no route match");
+    };
+    let resource_type = m
+        .resource_type()
+        .map(str::to_string)
+        .or_else(|| (route.action == "smart.fhir/search-patient").then(|| "Patient".to_string()));
+    let Some(resource_type) = resource_type else {
+        return outcome::bad_request("invalid", "no resource type");
+    };
+    if !fhirgate_fhir::is_resource_type(&resource_type) {
+        return outcome::not_found(format!("unknown resource type {resource_type}"));
+    }
+    match kind {
+        Kind::Read | Kind::History => {
+            let id = m.param("id").unwrap_or_default().to_string();
+            instance(kind, &access, &auth, &route, &resource_type, &id).await
+        }
+        Kind::Search => search(&access, &auth, &route, &resource_type, req).await,
+    }
+}
+
+/// Whether `id` of `resource_type` is within the compartment and the granular filters.
+async fn visible(
+    access: &DataAccess,
+    auth: &Authorized,
+    resource_type: &str,
+    id: &str,
+) -> Result<bool, Response> {
+    if auth.compartment.is_none() && auth.filters.is_empty() {
+        return Ok(true);
+    }
+    let alternatives: Vec<Vec<(String, String)>> = if auth.filters.is_empty() {
+        vec![Vec::new()]
+    } else {
+        auth.filters
+            .iter()
+            .map(|alt| {
+                alt.iter()
+                    .map(|f| (f.param.clone(), f.value.clone()))
+                    .collect()
+            })
+            .collect()
+    };
+    for alt in alternatives {
+        let mut q = SearchQuery::new(resource_type).filter("_id", None, &[id]);
+        for (p, v) in &alt {
+            q = q.filter(p, None, &[v.as_str()]);
+        }
+        q.patient_compartment = auth.compartment.clone();
+        q.count = Some(1);
+        let found = access
+            .store
+            .search(&q)
+            .await
+            .map_err(|e| store_error(e, "resource"))?;
+        if !found.matches.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+async fn instance(
+    kind: Kind,
+    access: &DataAccess,
+    auth: &Authorized,
+    route: &Route,
+    resource_type: &str,
+    id: &str,
+) -> Response {
+    let what = format!("{resource_type}/{id}");
+    if !valid_id(id) {
+        return outcome::not_found(format!("{what} not found"));
+    }
+    let resource = match access.store.read(resource_type, id).await {
+        Ok(r) => Some(r),
+        Err(StoreError::Gone { .. }) if kind == Kind::History => None,
+        Err(e) => return store_error(e, &what),
+    };
+    // outside the compartment or the granular scopes: the same answer as "does not exist"
+    if resource.is_some() {
+        match visible(access, auth, resource_type, id).await {
+            Ok(true) => {}
+            Ok(false) => return outcome::not_found(format!("{what} not found")),
+            Err(resp) => return resp,
+        }
+    } else if auth.compartment.is_some() || !auth.filters.is_empty() {
+        // a deleted resource's compartment cannot be checked: refuse its history
+        return outcome::not_found(format!("{what} not found"));
+    }
+    match (kind, resource) {
+        (Kind::Read, Some(r)) => {
+            let mut resp = fhir_json(StatusCode::OK, &r);
+            if let Some(v) = r.pointer("/meta/versionId").and_then(Value::as_str)
+                && let Ok(etag) = HeaderValue::from_str(&format!("W/\"{v}\""))
+            {
+                resp.headers_mut().insert(header::ETAG, etag);
+            }
+            resp
+        }
+        _ => match access.store.history(resource_type, id).await {
+            Ok(entries) => {
+                let base = access.fhir_base(route);
+                let entry: Vec<Value> = entries
+                    .into_iter()
+                    .map(|e| {
+                        let mut o = json!({
+                            "fullUrl": format!("{base}/{resource_type}/{id}"),
+                            "request": {"method": if e.deleted { "DELETE" } else { "PUT" }, "url": format!("{resource_type}/{id}")},
+                            "response": {"status": if e.deleted { "204" } else { "200" }, "lastModified": e.last_updated, "etag": format!("W/\"{}\"", e.version_id)},
+                        });
+                        if let Some(r) = e.resource {
+                            o["resource"] = r;
+                        }
+                        o
+                    })
+                    .collect();
+                fhir_json(
+                    StatusCode::OK,
+                    &json!({"resourceType": "Bundle", "type": "history", "total": entry.len(), "entry": entry}),
+                )
+            }
+            Err(e) => store_error(e, &what),
+        },
+    }
+}
+
+/// The parameters of a search: the query, plus a form body for POST `_search`.
+async fn search_params(req: Request) -> Result<(Vec<(String, String)>, String), Response> {
+    let path = req.uri().path().to_string();
+    let mut pairs: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    if req.method() == http::Method::POST {
+        let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
+            .await
+            .map_err(|_| {
+                outcome::response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-costly",
+                    "request body too large or unreadable",
+                )
+            })?;
+        pairs.extend(form_urlencoded::parse(&bytes).into_owned());
+    }
+    Ok((pairs, path))
+}
+
+/// `pt-1`, `Patient/pt-1`, `…/Patient/pt-1` → `pt-1` when it names a Patient.
+fn patient_id(value: &str) -> Option<&str> {
+    let v = value.split("/_history/").next().unwrap_or(value);
+    match v.rsplit_once('/') {
+        None => Some(v),
+        Some((prefix, id)) if prefix == "Patient" || prefix.ends_with("/Patient") => Some(id),
+        Some(_) => None,
+    }
+}
+
+/// A confined search may not name another patient, nor reach around the compartment.
+fn check_confined_params(
+    pairs: &[(String, String)],
+    resource_type: &str,
+    patient: &str,
+) -> Result<(), Response> {
+    for (k, v) in pairs {
+        let name = k.split(':').next().unwrap_or(k);
+        if name.contains('.') || name == "_has" {
+            return Err(forbidden(format!(
+                "{k} is not allowed on a patient-confined search"
+            )));
+        }
+        let names_patient = matches!(name, "patient" | "subject")
+            || (resource_type == "Patient" && matches!(name, "_id" | "link"));
+        if names_patient {
+            for value in v.split(',') {
+                if patient_id(value) != Some(patient) {
+                    return Err(forbidden(format!(
+                        "{k}={value} names another patient than the one in context"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn search(
+    access: &DataAccess,
+    auth: &Authorized,
+    route: &Route,
+    resource_type: &str,
+    req: Request,
+) -> Response {
+    let self_path = req.uri().path().trim_end_matches("/_search").to_string();
+    let (pairs, _) = match search_params(req).await {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    if let Some(pid) = &auth.compartment
+        && let Err(resp) = check_confined_params(&pairs, resource_type, pid)
+    {
+        return resp;
+    }
+    let mut q = match SearchQuery::from_pairs(
+        resource_type,
+        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    ) {
+        Ok(q) => q,
+        Err(e) => return store_error(e, "search"),
+    };
+    q.patient_compartment = auth.compartment.clone();
+    // granular scopes: one alternative adds its filters; several alternatives on one parameter
+    // become one OR filter; anything else is refused rather than widened.
+    match auth.filters.as_slice() {
+        [] => {}
+        [one] => {
+            for f in one {
+                q = q.filter(&f.param, None, &[f.value.as_str()]);
+            }
+        }
+        many if many
+            .iter()
+            .all(|a| a.len() == 1 && a[0].param == many[0][0].param) =>
+        {
+            let values: Vec<&str> = many.iter().map(|a| a[0].value.as_str()).collect();
+            q = q.filter(&many[0][0].param, None, &values);
+        }
+        _ => {
+            return forbidden(
+                "this combination of granular scopes cannot be searched; ask for one category at a time",
+            );
+        }
+    }
+    let result = match access.store.search(&q).await {
+        Ok(r) => r,
+        Err(e) => return store_error(e, "search"),
+    };
+    let included = match confine_included(access, auth, result.included).await {
+        Ok(i) => i,
+        Err(resp) => return resp,
+    };
+    let base = &access.base_url;
+    let fhir_base = access.fhir_base(route);
+    let full_url = |r: &Value| {
+        format!(
+            "{fhir_base}/{}/{}",
+            r["resourceType"].as_str().unwrap_or_default(),
+            r["id"].as_str().unwrap_or_default()
+        )
+    };
+    let mut entry: Vec<Value> = result
+        .matches
+        .iter()
+        .map(|r| json!({"fullUrl": full_url(r), "resource": r, "search": {"mode": "match"}}))
+        .collect();
+    entry.extend(
+        included
+            .iter()
+            .map(|r| json!({"fullUrl": full_url(r), "resource": r, "search": {"mode": "include"}})),
+    );
+    let query: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "_offset").collect();
+    let link_to = |offset: Option<usize>| {
+        let mut s = form_urlencoded::Serializer::new(String::new());
+        s.extend_pairs(&query);
+        if let Some(o) = offset {
+            s.append_pair("_offset", &o.to_string());
+        }
+        let qs = s.finish();
+        if qs.is_empty() {
+            format!("{base}{self_path}")
+        } else {
+            format!("{base}{self_path}?{qs}")
+        }
+    };
+    let mut link =
+        vec![json!({"relation": "self", "url": link_to(Some(q.offset).filter(|o| *o > 0))})];
+    if let Some(next) = result.next_offset {
+        link.push(json!({"relation": "next", "url": link_to(Some(next))}));
+    }
+    let mut bundle =
+        json!({"resourceType": "Bundle", "type": "searchset", "link": link, "entry": entry});
+    if let Some(total) = result.total {
+        bundle["total"] = json!(total);
+    }
+    fhir_json(StatusCode::OK, &bundle)
+}
+
+/// Drop included resources the token may not read: types its scopes do not grant (or grant only
+/// through granular scopes), and, when confined, resources in another patient's compartment.
+/// An included resource in no patient's compartment (e.g. a Provenance that targets the
+/// patient's Observation, not the patient) is kept.
+async fn confine_included(
+    access: &DataAccess,
+    auth: &Authorized,
+    included: Vec<Value>,
+) -> Result<Vec<Value>, Response> {
+    let mut by_type: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for r in included {
+        let t = r["resourceType"].as_str().unwrap_or_default().to_string();
+        by_type.entry(t).or_default().push(r);
+    }
+    let mut out = Vec::new();
+    for (t, resources) in by_type {
+        let granted = match auth
+            .principal
+            .scopes
+            .allows(Some(auth.context), &t, Interaction::Read)
+        {
+            Decision::Deny => false,
+            Decision::Allow => true,
+            // included resources are not checked against granular filters: drop them
+            Decision::Filtered(_) => false,
+        };
+        if !granted {
+            continue;
+        }
+        let Some(pid) = auth
+            .compartment
+            .as_deref()
+            .filter(|_| enforce::in_patient_compartment(&t))
+        else {
+            out.extend(resources);
+            continue;
+        };
+        let ids: Vec<&str> = resources.iter().filter_map(|r| r["id"].as_str()).collect();
+        let mut inside: HashSet<String> = HashSet::new();
+        // in this patient's compartment ...
+        let mut q = SearchQuery::new(t.as_str()).filter("_id", None, &ids);
+        q.patient_compartment = Some(pid.to_string());
+        q.count = Some(ids.len().max(1));
+        let mut queries = vec![q];
+        // ... or in no patient's compartment at all (a Provenance whose targets are the
+        // patient's resources, not the patient): not another patient's data
+        if t != "Patient"
+            && let Some(params) = fhirgate_fhir::patient_compartment_params(&t)
+        {
+            let mut unattached = SearchQuery::new(t.as_str()).filter("_id", None, &ids);
+            for p in params {
+                unattached = unattached.filter(p, Some("missing"), &["true"]);
+            }
+            unattached.count = Some(ids.len().max(1));
+            queries.push(unattached);
+        }
+        for query in queries {
+            let found = access
+                .store
+                .search(&query)
+                .await
+                .map_err(|e| store_error(e, "included resources"))?;
+            inside.extend(
+                found
+                    .matches
+                    .iter()
+                    .filter_map(|r| r["id"].as_str().map(str::to_string)),
+            );
+        }
+        out.extend(
+            resources
+                .into_iter()
+                .filter(|r| r["id"].as_str().is_some_and(|id| inside.contains(id))),
+        );
+    }
+    Ok(out)
+}
+
+/// A tower service running one data action on one route.
+#[derive(Clone)]
+pub struct DataAction {
+    pub kind: Kind,
+    pub access: DataAccess,
+    pub route: Arc<Route>,
+}
+
+impl tower::Service<Request> for DataAction {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(handle(this.kind, this.access, this.route, req).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patient_references() {
+        assert_eq!(patient_id("pt-1"), Some("pt-1"));
+        assert_eq!(patient_id("Patient/pt-1"), Some("pt-1"));
+        assert_eq!(patient_id("https://x/fhir/Patient/pt-1"), Some("pt-1"));
+        assert_eq!(patient_id("Patient/pt-1/_history/2"), Some("pt-1"));
+        assert_eq!(patient_id("Group/g1"), None);
+    }
+
+    #[test]
+    fn confined_searches_may_not_name_others_or_escape() {
+        let ok = |k: &str, v: &str| {
+            check_confined_params(&[(k.into(), v.into())], "Observation", "pt-1").is_ok()
+        };
+        assert!(ok("patient", "pt-1"));
+        assert!(ok("subject", "Patient/pt-1"));
+        assert!(ok("code", "1234-5"));
+        assert!(!ok("patient", "pt-2"));
+        assert!(!ok("patient", "pt-1,pt-2"));
+        assert!(!ok("subject", "Group/g1"));
+        assert!(!ok("subject:Patient.name", "x"));
+        assert!(!ok("_has:Observation:patient:code", "x"));
+        assert!(
+            check_confined_params(&[("_id".into(), "pt-2".into())], "Patient", "pt-1").is_err()
+        );
+        assert!(
+            check_confined_params(&[("_id".into(), "obs-2".into())], "Observation", "pt-1").is_ok()
+        );
+    }
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("pt-1") && valid_id("a.b"));
+        assert!(
+            !valid_id("") && !valid_id("a/b") && !valid_id("..%2F") && !valid_id(&"x".repeat(65))
+        );
+    }
+}
