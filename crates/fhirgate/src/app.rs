@@ -24,6 +24,8 @@ pub struct Settings {
     pub dev: bool,
     /// The store `/health` checks (none: the process answering is the whole health).
     pub store: Option<std::sync::Arc<dyn fhirgate_store::Store>>,
+    /// The admin REST API (none: not served).
+    pub admin: Option<std::sync::Arc<crate::admin::Admin>>,
 }
 
 impl Default for Settings {
@@ -33,6 +35,7 @@ impl Default for Settings {
             max_body: 16 * 1024 * 1024,
             dev: false,
             store: None,
+            admin: None,
         }
     }
 }
@@ -81,7 +84,10 @@ pub fn build_app(
 ) -> Result<axum::Router, BuildError> {
     let project_router = ProjectRouter::new(project, registry)?;
     let store = settings.store.clone();
-    let builtin = axum::Router::new().route("/health", get(move || health(store.clone())));
+    let mut builtin = axum::Router::new().route("/health", get(move || health(store.clone())));
+    if let Some(admin) = &settings.admin {
+        builtin = builtin.merge(crate::admin::routes(admin.clone()));
+    }
     let app = builtin
         .merge(project_router.into_router())
         .layer(RequestBodyLimitLayer::new(settings.max_body))

@@ -1,6 +1,7 @@
 //! fhirgate as a library: the registry of built-in actions and middlewares, project loading, and
 //! the axum app that `fhirgate serve` runs. The binary is a thin shell over this.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 

@@ -192,11 +192,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let Some(project) = load_quiet(&args.config, &registry) else {
             return Ok(ExitCode::FAILURE);
         };
+        let admin = fhirgate::admin::Admin::new(store.clone());
+        let env_secret = std::env::var("FHIRGATE_ROOT_SECRET").ok().filter(|s| !s.is_empty());
+        match admin.bootstrap_root(env_secret.as_deref()).await {
+            Ok(fhirgate::admin::RootSecret::Generated(secret)) => {
+                eprintln!("fhirgate: generated the secret of the admin client `root` (shown once, stored hashed):\n\n    {secret}\n\n  use it as HTTP Basic root:SECRET, or set FHIRGATE_ROOT_SECRET to choose your own");
+            }
+            Ok(_) => {}
+            Err(msg) => {
+                eprintln!("fhirgate: {msg}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         let settings = Settings {
             base_url,
             max_body: args.max_body,
             dev: args.dev,
             store: Some(store),
+            admin: Some(admin),
         };
         let app = build_app(&settings, &project, &registry)?;
         let listener = match tokio::net::TcpListener::bind(args.listen).await {

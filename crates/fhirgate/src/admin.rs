@@ -1,0 +1,513 @@
+//! Admin REST, Aidbox style (contract §2): create, read, update and delete any resource at
+//! `/{ResourceType}[/{id}]`, and `PUT /` to upsert an array of resources in one transaction.
+//! Bodies are JSON or YAML by `Content-Type`, answers in the format `Accept` asks for.
+//!
+//! Authentication is HTTP Basic with a Client's id and secret. `root` (its secret from
+//! `FHIRGATE_ROOT_SECRET`, or generated on first start and printed once) may do anything; other
+//! clients need an AccessPolicy, which arrives with the policy engine — until then they get 403.
+//!
+//! Client secrets and User passwords are write-only: stored as argon2 hashes, never returned; a
+//! write without them keeps the stored hash. fhirgate's own resources (Client, User, Role,
+//! AccessPolicy, …) get both reference forms (`reference` and `id` + `resourceType`).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+use fhirgate_router::outcome;
+use fhirgate_store::{Store, StoreError};
+use serde_json::{Value, json};
+
+/// fhirgate's own resource types: not FHIR, configuration of the server itself.
+pub const OWN_TYPES: &[&str] = &["Client", "User", "Role", "AccessPolicy", "Grant", "Session"];
+
+/// Write-only fields and the stored hash that replaces them.
+const SECRETS: &[(&str, &str, &str)] = &[
+    ("Client", "secret", "secret_hash"),
+    ("User", "password", "password_hash"),
+];
+
+/// The admin API's state.
+pub struct Admin {
+    store: Arc<dyn Store>,
+    /// SHA-256 of (client, secret, stored hash) already verified: a token request must not
+    /// cost an argon2 hash each time (decisions §17). A changed hash never matches old entries.
+    verified: Mutex<HashSet<[u8; 32]>>,
+}
+
+/// How `serve` set up the root client.
+pub enum RootSecret {
+    /// From FHIRGATE_ROOT_SECRET.
+    FromEnv,
+    /// Stored earlier.
+    Stored,
+    /// Generated now: print it once.
+    Generated(String),
+}
+
+fn hash_secret(secret: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut salt)
+        .map_err(|_| "no randomness".to_string())?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn digest(parts: &[&str]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for p in parts {
+        ctx.update(&(p.len() as u64).to_be_bytes());
+        ctx.update(p.as_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+impl Admin {
+    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+        Arc::new(Admin {
+            store,
+            verified: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Make sure `Client/root` exists with the secret from the environment, or a stored one,
+    /// or a newly generated one.
+    pub async fn bootstrap_root(&self, env_secret: Option<&str>) -> Result<RootSecret, String> {
+        let existing = match self.store.read("Client", "root").await {
+            Ok(c) => Some(c),
+            Err(StoreError::NotFound { .. } | StoreError::Gone { .. }) => None,
+            Err(e) => return Err(format!("cannot read Client/root: {e}")),
+        };
+        let stored_hash = existing
+            .as_ref()
+            .and_then(|c| c["secret_hash"].as_str())
+            .map(str::to_string);
+        let (secret, outcome) = match (env_secret, &stored_hash) {
+            (Some(s), Some(h)) if verify_hash(s, h) => return Ok(RootSecret::FromEnv),
+            (Some(s), _) => (s.to_string(), RootSecret::FromEnv),
+            (None, Some(_)) => return Ok(RootSecret::Stored),
+            (None, None) => {
+                let s = fhirgate_auth::tokens::random_id();
+                (s.clone(), RootSecret::Generated(s))
+            }
+        };
+        let client = json!({"resourceType": "Client", "id": "root", "secret_hash": hash_secret(&secret)?, "grant_types": ["basic"]});
+        self.store
+            .update(client, None)
+            .await
+            .map_err(|e| format!("cannot store Client/root: {e}"))?;
+        Ok(outcome)
+    }
+
+    /// The client a Basic `Authorization` header authenticates, if the secret is right.
+    async fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, b64) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()?;
+        let raw = String::from_utf8(raw).ok()?;
+        let (id, secret) = raw.split_once(':')?;
+        // RFC 6749 §2.3.1: both parts are form-url-encoded
+        let decode = |s: &str| {
+            form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+        };
+        let (id, secret) = (decode(id)?, decode(secret)?);
+        let client = self.store.read("Client", &id).await.ok()?;
+        if client["active"] == json!(false) {
+            return None;
+        }
+        let hash = client["secret_hash"].as_str()?;
+        let key = digest(&[&id, &secret, hash]);
+        if self
+            .verified
+            .lock()
+            .map(|v| v.contains(&key))
+            .unwrap_or(false)
+        {
+            return Some(id);
+        }
+        if !verify_hash(&secret, hash) {
+            return None;
+        }
+        if let Ok(mut v) = self.verified.lock() {
+            if v.len() > 10_000 {
+                v.clear();
+            }
+            v.insert(key);
+        }
+        Some(id)
+    }
+}
+
+fn verify_hash(secret: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(secret.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// The admin routes, to merge into the app.
+pub fn routes(admin: Arc<Admin>) -> axum::Router {
+    axum::Router::new()
+        .route("/", put(bulk))
+        .route("/{rt}", post(create))
+        .route(
+            "/{rt}/{id}",
+            axum::routing::get(read).put(update).delete(remove),
+        )
+        .with_state(admin)
+}
+
+enum Format {
+    Json,
+    Yaml,
+}
+
+fn is_yaml(v: Option<&HeaderValue>) -> bool {
+    v.and_then(|v| v.to_str().ok())
+        .is_some_and(|s| s.contains("yaml"))
+}
+
+fn answer(headers: &HeaderMap, status: StatusCode, body: &Value) -> Response {
+    let format = if is_yaml(headers.get(header::ACCEPT)) {
+        Format::Yaml
+    } else {
+        Format::Json
+    };
+    match format {
+        Format::Json => {
+            let mut r = (status, body.to_string()).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Format::Yaml => match serde_norway::to_string(body) {
+            Ok(y) => {
+                let mut r = (status, y).into_response();
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/yaml"));
+                r
+            }
+            Err(_) => outcome::response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                "cannot render YAML",
+            ),
+        },
+    }
+}
+
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, Response> {
+    if is_yaml(headers.get(header::CONTENT_TYPE)) {
+        serde_norway::from_slice(body)
+            .map_err(|e| outcome::bad_request("invalid", format!("malformed YAML: {e}")))
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| outcome::bad_request("invalid", format!("malformed JSON: {e}")))
+    }
+}
+
+fn store_error(e: StoreError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() {
+        tracing::error!("store error: {e}");
+        return outcome::response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "the store is unavailable",
+        );
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::GONE => "deleted",
+        StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => "conflict",
+        _ => "invalid",
+    };
+    outcome::response(status, code, e.to_string())
+}
+
+fn valid_type(rt: &str) -> bool {
+    rt.starts_with(|c: char| c.is_ascii_uppercase())
+        && rt.len() <= 64
+        && rt.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// Authenticate, then authorize: root may do anything; other clients await AccessPolicies.
+async fn guard(admin: &Admin, headers: &HeaderMap) -> Result<(), Response> {
+    match admin.authenticate(headers).await {
+        Some(id) if id == "root" => Ok(()),
+        Some(_) => Err(outcome::response(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "no AccessPolicy allows this client here",
+        )),
+        None => {
+            let mut r = outcome::response(
+                StatusCode::UNAUTHORIZED,
+                "login",
+                "HTTP Basic authentication with a client id and secret is required",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"fhirgate\""),
+            );
+            Err(r)
+        }
+    }
+}
+
+/// Hash write-only fields (keeping the stored hash when none is given), enrich references of
+/// fhirgate's own types. `previous` is the stored version, if any.
+fn prepare(resource: &mut Value, previous: Option<&Value>) -> Result<(), Response> {
+    let rt = resource["resourceType"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for (t, field, hashed) in SECRETS {
+        if rt != *t {
+            continue;
+        }
+        let Some(obj) = resource.as_object_mut() else {
+            continue;
+        };
+        obj.remove(*hashed); // a client never sets the hash itself
+        match obj.remove(*field) {
+            Some(Value::String(s)) if !s.is_empty() => {
+                let h = hash_secret(&s).map_err(|e| {
+                    outcome::response(StatusCode::INTERNAL_SERVER_ERROR, "exception", e)
+                })?;
+                obj.insert((*hashed).into(), Value::String(h));
+            }
+            Some(Value::Null) | None => {
+                if let Some(h) = previous.and_then(|p| p.get(*hashed)).cloned() {
+                    obj.insert((*hashed).into(), h);
+                }
+            }
+            Some(_) => {
+                return Err(outcome::bad_request(
+                    "invalid",
+                    format!("{t}.{field} must be a non-empty string"),
+                ));
+            }
+        }
+    }
+    if OWN_TYPES.contains(&rt.as_str()) {
+        fhirgate_store::enrich_references(resource);
+    }
+    Ok(())
+}
+
+fn redact(mut v: Value) -> Value {
+    if let Some(obj) = v.as_object_mut() {
+        for (_, _, hashed) in SECRETS {
+            obj.remove(*hashed);
+        }
+    }
+    v
+}
+
+fn check_shape(resource: &Value, rt: &str, id: Option<&str>) -> Result<(), Response> {
+    if !resource.is_object() {
+        return Err(outcome::bad_request(
+            "invalid",
+            "the body must be one resource (an object)",
+        ));
+    }
+    match resource["resourceType"].as_str() {
+        Some(t) if t == rt => {}
+        Some(t) => {
+            return Err(outcome::bad_request(
+                "invalid",
+                format!("resourceType {t} does not match the URL's {rt}"),
+            ));
+        }
+        None => {
+            return Err(outcome::bad_request(
+                "invalid",
+                "the resource has no resourceType",
+            ));
+        }
+    }
+    if let (Some(want), Some(got)) = (id, resource["id"].as_str())
+        && want != got
+    {
+        return Err(outcome::bad_request(
+            "invalid",
+            format!("id {got} does not match the URL's {want}"),
+        ));
+    }
+    Ok(())
+}
+
+async fn previous(admin: &Admin, rt: &str, id: &str) -> Option<Value> {
+    admin.store.read(rt, id).await.ok()
+}
+
+async fn create(
+    State(admin): State<Arc<Admin>>,
+    Path(rt): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = guard(&admin, &headers).await {
+        return r;
+    }
+    if !valid_type(&rt) {
+        return outcome::not_found(format!("no resource type {rt}"));
+    }
+    let mut resource = match parse_body(&headers, &body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_shape(&resource, &rt, None).and_then(|_| prepare(&mut resource, None)) {
+        return r;
+    }
+    match admin.store.create(resource).await {
+        Ok(stored) => answer(
+            &headers,
+            StatusCode::CREATED,
+            &redact(stored.resource.unwrap_or_default()),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn read(
+    State(admin): State<Arc<Admin>>,
+    Path((rt, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = guard(&admin, &headers).await {
+        return r;
+    }
+    match admin.store.read(&rt, &id).await {
+        Ok(v) => answer(&headers, StatusCode::OK, &redact(v)),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn update(
+    State(admin): State<Arc<Admin>>,
+    Path((rt, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = guard(&admin, &headers).await {
+        return r;
+    }
+    if !valid_type(&rt) {
+        return outcome::not_found(format!("no resource type {rt}"));
+    }
+    let mut resource = match parse_body(&headers, &body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_shape(&resource, &rt, Some(&id)) {
+        return r;
+    }
+    resource["id"] = json!(id);
+    let prev = previous(&admin, &rt, &id).await;
+    if let Err(r) = prepare(&mut resource, prev.as_ref()) {
+        return r;
+    }
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim_start_matches("W/").trim_matches('"').to_string());
+    match admin.store.update(resource, if_match.as_deref()).await {
+        Ok(stored) => answer(
+            &headers,
+            if stored.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+            &redact(stored.resource.unwrap_or_default()),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn remove(
+    State(admin): State<Arc<Admin>>,
+    Path((rt, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = guard(&admin, &headers).await {
+        return r;
+    }
+    match admin.store.delete(&rt, &id).await {
+        Ok(Some(_)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(None) => outcome::not_found(format!("{rt}/{id} not found")),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `PUT /` with an array of resources: all stored in one transaction, or none.
+async fn bulk(State(admin): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = guard(&admin, &headers).await {
+        return r;
+    }
+    let items = match parse_body(&headers, &body) {
+        Ok(Value::Array(items)) => items,
+        Ok(_) => return outcome::bad_request("invalid", "PUT / takes an array of resources"),
+        Err(r) => return r,
+    };
+    let mut prepared = Vec::with_capacity(items.len());
+    for (i, mut r) in items.into_iter().enumerate() {
+        let (Some(rt), Some(id)) = (
+            r["resourceType"].as_str().map(str::to_string),
+            r["id"].as_str().map(str::to_string),
+        ) else {
+            return outcome::bad_request(
+                "invalid",
+                format!("resource #{} needs resourceType and id", i + 1),
+            );
+        };
+        if !valid_type(&rt) {
+            return outcome::bad_request(
+                "invalid",
+                format!("resource #{}: {rt:?} is not a resource type", i + 1),
+            );
+        }
+        let prev = previous(&admin, &rt, &id).await;
+        if let Err(resp) = prepare(&mut r, prev.as_ref()) {
+            return resp;
+        }
+        prepared.push(r);
+    }
+    match admin.store.upsert_all(prepared).await {
+        Ok(stored) => answer(
+            &headers,
+            StatusCode::OK,
+            &Value::Array(
+                stored
+                    .into_iter()
+                    .map(|s| redact(s.resource.unwrap_or_default()))
+                    .collect(),
+            ),
+        ),
+        Err(e) => store_error(e),
+    }
+}

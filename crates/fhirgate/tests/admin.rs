@@ -1,0 +1,289 @@
+//! Admin REST over loopback: Basic auth with the root client, JSON and YAML, Aidbox's own setup
+//! files, write-only secrets, atomic bulk upserts.
+
+use std::path::PathBuf;
+
+use fhirgate::admin::{Admin, RootSecret};
+use fhirgate::{Settings, build_app};
+use serde_json::{Value, json};
+
+const ROOT: &str = "s3cret-root";
+
+fn shared() -> PathBuf {
+    std::env::var_os("FHIRGATE_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+}
+
+async fn start() -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "fhirgate-admin-{}",
+        fhirgate_auth::tokens::random_id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = fhirgate_store::open(&format!("sqlite:{}/db.sqlite", dir.display()))
+        .await
+        .unwrap();
+    let admin = Admin::new(store.clone());
+    assert!(matches!(
+        admin.bootstrap_root(Some(ROOT)).await.unwrap(),
+        RootSecret::FromEnv
+    ));
+    let registry = fhirgate::registry();
+    let project = fhirgate::load_project(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../core.edn"),
+        &registry,
+    )
+    .unwrap();
+    let settings = Settings {
+        store: Some(store),
+        admin: Some(admin),
+        ..Settings::default()
+    };
+    let app = build_app(&settings, &project, &registry).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn send(rb: reqwest::RequestBuilder) -> (u16, String) {
+    let r = rb.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn put_yaml(base: &str, file: &str) -> (u16, String) {
+    let body = std::fs::read_to_string(shared().join("aidbox/resources").join(file)).unwrap();
+    send(
+        client()
+            .put(format!("{base}/"))
+            .basic_auth("root", Some(ROOT))
+            .header("content-type", "text/yaml")
+            .header("accept", "text/yaml")
+            .body(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn basic_auth_is_required_and_checked() {
+    let base = start().await;
+    let (s, body) = send(client().get(format!("{base}/Client/root"))).await;
+    assert_eq!(s, 401, "{body}");
+    assert!(body.contains("OperationOutcome"));
+    assert_eq!(
+        send(
+            client()
+                .get(format!("{base}/Client/root"))
+                .basic_auth("root", Some("wrong"))
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        send(
+            client()
+                .get(format!("{base}/Client/root"))
+                .basic_auth("nobody", Some(ROOT))
+        )
+        .await
+        .0,
+        401
+    );
+    let (s, body) = send(
+        client()
+            .get(format!("{base}/Client/root"))
+            .basic_auth("root", Some(ROOT)),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(
+        !body.contains("secret"),
+        "the secret hash is never returned: {body}"
+    );
+}
+
+#[tokio::test]
+async fn aidbox_setup_files_load_and_read_back_as_yaml() {
+    let base = start().await;
+    for f in ["client.yaml", "patient-user.yaml", "access-policies.yaml"] {
+        let (s, body) = put_yaml(&base, f).await;
+        assert_eq!(s, 200, "{f}: {body}");
+        assert!(
+            !body.contains("inferno-secret") && !body.contains("password"),
+            "{f}: secrets echoed: {body}"
+        );
+    }
+    let (s, yaml) = send(
+        client()
+            .get(format!("{base}/Client/inferno-client"))
+            .basic_auth("root", Some(ROOT))
+            .header("accept", "text/yaml"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let v: Value = serde_norway::from_str(&yaml).unwrap();
+    assert_eq!(
+        v["auth"]["authorization_code"]["redirect_uri"],
+        "https://inferno.healthit.gov/inferno/oauth2/static/redirect"
+    );
+    assert!(v.get("secret").is_none() && v.get("secret_hash").is_none());
+
+    let (_, role) = send(
+        client()
+            .get(format!("{base}/Role/inferno-patient-user-role"))
+            .basic_auth("root", Some(ROOT)),
+    )
+    .await;
+    let role: Value = serde_json::from_str(&role).unwrap();
+    assert_eq!(role["links"]["patient"]["id"], "pt-1");
+    assert_eq!(
+        role["links"]["patient"]["reference"], "Patient/pt-1",
+        "both reference forms"
+    );
+
+    let (_, pt) = send(
+        client()
+            .get(format!("{base}/Patient/pt-1"))
+            .basic_auth("root", Some(ROOT)),
+    )
+    .await;
+    let pt: Value = serde_json::from_str(&pt).unwrap();
+    assert_eq!(pt["birthsex"], "F", "Aidbox-format data is stored as given");
+    assert_eq!(pt["meta"]["versionId"], "1");
+
+    let (_, policy) = send(
+        client()
+            .get(format!("{base}/AccessPolicy/patient-smart"))
+            .basic_auth("root", Some(ROOT)),
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&policy).unwrap()["matcho"]["uri"],
+        "#/smart/.*"
+    );
+}
+
+#[tokio::test]
+async fn a_client_secret_authenticates_and_survives_updates_without_it() {
+    let base = start().await;
+    assert_eq!(put_yaml(&base, "client.yaml").await.0, 200);
+    // inferno-client authenticates with its secret, but no AccessPolicy lets it use admin REST yet
+    let (s, _) = send(
+        client()
+            .get(format!("{base}/Client/root"))
+            .basic_auth("inferno-client", Some("inferno-secret")),
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert_eq!(
+        send(
+            client()
+                .get(format!("{base}/Client/root"))
+                .basic_auth("inferno-client", Some("nope"))
+        )
+        .await
+        .0,
+        401
+    );
+    // an update without the secret keeps it
+    let (s, _) = send(
+        client()
+            .put(format!("{base}/Client/inferno-client"))
+            .basic_auth("root", Some(ROOT))
+            .json(&json!({"resourceType": "Client", "grant_types": ["basic"]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        send(
+            client()
+                .get(format!("{base}/Client/root"))
+                .basic_auth("inferno-client", Some("inferno-secret"))
+        )
+        .await
+        .0,
+        403,
+        "still authenticates"
+    );
+}
+
+#[tokio::test]
+async fn bad_bodies_get_operation_outcomes_and_change_nothing() {
+    let base = start().await;
+    let root = |rb: reqwest::RequestBuilder| rb.basic_auth("root", Some(ROOT));
+    let (s, body) = send(
+        root(client().post(format!("{base}/Patient")))
+            .header("content-type", "application/json")
+            .body("{not json"),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(body.contains("malformed JSON"));
+    let (s, body) = send(
+        root(client().post(format!("{base}/Patient")))
+            .json(&json!({"resourceType": "Observation"})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(body.contains("does not match"));
+    let (s, _) = send(
+        root(client().put(format!("{base}/Patient/a")))
+            .json(&json!({"resourceType": "Patient", "id": "b"})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _) = send(
+        root(client().put(format!("{base}/Patient/a")))
+            .header("content-type", "text/yaml")
+            .body("resourceType: [unclosed"),
+    )
+    .await;
+    assert_eq!(s, 400);
+    // all or nothing
+    let batch = json!([
+        {"resourceType": "Patient", "id": "ok-1"},
+        {"resourceType": "Patient", "id": "ok-2"},
+        {"resourceType": "Patient"}
+    ]);
+    let (s, _) = send(root(client().put(format!("{base}/"))).json(&batch)).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        send(root(client().get(format!("{base}/Patient/ok-1"))))
+            .await
+            .0,
+        404,
+        "nothing of a refused batch is stored"
+    );
+    // create, update with If-Match, delete
+    let (s, created) = send(
+        root(client().post(format!("{base}/Patient")))
+            .json(&json!({"resourceType": "Patient", "id": "p9"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let (s, _) = send(
+        root(client().put(format!("{base}/Patient/p9")))
+            .header("if-match", "W/\"7\"")
+            .json(&json!({"resourceType": "Patient"})),
+    )
+    .await;
+    assert_eq!(s, 412, "stale If-Match");
+    assert_eq!(
+        send(root(client().delete(format!("{base}/Patient/p9"))))
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        send(root(client().get(format!("{base}/Patient/p9"))))
+            .await
+            .0,
+        410
+    );
+}
