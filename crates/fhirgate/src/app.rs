@@ -84,12 +84,27 @@ pub fn build_app(
 ) -> Result<axum::Router, BuildError> {
     let project_router = ProjectRouter::new(project, registry)?;
     let store = settings.store.clone();
-    let mut builtin = axum::Router::new().route("/health", get(move || health(store.clone())));
-    if let Some(admin) = &settings.admin {
-        builtin = builtin.merge(crate::admin::routes(admin.clone()));
-    }
+    let builtin = axum::Router::new().route("/health", get(move || health(store.clone())));
+    let project = project_router.into_router();
+    // Admin REST owns `PUT /` and every path whose first segment is a resource type
+    // (capitalised); the project owns the rest (validation keeps EDN routes out of that space).
+    let rest = match &settings.admin {
+        None => project,
+        Some(admin) => {
+            let admin_routes = crate::admin::routes(admin.clone());
+            let dispatch = tower::service_fn(move |req: axum::extract::Request| {
+                let target = if is_admin_path(req.method(), req.uri().path()) {
+                    admin_routes.clone()
+                } else {
+                    project.clone()
+                };
+                tower::ServiceExt::oneshot(target, req)
+            });
+            axum::Router::new().fallback_service(dispatch)
+        }
+    };
     let app = builtin
-        .merge(project_router.into_router())
+        .merge(rest)
         .layer(RequestBodyLimitLayer::new(settings.max_body))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -104,6 +119,14 @@ pub fn build_app(
         }))
         .layer(TraceLayer::new_for_http());
     Ok(app)
+}
+
+fn is_admin_path(method: &http::Method, path: &str) -> bool {
+    if path == "/" {
+        return method == http::Method::PUT;
+    }
+    path.strip_prefix('/')
+        .is_some_and(|p| p.starts_with(|c: char| c.is_ascii_uppercase()))
 }
 
 async fn health(

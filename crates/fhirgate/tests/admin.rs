@@ -109,6 +109,29 @@ async fn basic_auth_is_required_and_checked() {
 }
 
 #[tokio::test]
+async fn admin_rest_owns_only_capitalised_paths_and_put_root() {
+    let base = start().await;
+    // the project's routes are not captured by /{ResourceType}/{id}
+    assert_eq!(
+        send(client().get(format!("{base}/smart/metadata"))).await.0,
+        501
+    );
+    let (s, body) = send(client().get(format!("{base}/smart/Patient/pt-1"))).await;
+    assert_eq!(s, 401);
+    assert!(body.contains("bearer token"), "{body}");
+    assert_eq!(
+        send(client().get(format!("{base}/"))).await.0,
+        404,
+        "GET / is not admin"
+    );
+    assert_eq!(
+        send(client().put(format!("{base}/"))).await.0,
+        401,
+        "PUT / is admin"
+    );
+}
+
+#[tokio::test]
 async fn aidbox_setup_files_load_and_read_back_as_yaml() {
     let base = start().await;
     for f in ["client.yaml", "patient-user.yaml", "access-policies.yaml"] {
