@@ -24,6 +24,22 @@ pub enum Command {
     Check(ProjectArgs),
     /// Print the route table: method, path, action, middlewares, public.
     Routes(RoutesArgs),
+    /// Bulk-load resources (JSON, NDJSON, YAML, FHIR Bundles) into the store.
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Files to load.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// The database: `sqlite:PATH` (the embedded default) or `postgres://…`.
+    #[arg(
+        long,
+        env = "FHIRGATE_DATABASE_URL",
+        default_value = "sqlite:data/fhirgate.db"
+    )]
+    pub database_url: String,
 }
 
 #[derive(Debug, Args)]

@@ -4,5 +4,6 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod load;
 
 pub use app::{Settings, build_app, load_project, registry, registry_with};

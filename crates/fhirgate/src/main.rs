@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use fhirgate::cli::{Cli, Command, ProjectArgs, RoutesArgs, ServeArgs, validate_base_url};
+use fhirgate::cli::{
+    Cli, Command, LoadArgs, ProjectArgs, RoutesArgs, ServeArgs, validate_base_url,
+};
 use fhirgate::{Settings, build_app, load_project, registry, registry_with};
 use fhirgate_config::{Diagnostic, Project};
 
@@ -18,6 +20,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(&args),
         Command::Routes(args) => routes(&args),
         Command::Serve(args) => serve(args),
+        Command::Load(args) => load_files(args),
     };
     match result {
         Ok(code) => code,
@@ -233,6 +236,41 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
         tracing::info!("fhirgate stopped");
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn load_files(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let store = match open_store(&args.database_url).await {
+            Ok(s) => s,
+            Err(msg) => {
+                eprintln!("fhirgate: {msg}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {pos} resources ({per_sec}) {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        let result = fhirgate::load::load(store.as_ref(), &args.files, |n| bar.inc(n as u64)).await;
+        bar.finish_and_clear();
+        match result {
+            Ok(summary) => {
+                println!("{summary}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("fhirgate: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
     })
 }
 

@@ -1,0 +1,118 @@
+//! `fhirgate load` as a user runs it: Bundles with urn:uuid references, NDJSON, YAML.
+
+use std::process::Command;
+
+use serde_json::json;
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "fhirgate-load-{}",
+        fhirgate_auth::tokens::random_id()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test]
+async fn loads_bundles_ndjson_and_yaml() {
+    let dir = tempdir();
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111",
+         "resource": {"resourceType": "Patient", "name": [{"family": "Load"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:22222222-2222-2222-2222-222222222222",
+         "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": "urn:uuid:11111111-1111-1111-1111-111111111111"}},
+         "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    std::fs::write(dir.join("bundle.json"), bundle.to_string()).unwrap();
+    std::fs::write(
+        dir.join("obs.ndjson"),
+        "{\"resourceType\":\"Observation\",\"id\":\"n1\",\"status\":\"final\",\"code\":{\"text\":\"a\"}}\n\n{\"resourceType\":\"Observation\",\"id\":\"n2\",\"status\":\"final\",\"code\":{\"text\":\"b\"}}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("org.yaml"),
+        "- resourceType: Organization\n  id: org-1\n  name: Clinic\n",
+    )
+    .unwrap();
+    let db = format!("sqlite:{}/db.sqlite", dir.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+        .args(["load", "--database-url", &db])
+        .args([
+            dir.join("bundle.json"),
+            dir.join("obs.ndjson"),
+            dir.join("org.yaml"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("loaded 5 resources from 3 files"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Observation") && stdout.contains(" 3"),
+        "{stdout}"
+    );
+
+    let store = fhirgate_store::open(&db).await.unwrap();
+    let found = store
+        .search(&fhirgate_store::SearchQuery::new("Patient").filter("family", None, &["load"]))
+        .await
+        .unwrap();
+    assert_eq!(found.matches.len(), 1);
+    let pid = found.matches[0]["id"].as_str().unwrap().to_string();
+    let obs = store
+        .search(&fhirgate_store::SearchQuery::new("Observation").filter(
+            "subject",
+            None,
+            &[&format!("Patient/{pid}")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        obs.matches.len(),
+        1,
+        "the urn:uuid reference was rewritten to Patient/{pid}"
+    );
+    assert_eq!(
+        store.read("Organization", "org-1").await.unwrap()["name"],
+        "Clinic"
+    );
+}
+
+#[test]
+fn a_bad_file_is_reported_with_its_name_and_nothing_of_it_is_stored() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.join("bad.ndjson"),
+        "{\"resourceType\":\"Patient\",\"id\":\"ok\"}\n{broken\n",
+    )
+    .unwrap();
+    let db = format!("sqlite:{}/db.sqlite", dir.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+        .args(["load", "--database-url", &db])
+        .arg(dir.join("bad.ndjson"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.ndjson: line 2"), "{err}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = fhirgate_store::open(&db).await.unwrap();
+        assert!(
+            store.read("Patient", "ok").await.is_err(),
+            "a file that does not parse loads nothing"
+        );
+    });
+}
