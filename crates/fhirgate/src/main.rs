@@ -180,12 +180,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let store = match open_store(&args.database_url).await {
-            Ok(s) => s,
-            Err(msg) => {
-                eprintln!("fhirgate: {msg}");
-                return Ok(ExitCode::FAILURE);
-            }
+        let Some(store) = open_store_or_report(&args.database_url).await else {
+            return Ok(ExitCode::FAILURE);
         };
         let registry = registry_with(&fhirgate_smart::Setup {
             verifier: None,
@@ -245,12 +241,8 @@ fn load_files(args: LoadArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let store = match open_store(&args.database_url).await {
-            Ok(s) => s,
-            Err(msg) => {
-                eprintln!("fhirgate: {msg}");
-                return Ok(ExitCode::FAILURE);
-            }
+        let Some(store) = open_store_or_report(&args.database_url).await else {
+            return Ok(ExitCode::FAILURE);
         };
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
@@ -272,6 +264,14 @@ fn load_files(args: LoadArgs) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// [`open_store`], printing its explanation on failure.
+async fn open_store_or_report(url: &str) -> Option<std::sync::Arc<dyn fhirgate_store::Store>> {
+    open_store(url)
+        .await
+        .map_err(|msg| eprintln!("fhirgate: {msg}"))
+        .ok()
 }
 
 /// Open the store, with a one-line explanation of what to fix when it cannot be.

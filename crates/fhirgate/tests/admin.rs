@@ -1,6 +1,8 @@
 //! Admin REST over loopback: Basic auth with the root client, JSON and YAML, Aidbox's own setup
 //! files, write-only secrets, atomic bulk upserts.
 
+mod common;
+
 use std::path::PathBuf;
 
 use fhirgate::admin::{Admin, RootSecret};
@@ -9,21 +11,10 @@ use serde_json::{Value, json};
 
 const ROOT: &str = "s3cret-root";
 
-fn shared() -> PathBuf {
-    std::env::var_os("FHIRGATE_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
+use common::shared;
 
 async fn start() -> String {
-    let dir = std::env::temp_dir().join(format!(
-        "fhirgate-admin-{}",
-        fhirgate_auth::tokens::random_id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = fhirgate_store::open(&format!("sqlite:{}/db.sqlite", dir.display()))
-        .await
-        .unwrap();
+    let store = common::sqlite_store("admin").await;
     let admin = Admin::new(store.clone());
     assert!(matches!(
         admin.bootstrap_root(Some(ROOT)).await.unwrap(),
@@ -41,10 +32,8 @@ async fn start() -> String {
         ..Settings::default()
     };
     let app = build_app(&settings, &project, &registry).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
+    let url = common::serve(app).await;
+    url
 }
 
 fn client() -> reqwest::Client {

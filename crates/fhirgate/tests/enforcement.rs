@@ -2,6 +2,8 @@
 //! context and revocation decide what reaches the action. (The store-backed actions are not here
 //! yet; the test replaces them with an echo of what the middleware established.)
 
+mod common;
+
 use std::sync::Arc;
 
 use axum::Json;
@@ -75,13 +77,8 @@ async fn start() -> Fixture {
     )
     .unwrap();
     let app = build_app(&Settings::default(), &project, &registry).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Fixture {
-        url: format!("http://{addr}"),
-        verifier,
-    }
+    let url = common::serve(app).await;
+    Fixture { url, verifier }
 }
 
 impl Fixture {

@@ -1,6 +1,8 @@
 //! Reads and searches over loopback, on the root core.edn, a real SQLite store and real signed
 //! tokens: the compartment, scopes and granular filters decide what comes back.
 
+mod common;
+
 use std::sync::Arc;
 
 use fhirgate::{Settings, build_app};
@@ -21,19 +23,10 @@ fn obs(id: &str, patient: &str, category: &str) -> Value {
 struct Fixture {
     url: String,
     verifier: Arc<TokenVerifier>,
-    _dir: std::path::PathBuf,
 }
 
 async fn start() -> Fixture {
-    let dir = std::env::temp_dir().join(format!(
-        "fhirgate-data-{}-{}",
-        std::process::id(),
-        fhirgate_auth::tokens::random_id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = fhirgate_store::open(&format!("sqlite:{}/db.sqlite", dir.display()))
-        .await
-        .unwrap();
+    let store = common::sqlite_store("data").await;
     store
         .upsert_all(vec![
             json!({"resourceType": "Patient", "id": "pt-1", "name": [{"family": "Shaw"}]}),
@@ -65,14 +58,8 @@ async fn start() -> Fixture {
         ..Settings::default()
     };
     let app = build_app(&settings, &project, &registry).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Fixture {
-        url: format!("http://{addr}"),
-        verifier,
-        _dir: dir,
-    }
+    let url = common::serve(app).await;
+    Fixture { url, verifier }
 }
 
 impl Fixture {
@@ -309,14 +296,7 @@ async fn paging_links_work_behind_the_server() {
 
 #[tokio::test]
 async fn a_data_action_without_a_smart_middleware_fails_closed() {
-    let dir = std::env::temp_dir().join(format!(
-        "fhirgate-open-{}",
-        fhirgate_auth::tokens::random_id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = fhirgate_store::open(&format!("sqlite:{}/db.sqlite", dir.display()))
-        .await
-        .unwrap();
+    let store = common::sqlite_store("data").await;
     store
         .create(json!({"resourceType": "Patient", "id": "pt-1"}))
         .await
@@ -330,10 +310,8 @@ async fn a_data_action_without_a_smart_middleware_fails_closed() {
     let sources = fhirgate_config::MemorySources::new([("core.edn", src)]);
     let project = fhirgate_config::load_sources("core.edn", &sources, &registry).unwrap();
     let app = build_app(&Settings::default(), &project, &registry).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let r = reqwest::get(format!("http://{addr}/open/Patient/pt-1"))
+    let url = common::serve(app).await;
+    let r = reqwest::get(format!("{url}/open/Patient/pt-1"))
         .await
         .unwrap();
     assert_eq!(

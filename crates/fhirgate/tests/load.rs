@@ -1,21 +1,14 @@
 //! `fhirgate load` as a user runs it: Bundles with urn:uuid references, NDJSON, YAML.
 
+mod common;
+
 use std::process::Command;
 
 use serde_json::json;
 
-fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "fhirgate-load-{}",
-        fhirgate_auth::tokens::random_id()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[tokio::test]
 async fn loads_bundles_ndjson_and_yaml() {
-    let dir = tempdir();
+    let dir = common::tempdir("load");
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111",
          "resource": {"resourceType": "Patient", "name": [{"family": "Load"}]},
@@ -89,7 +82,7 @@ async fn loads_bundles_ndjson_and_yaml() {
 
 #[test]
 fn a_bad_file_is_reported_with_its_name_and_nothing_of_it_is_stored() {
-    let dir = tempdir();
+    let dir = common::tempdir("load");
     std::fs::write(
         dir.join("bad.ndjson"),
         "{\"resourceType\":\"Patient\",\"id\":\"ok\"}\n{broken\n",

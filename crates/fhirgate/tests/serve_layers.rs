@@ -1,6 +1,8 @@
 //! The constructor over loopback: an EDN project served by the real app, requests over HTTP.
 //! Proves route precedence, middleware inheritance and order, public ops, `:params` allow-lists.
 
+mod common;
+
 use axum::Json;
 use axum::extract::{Extension, Request};
 use axum::middleware::Next;
@@ -81,10 +83,8 @@ async fn start() -> String {
     let project =
         load_sources("t/core.edn", &sources, &registry).unwrap_or_else(|d| panic!("{d:#?}"));
     let app = build_app(&Settings::default(), &project, &registry).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
+    let url = common::serve(app).await;
+    url
 }
 
 fn add_test_keywords(registry: &mut Registry) {
