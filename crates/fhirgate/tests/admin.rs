@@ -32,8 +32,7 @@ async fn start() -> String {
         ..Settings::default()
     };
     let app = build_app(&settings, &project, &registry).unwrap();
-    let url = common::serve(app).await;
-    url
+    common::serve(app).await
 }
 
 fn client() -> reqwest::Client {

@@ -83,8 +83,7 @@ async fn start() -> String {
     let project =
         load_sources("t/core.edn", &sources, &registry).unwrap_or_else(|d| panic!("{d:#?}"));
     let app = build_app(&Settings::default(), &project, &registry).unwrap();
-    let url = common::serve(app).await;
-    url
+    common::serve(app).await
 }
 
 fn add_test_keywords(registry: &mut Registry) {
