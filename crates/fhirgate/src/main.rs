@@ -175,10 +175,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if load(&args.config, &registry()).is_none() {
         return Ok(ExitCode::FAILURE);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     runtime.block_on(async move {
         let Some(store) = open_store_or_report(&args.database_url).await else {
             return Ok(ExitCode::FAILURE);
@@ -236,10 +233,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn load_files(args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     runtime.block_on(async move {
         let Some(store) = open_store_or_report(&args.database_url).await else {
             return Ok(ExitCode::FAILURE);
@@ -264,6 +258,13 @@ fn load_files(args: LoadArgs) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// [`open_store`], printing its explanation on failure.
