@@ -21,6 +21,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use fhirgate_router::outcome;
+use fhirgate_smart::actions::store_error;
 use fhirgate_store::{Store, StoreError};
 use serde_json::{Value, json};
 
@@ -226,25 +227,6 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, Response> {
         serde_json::from_slice(body)
             .map_err(|e| outcome::bad_request("invalid", format!("malformed JSON: {e}")))
     }
-}
-
-fn store_error(e: StoreError) -> Response {
-    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if status.is_server_error() {
-        tracing::error!("store error: {e}");
-        return outcome::response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "transient",
-            "the store is unavailable",
-        );
-    }
-    let code = match status {
-        StatusCode::NOT_FOUND => "not-found",
-        StatusCode::GONE => "deleted",
-        StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => "conflict",
-        _ => "invalid",
-    };
-    outcome::response(status, code, e.to_string())
 }
 
 fn valid_type(rt: &str) -> bool {

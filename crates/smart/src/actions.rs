@@ -73,22 +73,26 @@ fn forbidden(msg: impl AsRef<str>) -> Response {
     outcome::response(StatusCode::FORBIDDEN, "forbidden", msg)
 }
 
-fn store_error(e: StoreError, what: &str) -> Response {
-    match e {
-        StoreError::NotFound { .. } => outcome::not_found(format!("{what} not found")),
-        StoreError::Gone { .. } => {
-            outcome::response(StatusCode::GONE, "deleted", format!("{what} was deleted"))
-        }
-        StoreError::Invalid(msg) => outcome::bad_request("invalid", msg),
-        other => {
-            tracing::error!("store error: {other}");
-            outcome::response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "the store is unavailable",
-            )
-        }
+/// A store error as the OperationOutcome a FHIR or admin route answers: the client's faults keep
+/// their status (404, 410, 409, 412, 400); the store's own failures are a 503 that says nothing
+/// more (the cause is logged).
+pub fn store_error(e: StoreError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() {
+        tracing::error!("store error: {e}");
+        return outcome::response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "the store is unavailable",
+        );
     }
+    let code = match status {
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::GONE => "deleted",
+        StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => "conflict",
+        _ => "invalid",
+    };
+    outcome::response(status, code, e.to_string())
 }
 
 /// FHIR ids: `[A-Za-z0-9\-\.]{1,64}`. Anything else cannot exist, so it is not found.
@@ -148,11 +152,7 @@ async fn confined_lookup(
         }
         q.patient_compartment = auth.compartment.clone();
         q.count = Some(1);
-        let found = access
-            .store
-            .search(&q)
-            .await
-            .map_err(|e| store_error(e, "resource"))?;
+        let found = access.store.search(&q).await.map_err(store_error)?;
         if let Some(r) = found.matches.into_iter().next() {
             return Ok(Some(r));
         }
@@ -185,7 +185,7 @@ async fn instance(
         match access.store.read(resource_type, id).await {
             Ok(r) => Some(r),
             Err(StoreError::Gone { .. }) if kind == Kind::History => None,
-            Err(e) => return store_error(e, &what),
+            Err(e) => return store_error(e),
         }
     };
     match (kind, resource) {
@@ -220,7 +220,7 @@ async fn instance(
                     &json!({"resourceType": "Bundle", "type": "history", "total": entry.len(), "entry": entry}),
                 )
             }
-            Err(e) => store_error(e, &what),
+            Err(e) => store_error(e),
         },
     }
 }
@@ -307,7 +307,7 @@ async fn search(
         pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     ) {
         Ok(q) => q,
-        Err(e) => return store_error(e, "search"),
+        Err(e) => return store_error(e),
     };
     q.patient_compartment = auth.compartment.clone();
     // granular scopes: one alternative adds its filters; several alternatives on one parameter
@@ -334,7 +334,7 @@ async fn search(
     }
     let result = match access.store.search(&q).await {
         Ok(r) => r,
-        Err(e) => return store_error(e, "search"),
+        Err(e) => return store_error(e),
     };
     let included = match confine_included(access, auth, result.included).await {
         Ok(i) => i,
@@ -443,11 +443,7 @@ async fn confine_included(
             queries.push(unattached);
         }
         for query in queries {
-            let found = access
-                .store
-                .search(&query)
-                .await
-                .map_err(|e| store_error(e, "included resources"))?;
+            let found = access.store.search(&query).await.map_err(store_error)?;
             inside.extend(
                 found
                     .matches
