@@ -171,10 +171,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    // A project error is reported before anything is opened.
-    if load(&args.config, &registry()).is_none() {
+    // A project error is reported before anything is opened. Validation needs only the
+    // keywords, which every registry of fhirgate's shares; the serving registry below adds the
+    // store to run them on.
+    let Some(project) = load(&args.config, &registry()) else {
         return Ok(ExitCode::FAILURE);
-    }
+    };
     let runtime = runtime()?;
     runtime.block_on(async move {
         let Some(store) = open_store_or_report(&args.database_url).await else {
@@ -185,9 +187,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             store: Some(store.clone()),
             base_url: base_url.clone(),
         });
-        let Some(project) = load_quiet(&args.config, &registry) else {
-            return Ok(ExitCode::FAILURE);
-        };
         let admin = fhirgate::admin::Admin::new(store.clone());
         let env_secret = std::env::var("FHIRGATE_ROOT_SECRET").ok().filter(|s| !s.is_empty());
         match admin.bootstrap_root(env_secret.as_deref()).await {
@@ -298,17 +297,6 @@ async fn open_store(url: &str) -> Result<std::sync::Arc<dyn fhirgate_store::Stor
             format!("cannot open the database {url} ({e}); check that the path is writable, or choose another with --database-url")
         }
     })
-}
-
-/// Load the project without printing its warnings again.
-fn load_quiet(path: &std::path::Path, registry: &fhirgate_router::Registry) -> Option<Project> {
-    match load_project(path, registry) {
-        Ok(p) => Some(p),
-        Err(diags) => {
-            print_diagnostics(&diags);
-            None
-        }
-    }
 }
 
 /// Ctrl-C or SIGTERM: stop accepting, drain in-flight requests, exit 0.

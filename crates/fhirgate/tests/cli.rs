@@ -1,5 +1,8 @@
 //! The `fhirgate` binary as a user runs it: check, routes, serve.
 
+mod common;
+
+use common::shared;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -11,13 +14,6 @@ fn bin() -> Command {
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `../shared` beside the repository (override with FHIRGATE_SHARED_DIR).
-fn shared() -> PathBuf {
-    std::env::var_os("FHIRGATE_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared"))
 }
 
 fn run(args: &[&str], dir: &Path) -> Output {
@@ -316,13 +312,7 @@ fn serve_explains_a_port_in_use() {
 }
 
 fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "fhirgate-cli-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tempdir("cli")
 }
 
 #[test]
