@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod auth_state;
 mod backend;
 mod date;
 mod error;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+pub use auth_state::{AuthRecord, AuthState, Consumed, RevocationReceiver};
 pub use backend::{PostgresStore, SqliteStore};
 pub use error::{Result, StoreError};
 pub use index::{UnsupportedParam, unsupported_params};
