@@ -54,6 +54,7 @@ def main():
                 "type": sp["type"],
                 "expression": split_expression(sp.get("expression"), base),
                 "target": sorted(sp.get("target", [])),
+                "url": sp["url"],
                 **({"component": True} if sp.get("component") else {}),
             }
     out = {

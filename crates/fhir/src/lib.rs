@@ -35,6 +35,24 @@ pub enum SearchParamType {
     Special,
 }
 
+impl SearchParamType {
+    /// The code, as `SearchParameter.type` and `CapabilityStatement.rest.resource.searchParam.type`
+    /// write it (`token`, `reference`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchParamType::Number => "number",
+            SearchParamType::Date => "date",
+            SearchParamType::String => "string",
+            SearchParamType::Token => "token",
+            SearchParamType::Reference => "reference",
+            SearchParamType::Composite => "composite",
+            SearchParamType::Quantity => "quantity",
+            SearchParamType::Uri => "uri",
+            SearchParamType::Special => "special",
+        }
+    }
+}
+
 /// One search parameter of one resource type.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SearchParam {
@@ -45,6 +63,10 @@ pub struct SearchParam {
     /// Target resource types of a reference parameter.
     #[serde(default)]
     pub target: Vec<String>,
+    /// The canonical URL of the R4 `SearchParameter` that defines it
+    /// (`http://hl7.org/fhir/SearchParameter/Observation-category`).
+    #[serde(default)]
+    pub url: String,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +124,15 @@ pub fn is_resource_type(name: &str) -> bool {
     !matches!(name, "Resource" | "DomainResource") && table().resources.contains_key(name)
 }
 
+/// Every R4 resource type that has search parameters of its own, in alphabetical order.
+pub fn resource_types() -> impl Iterator<Item = &'static str> {
+    table()
+        .resources
+        .keys()
+        .map(String::as_str)
+        .filter(|k| is_resource_type(k))
+}
+
 /// The search parameters through which a resource of `resource_type` belongs to a Patient's
 /// compartment (FHIR R4 `CompartmentDefinition/patient`); `None` if the type is not in it.
 pub fn patient_compartment_params(resource_type: &str) -> Option<&'static [String]> {
@@ -131,6 +162,7 @@ mod tests {
     fn shared_expressions_are_split_per_base() {
         let p = search_param("Observation", "patient").unwrap();
         assert_eq!(p.kind, SearchParamType::Reference);
+        assert_eq!(p.kind.as_str(), "reference");
         assert_eq!(
             p.expression.as_deref(),
             Some("Observation.subject.where(resolve() is Patient)")
@@ -158,5 +190,32 @@ mod tests {
         assert!(!is_resource_type("Resource"));
         assert!(!is_resource_type("Nope"));
         assert!(search_params("Patient").any(|(k, _)| k == "birthdate"));
+        let all: Vec<&str> = super::resource_types().collect();
+        assert!(all.contains(&"Observation") && !all.contains(&"Resource"));
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn definitions_have_canonical_urls() {
+        let url = |t, c| search_param(t, c).map(|p| p.url.as_str());
+        assert_eq!(
+            url("Observation", "category"),
+            Some("http://hl7.org/fhir/SearchParameter/Observation-category")
+        );
+        assert_eq!(
+            url("Observation", "patient"),
+            Some("http://hl7.org/fhir/SearchParameter/clinical-patient")
+        );
+        assert_eq!(
+            url("Patient", "_id"),
+            Some("http://hl7.org/fhir/SearchParameter/Resource-id")
+        );
+        assert!(
+            table()
+                .resources
+                .values()
+                .flat_map(|m| m.values())
+                .all(|p| p.url.starts_with("http://hl7.org/fhir/SearchParameter/"))
+        );
     }
 }

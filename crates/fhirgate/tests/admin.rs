@@ -102,7 +102,7 @@ async fn admin_rest_owns_only_capitalised_paths_and_put_root() {
     // the project's routes are not captured by /{ResourceType}/{id}
     assert_eq!(
         send(client().get(format!("{base}/smart/metadata"))).await.0,
-        501
+        200
     );
     let (s, body) = send(client().get(format!("{base}/smart/Patient/pt-1"))).await;
     assert_eq!(s, 401);

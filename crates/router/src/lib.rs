@@ -71,6 +71,8 @@ impl RouteMatch {
 pub struct ProjectRouter {
     matcher: Arc<Matcher>,
     routes: Arc<[(Arc<Route>, RouteService)]>,
+    /// Per route: whether OPTIONS requests reach its stack ([`Registry::accept_options`]).
+    options: Arc<[bool]>,
 }
 
 impl ProjectRouter {
@@ -79,15 +81,18 @@ impl ProjectRouter {
     pub fn new(project: &Project, registry: &Registry) -> Result<Self, BuildError> {
         let mut matcher = Matcher::default();
         let mut routes = Vec::with_capacity(project.routes.routes.len());
+        let mut options = Vec::with_capacity(project.routes.routes.len());
         for (i, route) in project.routes.routes.iter().enumerate() {
             let route = route.clone();
-            let service = registry.build_stack(&route)?;
+            let service = registry.build_stack(&route, &project.routes)?;
             matcher.insert(&route.segments, route.method, i);
+            options.push(registry.accepts_options(&route.action));
             routes.push((route, service));
         }
         Ok(ProjectRouter {
             matcher: Arc::new(matcher),
             routes: routes.into(),
+            options: options.into(),
         })
     }
 
@@ -104,11 +109,12 @@ impl ProjectRouter {
 
     fn dispatch(&self, mut req: Request) -> Result<(RouteService, Request), Response> {
         let method = match *req.method() {
-            http::Method::GET | http::Method::HEAD => Method::Get,
-            http::Method::POST => Method::Post,
-            http::Method::PUT => Method::Put,
-            http::Method::PATCH => Method::Patch,
-            http::Method::DELETE => Method::Delete,
+            http::Method::GET | http::Method::HEAD => Some(Method::Get),
+            http::Method::POST => Some(Method::Post),
+            http::Method::PUT => Some(Method::Put),
+            http::Method::PATCH => Some(Method::Patch),
+            http::Method::DELETE => Some(Method::Delete),
+            http::Method::OPTIONS => None,
             _ => return Err(self.not_allowed(req.uri().path())),
         };
         let path = req.uri().path();
@@ -118,7 +124,15 @@ impl ProjectRouter {
                 req.uri().path()
             )));
         };
-        let Some(index) = found.op(method) else {
+        let index = match method {
+            Some(m) => found.op(m),
+            // OPTIONS reaches an op whose action accepts it, the GET op first
+            None => Method::ALL
+                .iter()
+                .filter_map(|m| found.op(*m))
+                .find(|i| self.options.get(*i).copied().unwrap_or(false)),
+        };
+        let Some(index) = index else {
             return Err(self.not_allowed(path));
         };
         let (route, service) = &self.routes[index];
@@ -175,5 +189,83 @@ impl Service<Request> for ProjectRouter {
             Ok((mut service, req)) => Box::pin(async move { service.call(req).await }),
             Err(resp) => Box::pin(async move { Ok(resp) }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhirgate_config::{MemorySources, RouteTable, load_sources};
+    use tower::ServiceExt;
+
+    const PROJECT: &str = r#"{ns core import #{zenbox}
+        root-api {:zen/tags #{zenbox/api}
+                  "count" {:GET {:action :t/count} :POST {:action :t/plain}}
+                  "plain" {:GET {:action :t/plain}}}}"#;
+
+    fn text(s: String) -> Response {
+        Response::new(Body::from(s))
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.action_with_routes(
+            "t/count",
+            ActionSpec::default(),
+            |route: &Arc<Route>, table: &RouteTable| {
+                let answer = format!("{} of {}", route.path(), table.routes.len());
+                tower::service_fn(move |req: Request| {
+                    let answer = format!("{} {answer}", req.method());
+                    async move { Ok::<_, Infallible>(text(answer)) }
+                })
+            },
+        )
+        .accept_options("t/count");
+        r.action("t/plain", ActionSpec::default(), |_: &Arc<Route>| {
+            tower::service_fn(|_: Request| async { Ok::<_, Infallible>(text("plain".into())) })
+        });
+        r
+    }
+
+    async fn send(router: &ProjectRouter, method: &str, path: &str) -> (u16, String) {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .expect("request");
+        let resp = router.clone().oneshot(req).await.expect("infallible");
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn actions_may_see_the_route_table_and_accept_options() {
+        let r = registry();
+        let files = MemorySources::new([("core.edn", PROJECT)]);
+        let project = load_sources("core.edn", &files, &r).expect("loads");
+        let router = ProjectRouter::new(&project, &r).expect("builds");
+        assert_eq!(
+            send(&router, "GET", "/count").await,
+            (200, "GET /count of 3".into())
+        );
+        assert_eq!(
+            send(&router, "OPTIONS", "/count").await,
+            (200, "OPTIONS /count of 3".into()),
+            "OPTIONS reaches the op whose action accepts it"
+        );
+        assert_eq!(send(&router, "POST", "/count").await.1, "plain");
+        assert_eq!(send(&router, "OPTIONS", "/plain").await.0, 405);
+        assert_eq!(send(&router, "OPTIONS", "/nowhere").await.0, 404);
+
+        // registering the action again forgets that it accepted OPTIONS
+        let mut r = registry();
+        r.action("t/count", ActionSpec::default(), |_: &Arc<Route>| {
+            tower::service_fn(|_: Request| async { Ok::<_, Infallible>(text("new".into())) })
+        });
+        let router = ProjectRouter::new(&project, &r).expect("builds");
+        assert_eq!(send(&router, "OPTIONS", "/count").await.0, 405);
     }
 }

@@ -1,16 +1,16 @@
 //! Actions and middlewares by keyword.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::handler::Handler;
-use fhirgate_config::{ActionSpec, Catalog, Route};
+use fhirgate_config::{ActionSpec, Catalog, Route, RouteTable};
 use tower::{Layer, Service};
 
 use crate::{Request, Response, RouteService, params};
 
-type MakeAction = Arc<dyn Fn(&Arc<Route>) -> RouteService + Send + Sync>;
+type MakeAction = Arc<dyn Fn(&Arc<Route>, &RouteTable) -> RouteService + Send + Sync>;
 type MakeMiddleware = Arc<dyn Fn(&Arc<Route>, RouteService) -> RouteService + Send + Sync>;
 
 struct ActionEntry {
@@ -39,6 +39,8 @@ pub enum BuildError {
 pub struct Registry {
     actions: HashMap<String, Arc<ActionEntry>>,
     middlewares: HashMap<String, Arc<MiddlewareEntry>>,
+    /// Actions that OPTIONS requests on their paths reach (instead of the router's 405).
+    options: HashSet<String>,
 }
 
 impl Registry {
@@ -57,10 +59,46 @@ impl Registry {
             + 'static,
         S::Future: Send + 'static,
     {
-        let make: MakeAction = Arc::new(move |route| RouteService::new(make(route)));
+        self.action_with_routes(keyword, spec, move |route, _| make(route))
+    }
+
+    /// Register an action whose service also depends on the project's whole route table, e.g.
+    /// one that describes the API (a CapabilityStatement). `make` gets the route it serves and
+    /// every route of the project, in declaration order.
+    pub fn action_with_routes<S, F>(
+        &mut self,
+        keyword: &str,
+        spec: ActionSpec,
+        make: F,
+    ) -> &mut Self
+    where
+        F: Fn(&Arc<Route>, &RouteTable) -> S + Send + Sync + 'static,
+        S: Service<Request, Response = Response, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let make: MakeAction = Arc::new(move |route, table| RouteService::new(make(route, table)));
+        // OPTIONS belongs to one registration: a replacement action must accept it again
+        self.options.remove(keyword);
         self.actions
             .insert(keyword.to_string(), Arc::new(ActionEntry { spec, make }));
         self
+    }
+
+    /// Let `OPTIONS` requests on the paths where `keyword` is declared reach its route's stack
+    /// (e.g. to answer a CORS preflight), instead of the router's 405. The request keeps its
+    /// `OPTIONS` method; when a path has several ops, the GET op's action is preferred.
+    pub fn accept_options(&mut self, keyword: &str) -> &mut Self {
+        self.options.insert(keyword.to_string());
+        self
+    }
+
+    /// Whether `OPTIONS` requests reach the action `keyword` (see [`Registry::accept_options`]).
+    pub fn accepts_options(&self, keyword: &str) -> bool {
+        self.options.contains(keyword)
     }
 
     /// Register an axum handler as an action. It can extract [`crate::RouteMatch`] with
@@ -149,7 +187,11 @@ impl Registry {
     }
 
     /// The route's whole stack: middlewares (outermost first) → `:params` check → action.
-    pub(crate) fn build_stack(&self, route: &Arc<Route>) -> Result<RouteService, BuildError> {
+    pub(crate) fn build_stack(
+        &self,
+        route: &Arc<Route>,
+        table: &RouteTable,
+    ) -> Result<RouteService, BuildError> {
         let location = route.location.to_string();
         let action = self
             .actions
@@ -158,7 +200,7 @@ impl Registry {
                 keyword: route.action.clone(),
                 location: location.clone(),
             })?;
-        let mut service = (action.make)(route);
+        let mut service = (action.make)(route, table);
         if route.params.is_some() {
             service = RouteService::new(params::ParamsCheck::new(route.clone(), service));
         }

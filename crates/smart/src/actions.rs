@@ -30,12 +30,7 @@ pub struct DataAccess {
 impl DataAccess {
     /// The FHIR base a route belongs to: the public base URL plus its API's mount.
     pub fn fhir_base(&self, route: &Route) -> String {
-        let mount = route.mount();
-        if mount == "/" {
-            self.base_url.to_string()
-        } else {
-            format!("{}{mount}", self.base_url)
-        }
+        crate::discovery::fhir_base_url(&self.base_url, route)
     }
 }
 

@@ -6,12 +6,14 @@
 //! Modules: [`scopes`] (one SMART scope parser and permission model), [`enforce`] (the decision
 //! from scopes and launch context), [`policy`] (Aidbox AccessPolicy engines), [`middleware`].
 //!
-//! Status: the middlewares are not yet wired to token verification, policies and the store;
-//! until then they fail closed (every protected request gets 401) and the actions answer 501
+//! The discovery actions ([`discovery`]: `smart-configuration`, `capability`, `style`) need
+//! nothing but the public base URL and the project's routes. Without a verifier the middlewares
+//! fail closed (every protected request gets 401); without a store the data actions answer 501
 //! with an OperationOutcome.
 
 pub mod actions;
 pub mod authorize;
+pub mod discovery;
 pub mod enforce;
 pub mod middleware;
 pub mod policy;
@@ -19,7 +21,7 @@ pub mod scopes;
 
 use std::sync::Arc;
 
-use fhirgate_config::{ActionSpec, Route};
+use fhirgate_config::{ActionSpec, Route, RouteTable};
 use fhirgate_router::{Registry, Response, outcome};
 
 /// Middleware keyword for patient launch: every request is confined to one patient.
@@ -40,17 +42,31 @@ pub const ACTIONS: &[(&str, bool)] = &[
     ("smart.fhir/style", false),
 ];
 
+/// The public base URL when none is given (`--base-url`'s default).
+pub const DEFAULT_BASE_URL: &str = "http://localhost:8080";
+
 /// What the SMART actions and middlewares run on. Each part is optional while fhirgate is
 /// being built: without a verifier the middlewares refuse every protected request; without a
 /// store the data actions answer 501.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Setup {
     /// Verifies bearer tokens (the authorization server).
     pub verifier: Option<Arc<dyn authorize::BearerVerifier>>,
     /// The FHIR data.
     pub store: Option<Arc<dyn fhirgate_store::Store>>,
-    /// The public base URL (token audiences are this plus a FHIR base's mount).
+    /// The public base URL, without trailing slash: the OIDC issuer; token audiences are this
+    /// plus a FHIR base's mount.
     pub base_url: String,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            verifier: None,
+            store: None,
+            base_url: DEFAULT_BASE_URL.to_string(),
+        }
+    }
 }
 
 /// Register the SMART actions and middlewares.
@@ -59,6 +75,19 @@ pub fn register(registry: &mut Registry, setup: &Setup) {
         let spec = ActionSpec {
             needs_resource_type: *needs_resource_type,
         };
+        if discovery::is_discovery(keyword) {
+            let base_url = setup.base_url.clone();
+            registry
+                .action_with_routes(
+                    keyword,
+                    spec,
+                    move |route: &Arc<Route>, table: &RouteTable| {
+                        discovery::document(keyword, &base_url, route, table)
+                    },
+                )
+                .accept_options(keyword);
+            continue;
+        }
         match (&setup.store, actions::Kind::for_action(keyword)) {
             (Some(store), Some(kind)) => {
                 let access = actions::DataAccess {
