@@ -13,9 +13,19 @@
 //! Keys are opaque to the store: callers hash secrets (codes, refresh tokens, cookies) before they
 //! use them as keys, so a database dump holds no usable credential. Times are Unix seconds.
 
-use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::error::Result;
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow, Postgres};
+use sqlx::sqlite::{Sqlite, SqliteRow};
+use sqlx::types::Json;
+use tokio::sync::broadcast;
+
+use crate::error::{Result, StoreError};
 
 /// One record.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +49,7 @@ pub struct AuthRecord {
 /// What [`AuthState::consume`] found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Consumed {
-    /// This call consumed it: the record as it was.
+    /// This call consumed it: the record as it was (so `consumed` is `false`).
     First(AuthRecord),
     /// It had already been consumed (a replay): the record, so the caller can undo what the
     /// first use issued.
@@ -57,7 +67,7 @@ pub type RevocationReceiver = tokio::sync::broadcast::Receiver<String>;
 pub trait AuthState: Send + Sync {
     /// Insert a record. A *live* record with the same kind and key →
     /// [`crate::StoreError::AlreadyExists`] (so `insert` doubles as "use once": a `jti`); an
-    /// expired one is replaced.
+    /// expired one is replaced. PostgreSQL (JSONB) refuses strings holding `\u0000` in `value`.
     async fn insert(
         &self,
         kind: &str,
@@ -80,10 +90,12 @@ pub trait AuthState: Send + Sync {
     /// Remove a record; `false` when there was none.
     async fn remove(&self, kind: &str, key: &str) -> Result<bool>;
 
-    /// Every live record of `kind` owned by `owner`, newest first.
+    /// Every live record of `kind` owned by `owner`, newest first (`created_at` is in seconds:
+    /// records created within one second come in key order).
     async fn list_by_owner(&self, kind: &str, owner: &str) -> Result<Vec<AuthRecord>>;
 
-    /// Every live record of `kind` (signing keys; revocations at start-up), oldest first.
+    /// Every live record of `kind` (signing keys; revocations at start-up), oldest first
+    /// (within one second, in key order).
     async fn list(&self, kind: &str) -> Result<Vec<AuthRecord>>;
 
     /// Delete every record that expired before `now`; how many went.
@@ -91,6 +103,9 @@ pub trait AuthState: Send + Sync {
 
     /// Tell every subscriber, in this process and every other process on the same database,
     /// about a revocation. Returns once the notification is committed.
+    ///
+    /// PostgreSQL: `NOTIFY` on channel `fhirgate_revocation`, which is database-wide (stores in
+    /// other schemas of the database hear it too); payloads are limited to 8,000 bytes.
     async fn publish(&self, event: &str) -> Result<()>;
 
     /// Hear published revocations. When the channel reports `Lagged` or the database connection
@@ -98,4 +113,339 @@ pub trait AuthState: Send + Sync {
     /// (events sent meanwhile may be missing); a lost PostgreSQL connection is reported to the
     /// receiver as the event `"*"`.
     async fn subscribe(&self) -> Result<RevocationReceiver>;
+}
+
+/// The PostgreSQL `NOTIFY` channel revocations travel on.
+const CHANNEL: &str = "fhirgate_revocation";
+
+/// Events buffered per subscriber before it reports `Lagged`.
+const CAPACITY: usize = 1024;
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The columns every read returns, in the order `record` decodes them.
+const COLUMNS: &str = "kind, key, owner, value, expires_at, consumed, created_at";
+
+/// `AuthState` over a store's pool. The SQL is the same on both backends; `write_lock` (SQLite)
+/// queues writers in-process, as the store's own writes do.
+macro_rules! auth_state_impl {
+    ($name:ident, $db:ty, $row:ty, $events:ty) => {
+        pub(crate) struct $name {
+            pool: sqlx::Pool<$db>,
+            write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+            events: $events,
+        }
+
+        impl $name {
+            pub(crate) fn new(
+                pool: sqlx::Pool<$db>,
+                write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+                events: $events,
+            ) -> Self {
+                $name { pool, write_lock, events }
+            }
+
+            async fn lock(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+                match &self.write_lock {
+                    Some(l) => Some(l.lock().await),
+                    None => None,
+                }
+            }
+
+            fn record(row: &$row) -> Result<AuthRecord> {
+                Ok(AuthRecord {
+                    kind: row.try_get(0)?,
+                    key: row.try_get(1)?,
+                    owner: row.try_get(2)?,
+                    value: row.try_get::<Json<Value>, _>(3)?.0,
+                    expires_at: row.try_get(4)?,
+                    consumed: row.try_get(5)?,
+                    created_at: row.try_get(6)?,
+                })
+            }
+
+            async fn records(&self, sql: String, binds: &[&str], now: i64) -> Result<Vec<AuthRecord>> {
+                let mut q = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql));
+                for b in binds {
+                    q = q.bind(*b);
+                }
+                let rows = q.bind(now).fetch_all(&self.pool).await?;
+                rows.iter().map(Self::record).collect()
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl AuthState for $name {
+            async fn insert(
+                &self,
+                kind: &str,
+                key: &str,
+                owner: Option<&str>,
+                value: &Value,
+                expires_at: i64,
+            ) -> Result<()> {
+                let _guard = self.lock().await;
+                // One statement: the conflict check and the replacement of an expired record
+                // cannot interleave with another insert.
+                let done = sqlx::query::<$db>(
+                    "INSERT INTO auth_state (kind, key, owner, value, expires_at, consumed, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, FALSE, $6) \
+                     ON CONFLICT (kind, key) DO UPDATE SET owner = excluded.owner, value = excluded.value, \
+                     expires_at = excluded.expires_at, consumed = FALSE, created_at = excluded.created_at \
+                     WHERE auth_state.expires_at <= $6",
+                )
+                .bind(kind)
+                .bind(key)
+                .bind(owner)
+                .bind(Json(value))
+                .bind(expires_at)
+                .bind(now())
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::AlreadyExists { resource_type: kind.into(), id: key.into() });
+                }
+                Ok(())
+            }
+
+            async fn get(&self, kind: &str, key: &str) -> Result<Option<AuthRecord>> {
+                let sql = format!("SELECT {COLUMNS} FROM auth_state WHERE kind = $1 AND key = $2 AND expires_at > $3");
+                Ok(self.records(sql, &[kind, key], now()).await?.into_iter().next())
+            }
+
+            async fn consume(&self, kind: &str, key: &str) -> Result<Consumed> {
+                let now = now();
+                let won = {
+                    let _guard = self.lock().await;
+                    // The row update is the arbiter: of concurrent callers, one sees
+                    // consumed = FALSE and flips it; the others match no row.
+                    let sql = format!(
+                        "UPDATE auth_state SET consumed = TRUE \
+                         WHERE kind = $1 AND key = $2 AND expires_at > $3 AND consumed = FALSE RETURNING {COLUMNS}"
+                    );
+                    self.records(sql, &[kind, key], now).await?.into_iter().next()
+                };
+                if let Some(mut record) = won {
+                    record.consumed = false;
+                    return Ok(Consumed::First(record));
+                }
+                let sql = format!("SELECT {COLUMNS} FROM auth_state WHERE kind = $1 AND key = $2 AND expires_at > $3");
+                Ok(match self.records(sql, &[kind, key], now).await?.into_iter().next() {
+                    Some(record) if record.consumed => Consumed::Again(record),
+                    // Not live when the update ran (a record inserted since is not this one).
+                    _ => Consumed::Missing,
+                })
+            }
+
+            async fn replace(&self, kind: &str, key: &str, value: &Value, expires_at: i64) -> Result<bool> {
+                let _guard = self.lock().await;
+                let done = sqlx::query::<$db>(
+                    "UPDATE auth_state SET value = $3, expires_at = $4 WHERE kind = $1 AND key = $2 AND expires_at > $5",
+                )
+                .bind(kind)
+                .bind(key)
+                .bind(Json(value))
+                .bind(expires_at)
+                .bind(now())
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn remove(&self, kind: &str, key: &str) -> Result<bool> {
+                let now = now();
+                let _guard = self.lock().await;
+                // An expired row goes too, but does not count: it no longer existed.
+                let row = sqlx::query::<$db>("DELETE FROM auth_state WHERE kind = $1 AND key = $2 RETURNING expires_at")
+                    .bind(kind)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match row {
+                    Some(row) => Ok(row.try_get::<i64, _>(0)? > now),
+                    None => Ok(false),
+                }
+            }
+
+            async fn list_by_owner(&self, kind: &str, owner: &str) -> Result<Vec<AuthRecord>> {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM auth_state WHERE kind = $1 AND owner = $2 AND expires_at > $3 \
+                     ORDER BY created_at DESC, key"
+                );
+                self.records(sql, &[kind, owner], now()).await
+            }
+
+            async fn list(&self, kind: &str) -> Result<Vec<AuthRecord>> {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM auth_state WHERE kind = $1 AND expires_at > $2 ORDER BY created_at, key"
+                );
+                self.records(sql, &[kind], now()).await
+            }
+
+            async fn purge_expired(&self, now: i64) -> Result<u64> {
+                let _guard = self.lock().await;
+                let done = sqlx::query::<$db>("DELETE FROM auth_state WHERE expires_at <= $1")
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn publish(&self, event: &str) -> Result<()> {
+                self.publish_event(event).await
+            }
+
+            async fn subscribe(&self) -> Result<RevocationReceiver> {
+                self.subscribe_events().await
+            }
+        }
+    };
+}
+
+auth_state_impl!(
+    SqliteAuthState,
+    Sqlite,
+    SqliteRow,
+    broadcast::Sender<String>
+);
+auth_state_impl!(PgAuthState, Postgres, PgRow, Arc<PgEvents>);
+
+/// The revocation channel of the SQLite file at `path`, shared by every store this process has
+/// open on that file (so a second store on it hears the first's events, as on PostgreSQL).
+pub(crate) fn sqlite_events(path: &Path) -> broadcast::Sender<String> {
+    static CHANNELS: Mutex<Option<HashMap<PathBuf, broadcast::WeakSender<String>>>> =
+        Mutex::new(None);
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut channels = CHANNELS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let channels = channels.get_or_insert_with(HashMap::new);
+    if let Some(tx) = channels.get(&path).and_then(broadcast::WeakSender::upgrade) {
+        return tx;
+    }
+    channels.retain(|_, tx| tx.strong_count() > 0);
+    let (tx, _) = broadcast::channel(CAPACITY);
+    channels.insert(path, tx.downgrade());
+    tx
+}
+
+impl SqliteAuthState {
+    async fn publish_event(&self, event: &str) -> Result<()> {
+        // Err only means nobody is subscribed.
+        let _ = self.events.send(event.to_string());
+        Ok(())
+    }
+
+    async fn subscribe_events(&self) -> Result<RevocationReceiver> {
+        Ok(self.events.subscribe())
+    }
+}
+
+/// A PostgreSQL store's revocation fan-out: one `LISTEN`ing task, started by the first
+/// `subscribe`, feeding every subscriber of the store (and of its clones).
+#[derive(Debug)]
+pub(crate) struct PgEvents {
+    tx: broadcast::Sender<String>,
+    /// For the listener's own connection, outside the store's pool.
+    opts: PgConnectOptions,
+    task: tokio::sync::OnceCell<AbortOnDrop>,
+}
+
+impl PgEvents {
+    pub(crate) fn new(opts: PgConnectOptions) -> Self {
+        PgEvents {
+            tx: broadcast::channel(CAPACITY).0,
+            opts,
+            task: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+/// Stops the listener task when the last store sharing it is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl PgAuthState {
+    async fn publish_event(&self, event: &str) -> Result<()> {
+        // Autocommitted: delivered to every listener, this process's included, on return.
+        sqlx::query::<Postgres>("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(event)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn subscribe_events(&self) -> Result<RevocationReceiver> {
+        let rx = self.events.tx.subscribe();
+        // The first subscriber waits for `LISTEN`, so an event published after `subscribe`
+        // returns is heard.
+        self.events
+            .task
+            .get_or_try_init(|| async {
+                let listener = listen(&self.events.opts).await?;
+                let task = tokio::spawn(relay(
+                    listener,
+                    self.events.opts.clone(),
+                    self.events.tx.clone(),
+                ));
+                Ok::<_, StoreError>(AbortOnDrop(task))
+            })
+            .await?;
+        Ok(rx)
+    }
+}
+
+/// A listener on its own one-connection pool, `LISTEN`ing on the channel.
+async fn listen(opts: &PgConnectOptions) -> Result<PgListener> {
+    let pool: PgPool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_lazy_with(opts.clone());
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Forward notifications to the subscribers, forever. A lost connection is re-established and
+/// reported as `"*"`: notifications sent while it was down are gone.
+async fn relay(mut listener: PgListener, opts: PgConnectOptions, tx: broadcast::Sender<String>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => {
+                let _ = tx.send(n.payload().to_string());
+            }
+            // Lost, and already reconnected and listening again (eager reconnect).
+            Ok(None) => {
+                let _ = tx.send("*".to_string());
+            }
+            // Reconnecting failed, or the connection reported an error: start afresh, backing
+            // off while the server is away.
+            Err(_) => {
+                drop(listener);
+                let mut backoff = Duration::from_millis(100);
+                listener = loop {
+                    tokio::time::sleep(backoff).await;
+                    if let Ok(l) = listen(&opts).await {
+                        break l;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                };
+                let _ = tx.send("*".to_string());
+            }
+        }
+    }
 }

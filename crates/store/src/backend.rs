@@ -24,6 +24,7 @@ use sqlx::sqlite::{
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::auth_state::{AuthState, PgAuthState, PgEvents, SqliteAuthState};
 use crate::error::{Result, StoreError};
 use crate::search::{self, Bind, SearchQuery, SearchResult, Sql, TotalMode};
 use crate::write::{self, Current, Op, Stored};
@@ -36,6 +37,8 @@ pub struct SqliteStore {
     /// SQLite has one writer at a time; queueing writers here instead of in SQLite's busy
     /// handler (which sleeps up to 100 ms between retries) keeps write latency flat.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Revocation events of this file, shared by the process's stores on it.
+    events: tokio::sync::broadcast::Sender<String>,
 }
 
 /// The store on a PostgreSQL database (bodies as JSONB).
@@ -44,6 +47,8 @@ pub struct PostgresStore {
     pool: PgPool,
     /// Unused: PostgreSQL writers serialize per resource through row locks.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Revocation events: the one `LISTEN`ing task of this store and its clones.
+    events: Arc<PgEvents>,
 }
 
 impl SqliteStore {
@@ -72,6 +77,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             write_lock: Some(Arc::default()),
+            events: crate::auth_state::sqlite_events(path),
         })
     }
 
@@ -107,12 +113,13 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(PostgresStore {
             pool,
             write_lock: None,
+            events: Arc::new(PgEvents::new(opts)),
         })
     }
 
@@ -231,7 +238,7 @@ macro_rules! bind_all {
 }
 
 macro_rules! store_impl {
-    ($store:ident, $db:ty, $backend:expr, begin: $begin:expr, claim: $claim:expr, for_update: $for_update:expr, explain: $explain:expr) => {
+    ($store:ident, $db:ty, $backend:expr, auth: $auth:ident, begin: $begin:expr, claim: $claim:expr, for_update: $for_update:expr, explain: $explain:expr) => {
         impl $store {
             /// Run a batch of writes in one transaction.
             async fn write(&self, ops: Vec<Op>) -> Result<Vec<Option<Stored>>> {
@@ -284,6 +291,10 @@ macro_rules! store_impl {
         impl Store for $store {
             fn backend(&self) -> Backend {
                 $backend
+            }
+
+            fn auth_state(&self) -> Arc<dyn AuthState> {
+                Arc::new($auth::new(self.pool.clone(), self.write_lock.clone(), self.events.clone()))
             }
 
             async fn ping(&self) -> Result<()> {
@@ -417,5 +428,5 @@ macro_rules! store_impl {
     };
 }
 
-store_impl!(SqliteStore, Sqlite, Backend::Sqlite, begin: Some("BEGIN IMMEDIATE"), claim: false, for_update: "", explain: ("EXPLAIN QUERY PLAN", "detail"));
-store_impl!(PostgresStore, Postgres, Backend::Postgres, begin: None, claim: true, for_update: " FOR UPDATE", explain: ("EXPLAIN", "QUERY PLAN"));
+store_impl!(SqliteStore, Sqlite, Backend::Sqlite, auth: SqliteAuthState, begin: Some("BEGIN IMMEDIATE"), claim: false, for_update: "", explain: ("EXPLAIN QUERY PLAN", "detail"));
+store_impl!(PostgresStore, Postgres, Backend::Postgres, auth: PgAuthState, begin: None, claim: true, for_update: " FOR UPDATE", explain: ("EXPLAIN", "QUERY PLAN"));

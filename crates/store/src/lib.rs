@@ -60,6 +60,9 @@ pub struct HistoryEntry {
 pub trait Store: Send + Sync {
     fn backend(&self) -> Backend;
 
+    /// The authorization server's records, in this store's database (sharing its pool).
+    fn auth_state(&self) -> Arc<dyn AuthState>;
+
     /// Whether the database answers (for `/health`).
     async fn ping(&self) -> Result<()>;
 
