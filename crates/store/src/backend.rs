@@ -74,11 +74,13 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore {
+        let store = SqliteStore {
             pool,
             write_lock: Some(Arc::default()),
             events: crate::auth_state::sqlite_events(path),
-        })
+        };
+        store.reindex_queued().await?;
+        Ok(store)
     }
 
     /// The connection pool, for other tables that live in the same database.
@@ -116,11 +118,13 @@ impl PostgresStore {
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PostgresStore {
+        let store = PostgresStore {
             pool,
             write_lock: None,
             events: Arc::new(PgEvents::new(opts)),
-        })
+        };
+        store.reindex_queued().await?;
+        Ok(store)
     }
 
     /// The connection pool, for other tables that live in the same database.
@@ -284,6 +288,67 @@ macro_rules! store_impl {
 
             async fn write_one(&self, op: Op) -> Result<Option<Stored>> {
                 Ok(self.write(vec![op]).await?.into_iter().next().flatten())
+            }
+
+            /// Rebuild the index rows of every live resource of the types a migration queued in
+            /// `search_reindex` (their search parameters changed), from their current versions
+            /// and without writing new ones, then dequeue them: all in one transaction, so an
+            /// interrupted reindex is redone at the next open.
+            async fn reindex_queued(&self) -> Result<()> {
+                let queued: i64 = sqlx::query::<$db>("SELECT COUNT(*) FROM search_reindex")
+                    .fetch_one(&self.pool)
+                    .await?
+                    .try_get(0)?;
+                if queued == 0 {
+                    return Ok(()); // every open but the first after such a migration
+                }
+                let lock = self.write_lock.clone();
+                let _guard = match &lock {
+                    Some(l) => Some(l.lock().await),
+                    None => None,
+                };
+                let begin: Option<&'static str> = $begin;
+                let mut tx = match begin {
+                    Some(stmt) => self.pool.begin_with(stmt).await?,
+                    None => self.pool.begin().await?,
+                };
+                // Another process opening the same database at the same time waits here, then
+                // finds the queue empty.
+                let mut types = Vec::new();
+                let list = Sql { text: format!("SELECT resource_type FROM search_reindex ORDER BY resource_type{}", $for_update), binds: Vec::new() };
+                for row in bind_all!($db, list).fetch_all(&mut *tx).await? {
+                    types.push(row.try_get::<String, _>(0)?);
+                }
+                // Types and ids in the order writers lock them (types sorted as a BTreeMap sorts
+                // them, ids by the database's ORDER BY id): no deadlock with a write.
+                types.sort();
+                for rt in &types {
+                    let mut after = String::new();
+                    loop {
+                        let mut ids = Vec::new();
+                        for row in bind_all!($db, write::reindex_ids_sql(rt, &after, $for_update)).fetch_all(&mut *tx).await? {
+                            ids.push(row.try_get::<String, _>(0)?);
+                        }
+                        // The database's last, not Rust's max: its collation orders the ids.
+                        let Some(last) = ids.last().cloned() else { break };
+                        let mut bodies = Vec::with_capacity(ids.len());
+                        for row in bind_all!($db, write::current_bodies_sql(rt, &ids)).fetch_all(&mut *tx).await? {
+                            if let Some(body) = row.try_get::<Option<Json<Value>>, _>(1)? {
+                                bodies.push((row.try_get::<String, _>(0)?, body.0));
+                            }
+                        }
+                        for sql in write::reindex_sql(rt, bodies) {
+                            bind_all!($db, sql).execute(&mut *tx).await?;
+                        }
+                        after = last;
+                    }
+                    let mut dequeue = Sql::default();
+                    let p = dequeue.text(rt.as_str());
+                    dequeue.text = format!("DELETE FROM search_reindex WHERE resource_type = {p}");
+                    bind_all!($db, dequeue).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
             }
         }
 

@@ -3,8 +3,11 @@
 //! Each supported R4 search parameter of the resource's type is evaluated with the FHIRPath
 //! subset in [`crate::fhirpath`], and every value it selects becomes a row in one of four tables
 //! (token, string, reference, date). Parameters that cannot be indexed faithfully are listed by
-//! [`unsupported_params`] rather than indexed approximately.
+//! [`unsupported_params`] rather than indexed approximately. fhirgate's own types (`User`,
+//! `Role`, …) have a few hand-written parameters besides the common ones: see
+//! [`crate::own_params`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
 
@@ -15,6 +18,7 @@ use unicode_normalization::char::is_combining_mark;
 
 use crate::date::{self, MAX_US, MIN_US};
 use crate::fhirpath::{self, Expr, Node};
+use crate::own_params;
 
 /// Longest indexed string, in characters: keeps index entries under PostgreSQL's B-tree limit.
 const MAX_STRING_CHARS: usize = 512;
@@ -35,6 +39,8 @@ pub(crate) struct CompiledParam {
     pub code: &'static str,
     pub kind: IndexKind,
     pub expr: Expr,
+    /// Token codes indexed and searched lowercased (see [`fold_case`]).
+    pub fold_case: bool,
 }
 
 /// A search parameter the store does not index, and why.
@@ -56,12 +62,14 @@ fn is_column_param(code: &str) -> bool {
     matches!(code, "_id" | "_lastUpdated")
 }
 
-/// Compiled once per type and kept for the life of the process; only R4 types get their own
-/// entry (others, such as `Client`, share the `Resource`/`DomainResource` parameters), so the
-/// cache stays bounded whatever types clients write.
+/// Compiled once per type and kept for the life of the process; only R4 types and fhirgate's
+/// own types get their own entry (others share the `Resource`/`DomainResource` parameters), so
+/// the cache stays bounded whatever types clients write.
 fn type_params(resource_type: &str) -> &'static TypeParams {
     static CACHE: OnceLock<RwLock<HashMap<String, &'static TypeParams>>> = OnceLock::new();
-    let key = if fhirgate_fhir::is_resource_type(resource_type) {
+    let key = if fhirgate_fhir::is_resource_type(resource_type)
+        || own_params::is_own_type(resource_type)
+    {
         resource_type
     } else {
         "DomainResource"
@@ -72,7 +80,18 @@ fn type_params(resource_type: &str) -> &'static TypeParams {
     }
     let mut params: Vec<CompiledParam> = Vec::new();
     let mut unsupported = Vec::new();
-    for (code, p) in fhirgate_fhir::search_params(key) {
+    // Hand-written definitions first (there are none for R4 types), then the R4 ones.
+    let own = own_params::own_params(key).map(|p| {
+        let def = fhirgate_fhir::SearchParam {
+            kind: p.kind,
+            expression: Some(p.expression.to_string()),
+            target: Vec::new(),
+            url: String::new(),
+        };
+        (p.code, Cow::Owned(def), p.case_insensitive)
+    });
+    let r4 = fhirgate_fhir::search_params(key).map(|(code, p)| (code, Cow::Borrowed(p), false));
+    for (code, p, fold_case) in own.chain(r4) {
         if is_column_param(code)
             || params.iter().any(|q| q.code == code)
             || unsupported
@@ -81,8 +100,13 @@ fn type_params(resource_type: &str) -> &'static TypeParams {
         {
             continue;
         }
-        match compile(p) {
-            Ok((kind, expr)) => params.push(CompiledParam { code, kind, expr }),
+        match compile(&p) {
+            Ok((kind, expr)) => params.push(CompiledParam {
+                code,
+                kind,
+                expr,
+                fold_case: fold_case && kind == IndexKind::Token,
+            }),
             Err(reason) => unsupported.push(UnsupportedParam {
                 resource_type: key.to_string(),
                 code: code.to_string(),
@@ -161,7 +185,15 @@ pub(crate) fn extract(resource_type: &str, resource: &Value) -> IndexRows {
 fn add(rows: &mut IndexRows, p: &CompiledParam, node: Node<'_>) {
     let v = node.value;
     match p.kind {
-        IndexKind::Token => token_rows(p.code, v, &mut rows.tokens),
+        IndexKind::Token => {
+            let from = rows.tokens.len();
+            token_rows(p.code, v, &mut rows.tokens);
+            if p.fold_case {
+                for t in &mut rows.tokens[from..] {
+                    t.2 = fold_case(&t.2);
+                }
+            }
+        }
         IndexKind::Uri => {
             if let Some(s) = v.as_str() {
                 rows.tokens.push((p.code, String::new(), s.to_string()));
@@ -238,6 +270,11 @@ pub(crate) fn normalize(s: &str) -> String {
         .flat_map(char::to_lowercase)
         .take(MAX_STRING_CHARS)
         .collect()
+}
+
+/// The case-folded form of a case-insensitive token code (Unicode lowercase).
+pub(crate) fn fold_case(code: &str) -> String {
+    code.to_lowercase()
 }
 
 /// (ref_type, ref_id, ref_url) of a Reference, an Aidbox reference or a canonical string.
@@ -419,6 +456,109 @@ mod tests {
         assert!(
             !rows.strings.iter().any(|s| s.1 == "official"),
             "HumanName.use is not text"
+        );
+    }
+
+    #[test]
+    fn own_types_have_their_params() {
+        for (t, c, kind) in [
+            ("User", "email", IndexKind::Token),
+            ("User", "fhirUser", IndexKind::Reference),
+            ("User", "active", IndexKind::Token),
+            ("Role", "user", IndexKind::Reference),
+            ("Role", "name", IndexKind::Token),
+            ("Client", "grant_types", IndexKind::Token),
+            ("Client", "active", IndexKind::Token),
+            ("AccessPolicy", "engine", IndexKind::Token),
+            ("AccessPolicy", "roleName", IndexKind::Token),
+            ("AccessPolicy", "link", IndexKind::Reference),
+        ] {
+            assert_eq!(param(t, c).map(|p| p.kind), Some(kind), "{t}.{c}");
+            assert!(
+                param(t, "_tag").is_some(),
+                "{t} keeps the common parameters"
+            );
+        }
+        for p in own_params::OWN_PARAMS {
+            assert!(
+                !unsupported_params(p.resource_type)
+                    .iter()
+                    .any(|u| u.code == p.code),
+                "{}.{} compiles",
+                p.resource_type,
+                p.code
+            );
+        }
+        assert!(param("User", "email").is_some_and(|p| p.fold_case));
+        assert!(param("Role", "name").is_some_and(|p| !p.fold_case));
+        assert!(param("Patient", "email").is_some_and(|p| !p.fold_case));
+        assert!(param("Client", "email").is_none());
+        assert!(param("Widget", "email").is_none());
+    }
+
+    #[test]
+    fn own_types_are_extracted() {
+        let user = json!({"resourceType": "User", "id": "amy", "email": "Amy@Example.COM",
+                          "active": true, "fhirUser": {"id": "pt-1", "resourceType": "Patient"}});
+        let rows = extract("User", &user);
+        assert!(
+            rows.tokens
+                .contains(&("email", String::new(), "amy@example.com".into()))
+        );
+        assert!(
+            rows.tokens
+                .contains(&("active", String::new(), "true".into()))
+        );
+        let aidbox = (
+            "fhirUser",
+            "Patient".into(),
+            "pt-1".into(),
+            "Patient/pt-1".into(),
+        );
+        assert_eq!(rows.references, vec![aidbox.clone()]);
+        let mut fhir_style = user.clone();
+        fhir_style["fhirUser"] = json!({"reference": "Patient/pt-1"});
+        assert_eq!(
+            extract("User", &fhir_style).references,
+            vec![aidbox.clone()]
+        );
+        let mut enriched = fhir_style.clone();
+        crate::refs::enrich_references(&mut enriched);
+        assert_eq!(extract("User", &enriched).references, vec![aidbox]);
+
+        let client = json!({"resourceType": "Client", "id": "c", "active": false,
+                            "grant_types": ["authorization_code", "refresh_token"]});
+        let rows = extract("Client", &client);
+        assert_eq!(rows.tokens.len(), 3, "{:?}", rows.tokens);
+        assert!(
+            rows.tokens
+                .contains(&("grant_types", String::new(), "refresh_token".into()))
+        );
+        let policy = json!({"resourceType": "AccessPolicy", "id": "p", "engine": "matcho",
+                            "roleName": "patient",
+                            "link": [{"id": "c", "resourceType": "Client"}, {"reference": "User/amy"}]});
+        let rows = extract("AccessPolicy", &policy);
+        assert!(
+            rows.tokens
+                .contains(&("roleName", String::new(), "patient".into()))
+        );
+        assert!(rows.references.contains(&(
+            "link",
+            "Client".into(),
+            "c".into(),
+            "Client/c".into()
+        )));
+        assert!(rows.references.contains(&(
+            "link",
+            "User".into(),
+            "amy".into(),
+            "User/amy".into()
+        )));
+        assert!(
+            extract("Widget", &json!({"resourceType": "Widget", "email": "x"}))
+                .tokens
+                .is_empty(),
+            "other types keep only the common parameters"
         );
     }
 

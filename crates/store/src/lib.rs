@@ -21,6 +21,7 @@ mod date;
 mod error;
 mod fhirpath;
 mod index;
+mod own_params;
 mod refs;
 mod search;
 mod write;

@@ -29,7 +29,8 @@ const INCLUDE_CHUNK: usize = 1000;
 /// A search on one resource type.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SearchQuery {
-    /// The type searched; any name (fhirgate's own types have the common parameters only).
+    /// The type searched; any name (types that are neither R4 nor fhirgate's own have the
+    /// common parameters only).
     pub resource_type: String,
     /// Conditions that must all hold (AND).
     pub params: Vec<Filter>,
@@ -499,6 +500,11 @@ fn filter_cond(resource_type: &str, f: &Filter, sql: &mut Sql) -> Result<Cond> {
                     (None, unescape(v))
                 } else {
                     split_token(v)
+                };
+                let code = if p.fold_case {
+                    index::fold_case(&code)
+                } else {
+                    code
                 };
                 alts.push(match (system, code.is_empty()) {
                     (None, _) => format!("s.code = {}", sql.text(code)),

@@ -361,6 +361,60 @@ fn statements(
             stale.entry(t).or_default().push(&f.id);
         }
     }
+    delete_index_rows(&mut out, stale);
+    insert_index_rows(&mut out, finals.into_values().map(|f| (f.rt, f.id, f.rows)));
+    out
+}
+
+/// Live resources of one type locked per reindex step: bounds the memory a reindex needs.
+pub(crate) const REINDEX_CHUNK: i64 = 500;
+
+/// The ids of the next [`REINDEX_CHUNK`] live resources of type `rt` after `after` (in id
+/// order), locked with `for_update` (PostgreSQL) so no write changes them until commit.
+pub(crate) fn reindex_ids_sql(rt: &str, after: &str, for_update: &str) -> Sql {
+    let mut sql = Sql::default();
+    let (rt, after, limit) = (sql.text(rt), sql.text(after), sql.int(REINDEX_CHUNK));
+    sql.text = format!(
+        "SELECT id FROM resource WHERE resource_type = {rt} AND deleted = FALSE AND id > {after} ORDER BY id LIMIT {limit}{for_update}"
+    );
+    sql
+}
+
+/// `SELECT id, body` of the current versions of resources `ids` of type `rt`.
+pub(crate) fn current_bodies_sql(rt: &str, ids: &[String]) -> Sql {
+    let mut sql = Sql::default();
+    let rt = sql.text(rt);
+    let ids: Vec<String> = ids.iter().map(|id| sql.text(id.as_str())).collect();
+    sql.text = format!(
+        "SELECT r.id, h.body FROM resource r \
+         JOIN resource_history h ON h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id \
+         WHERE r.resource_type = {rt} AND r.deleted = FALSE AND r.id IN ({})",
+        ids.join(", ")
+    );
+    sql
+}
+
+/// Statements that rebuild the index rows of live resources of type `rt` from their current
+/// bodies (`(id, body)`), writing no new version: for [`crate::own_params`] changes.
+pub(crate) fn reindex_sql(rt: &str, bodies: Vec<(String, Value)>) -> Vec<Sql> {
+    let rt_arc: Arc<str> = Arc::from(rt);
+    let rows: Vec<(Arc<str>, Arc<str>, IndexRows)> = bodies
+        .into_iter()
+        .map(|(id, body)| {
+            let rows = index::extract(rt, &body);
+            (rt_arc.clone(), Arc::from(id.as_str()), rows)
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut stale: BTreeMap<&str, Vec<&Arc<str>>> = BTreeMap::new();
+    stale.insert(rt, rows.iter().map(|r| &r.1).collect());
+    delete_index_rows(&mut out, stale);
+    insert_index_rows(&mut out, rows.into_iter());
+    out
+}
+
+/// DELETE every index row of the given resources (ids per type).
+fn delete_index_rows(out: &mut Vec<Sql>, stale: BTreeMap<&str, Vec<&Arc<str>>>) {
     for (t, ids) in stale {
         for chunk in ids.chunks(CHUNK_ROWS) {
             for table in [
@@ -383,6 +437,13 @@ fn statements(
             }
         }
     }
+}
+
+/// INSERT the index rows of resources `(type, id, rows)`.
+fn insert_index_rows(
+    out: &mut Vec<Sql>,
+    resources: impl Iterator<Item = (Arc<str>, Arc<str>, IndexRows)>,
+) {
     // Parameter names repeat on every row: share one allocation per name.
     let mut names: HashMap<&'static str, Arc<str>> = HashMap::new();
     let mut name =
@@ -391,9 +452,9 @@ fn statements(
     let mut strings = Vec::new();
     let mut refs = Vec::new();
     let mut dates = Vec::new();
-    for f in finals.into_values() {
-        let key = || [Bind::Text(f.rt.clone()), Bind::Text(f.id.clone())];
-        for (p, system, code) in f.rows.tokens {
+    for (rt, id, rows) in resources {
+        let key = || [Bind::Text(rt.clone()), Bind::Text(id.clone())];
+        for (p, system, code) in rows.tokens {
             tokens.push(
                 [
                     key().as_slice(),
@@ -402,7 +463,7 @@ fn statements(
                 .concat(),
             );
         }
-        for (p, value, raw) in f.rows.strings {
+        for (p, value, raw) in rows.strings {
             strings.push(
                 [
                     key().as_slice(),
@@ -411,13 +472,13 @@ fn statements(
                 .concat(),
             );
         }
-        for (p, rt, rid, url) in f.rows.references {
+        for (p, ref_type, rid, url) in rows.references {
             refs.push(
                 [
                     key().as_slice(),
                     &[
                         name(p),
-                        Bind::Text(rt.into()),
+                        Bind::Text(ref_type.into()),
                         Bind::Text(rid.into()),
                         Bind::Text(url.into()),
                     ],
@@ -425,7 +486,7 @@ fn statements(
                 .concat(),
             );
         }
-        for (p, lo, hi) in f.rows.dates {
+        for (p, lo, hi) in rows.dates {
             dates.push([key().as_slice(), &[name(p), Bind::Int(lo), Bind::Int(hi)]].concat());
         }
     }
@@ -448,9 +509,8 @@ fn statements(
         ),
     ];
     for (head, rows) in tables {
-        insert_rows(&mut out, head, "", rows.into_iter());
+        insert_rows(out, head, "", rows.into_iter());
     }
-    out
 }
 
 /// Multi-row INSERTs of `rows`, [`CHUNK_ROWS`] at a time.
