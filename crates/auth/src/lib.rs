@@ -1,11 +1,17 @@
 //! fhirgate's authorization server.
 //!
-//! Built so far: [`keys`] — signing keys the server generates, their JWK Set, and JWT signing and
-//! verification with an algorithm allow-list; [`tokens`] — access token claims and a caching
-//! verifier with revocation. The OAuth endpoints, sessions and SMART launch
-//! build on it.
+//! - [`server`]: the OAuth 2.0 / OpenID Connect endpoints and pages (authorize, login, consent,
+//!   patient picker, token, introspection, revocation, userinfo, discovery, grants, EHR launch);
+//! - [`keys`]: signing keys the server generates, their JWK Set, JWT signing and verification
+//!   with an algorithm allow-list;
+//! - [`tokens`]: access token claims and a caching verifier with revocation;
+//! - [`assertion`]: `private_key_jwt` client assertions;
+//! - [`secrets`]: argon2 client secrets and passwords, with a verified-secret cache.
 
+pub mod assertion;
 pub mod keys;
+pub mod secrets;
+pub mod server;
 pub mod tokens;
 
 pub use keys::{Algorithm, KeyError, Keyring, SigningKey};

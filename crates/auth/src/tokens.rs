@@ -190,6 +190,31 @@ impl TokenVerifier {
                 .unwrap_or(true)
     }
 
+    /// Whether `grant` is known here to be revoked.
+    pub fn is_grant_revoked(&self, grant: &str) -> bool {
+        self.revoked_grants
+            .read()
+            .map(|g| g.contains(grant))
+            .unwrap_or(true)
+    }
+
+    /// Verify a token for whichever of `audiences` it names.
+    pub fn verify_any(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<Arc<AccessClaims>, TokenError> {
+        let mut last = TokenError::Invalid;
+        for aud in audiences {
+            match self.verify(token, aud) {
+                Ok(c) => return Ok(c),
+                Err(TokenError::Revoked) => return Err(TokenError::Revoked),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     /// Revoke every token issued under `grant`.
     pub fn revoke_grant(&self, grant: &str) {
         if let Ok(mut g) = self.revoked_grants.write() {

@@ -10,16 +10,14 @@
 //! write without them keeps the stored hash. fhirgate's own resources (Client, User, Role,
 //! AccessPolicy, …) get both reference forms (`reference` and `id` + `resourceType`).
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
+use fhirgate_auth::secrets::{SecretCache, hash_secret, verify_hash};
 use fhirgate_router::outcome;
 use fhirgate_smart::actions::store_error;
 use fhirgate_store::{Store, StoreError};
@@ -37,9 +35,9 @@ const SECRETS: &[(&str, &str, &str)] = &[
 /// The admin API's state.
 pub struct Admin {
     store: Arc<dyn Store>,
-    /// SHA-256 of (client, secret, stored hash) already verified: a token request must not
-    /// cost an argon2 hash each time (decisions §17). A changed hash never matches old entries.
-    verified: Mutex<HashSet<[u8; 32]>>,
+    /// Verified (client, secret, stored hash) triples: a request must not cost an argon2 hash
+    /// each time (decisions §17). A changed hash never matches old entries.
+    secrets: SecretCache,
 }
 
 /// How `serve` set up the root client.
@@ -52,33 +50,11 @@ pub enum RootSecret {
     Generated(String),
 }
 
-fn hash_secret(secret: &str) -> Result<String, String> {
-    let mut salt = [0u8; 16];
-    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut salt)
-        .map_err(|_| "no randomness".to_string())?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    Argon2::default()
-        .hash_password(secret.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
-}
-
-fn digest(parts: &[&str]) -> [u8; 32] {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for p in parts {
-        ctx.update(&(p.len() as u64).to_be_bytes());
-        ctx.update(p.as_bytes());
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
-}
-
 impl Admin {
     pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
         Arc::new(Admin {
             store,
-            verified: Mutex::new(HashSet::new()),
+            secrets: SecretCache::new(),
         })
     }
 
@@ -112,7 +88,7 @@ impl Admin {
     }
 
     /// The client a Basic `Authorization` header authenticates, if the secret is right.
-    async fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
+    pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, b64) = value.split_once(' ')?;
         if !scheme.eq_ignore_ascii_case("basic") {
@@ -136,34 +112,11 @@ impl Admin {
             return None;
         }
         let hash = client["secret_hash"].as_str()?;
-        let key = digest(&[&id, &secret, hash]);
-        if self
-            .verified
-            .lock()
-            .map(|v| v.contains(&key))
-            .unwrap_or(false)
-        {
-            return Some(id);
-        }
-        if !verify_hash(&secret, hash) {
+        if !self.secrets.verify(&id, &secret, hash).await {
             return None;
-        }
-        if let Ok(mut v) = self.verified.lock() {
-            if v.len() > 10_000 {
-                v.clear();
-            }
-            v.insert(key);
         }
         Some(id)
     }
-}
-
-fn verify_hash(secret: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(secret.as_bytes(), &h)
-            .is_ok()
-    })
 }
 
 /// The admin routes, to merge into the app.

@@ -26,6 +26,8 @@ pub struct Settings {
     pub store: Option<std::sync::Arc<dyn fhirgate_store::Store>>,
     /// The admin REST API (none: not served).
     pub admin: Option<std::sync::Arc<crate::admin::Admin>>,
+    /// The authorization server (none: `/auth/*`, `/.well-known/*` and `/rpc` are not served).
+    pub auth: Option<std::sync::Arc<fhirgate_auth::server::AuthServer>>,
 }
 
 impl Default for Settings {
@@ -36,6 +38,7 @@ impl Default for Settings {
             dev: false,
             store: None,
             admin: None,
+            auth: None,
         }
     }
 }
@@ -84,7 +87,13 @@ pub fn build_app(
 ) -> Result<axum::Router, BuildError> {
     let project_router = ProjectRouter::new(project, registry)?;
     let store = settings.store.clone();
-    let builtin = axum::Router::new().route("/health", get(move || health(store.clone())));
+    let mut builtin = axum::Router::new().route("/health", get(move || health(store.clone())));
+    if let Some(auth) = &settings.auth {
+        builtin = builtin.merge(auth.routes());
+        if let Some(admin) = &settings.admin {
+            builtin = builtin.merge(crate::rpc::routes(admin.clone(), auth.clone()));
+        }
+    }
     let project = project_router.into_router();
     // Admin REST owns `PUT /` and every path whose first segment is a resource type
     // (capitalised); the project owns the rest (validation keeps EDN routes out of that space).

@@ -5,5 +5,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod load;
+pub mod rpc;
+pub mod server;
 
 pub use app::{Settings, build_app, load_project, registry, registry_with};

@@ -8,7 +8,7 @@ use clap::Parser;
 use fhirgate::cli::{
     Cli, Command, LoadArgs, ProjectArgs, RoutesArgs, ServeArgs, validate_base_url,
 };
-use fhirgate::{Settings, build_app, load_project, registry, registry_with};
+use fhirgate::{load_project, registry};
 use fhirgate_config::{Diagnostic, Project};
 
 #[global_allocator]
@@ -182,31 +182,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let Some(store) = open_store_or_report(&args.database_url).await else {
             return Ok(ExitCode::FAILURE);
         };
-        let registry = registry_with(&fhirgate_smart::Setup {
-            verifier: None,
-            store: Some(store.clone()),
+        let options = fhirgate::server::ServeOptions {
             base_url: base_url.clone(),
-        });
-        let admin = fhirgate::admin::Admin::new(store.clone());
-        let env_secret = std::env::var("FHIRGATE_ROOT_SECRET").ok().filter(|s| !s.is_empty());
-        match admin.bootstrap_root(env_secret.as_deref()).await {
-            Ok(fhirgate::admin::RootSecret::Generated(secret)) => {
-                eprintln!("fhirgate: generated the secret of the admin client `root` (shown once, stored hashed):\n\n    {secret}\n\n  use it as HTTP Basic root:SECRET, or set FHIRGATE_ROOT_SECRET to choose your own");
-            }
-            Ok(_) => {}
+            max_body: args.max_body,
+            dev: args.dev,
+            root_secret: std::env::var("FHIRGATE_ROOT_SECRET").ok().filter(|s| !s.is_empty()),
+        };
+        let prepared = match fhirgate::server::prepare(&project, store, &options).await {
+            Ok(p) => p,
             Err(msg) => {
                 eprintln!("fhirgate: {msg}");
                 return Ok(ExitCode::FAILURE);
             }
-        }
-        let settings = Settings {
-            base_url,
-            max_body: args.max_body,
-            dev: args.dev,
-            store: Some(store),
-            admin: Some(admin),
         };
-        let app = build_app(&settings, &project, &registry)?;
+        if let fhirgate::admin::RootSecret::Generated(secret) = &prepared.root {
+            eprintln!("fhirgate: generated the secret of the admin client `root` (shown once, stored hashed):\n\n    {secret}\n\n  use it as HTTP Basic root:SECRET, or set FHIRGATE_ROOT_SECRET to choose your own");
+        }
+        let app = prepared.app;
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(l) => l,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -223,8 +215,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "fhirgate listening on http://{local} ({} routes from {}; base URL {})",
             project.routes.routes.len(),
             project.entry.display(),
-            settings.base_url
+            base_url
         );
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
         tracing::info!("fhirgate stopped");
         Ok(ExitCode::SUCCESS)

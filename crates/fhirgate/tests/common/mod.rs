@@ -1,6 +1,8 @@
 //! Helpers shared by the loopback tests.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::path::PathBuf;
 
 /// Serve `app` on a free loopback port for the rest of the test; its base URL.

@@ -1,0 +1,1161 @@
+//! `/auth/authorize` and the pages it leads through (decisions §14): authorize → login (no
+//! session) → back to authorize → patient picker (when a patient is needed and unknown) →
+//! consent (unless a remembered grant covers the request) → 302 to the app with a code.
+//!
+//! Until the `redirect_uri` is known to belong to the client, nothing redirects: errors are pages.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequestParts, RawQuery, State};
+use axum::response::Response;
+use fhirgate_smart::scopes::{Scope, ScopeSet, intersect};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use minijinja::context;
+use serde_json::Value;
+
+use super::AuthServer;
+use super::clients::ClientInfo;
+use super::records::{
+    self, CODE, CODE_TTL, CodeRecord, GRANT, GRANT_TTL, GrantRecord, LAUNCH, LaunchRecord, PENDING,
+    PENDING_TTL, Pending, SESSION, SESSION_TTL, SessionRecord, Use, hashed, unix_now,
+};
+use super::web::{self, Params, SESSION_COOKIE, redirect, with_query};
+use crate::tokens::random_id;
+
+/// The client's address, when the server was started with connect info.
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+/// US Core category slices offered as granular alternatives on the consent page (contract §4).
+const GRANULAR: &[(&str, &str, &str)] = &[
+    (
+        "Observation",
+        "http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
+        "laboratory results",
+    ),
+    (
+        "Observation",
+        "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs",
+        "vital signs",
+    ),
+    (
+        "Observation",
+        "http://terminology.hl7.org/CodeSystem/observation-category|social-history",
+        "social history",
+    ),
+    (
+        "Observation",
+        "http://terminology.hl7.org/CodeSystem/observation-category|survey",
+        "surveys",
+    ),
+    (
+        "Observation",
+        "http://hl7.org/fhir/us/core/CodeSystem/us-core-category|sdoh",
+        "social determinants of health",
+    ),
+    (
+        "Condition",
+        "http://terminology.hl7.org/CodeSystem/condition-category|problem-list-item",
+        "problem list",
+    ),
+    (
+        "Condition",
+        "http://terminology.hl7.org/CodeSystem/condition-category|encounter-diagnosis",
+        "encounter diagnoses",
+    ),
+    (
+        "Condition",
+        "http://hl7.org/fhir/us/core/CodeSystem/condition-category|health-concern",
+        "health concerns",
+    ),
+];
+
+/// Where an authorization error goes once the redirect_uri is trusted.
+struct Return {
+    redirect_uri: String,
+    state: Option<String>,
+}
+
+impl Return {
+    fn error(&self, error: &str, description: &str) -> Response {
+        let mut q = vec![("error", error), ("error_description", description)];
+        if let Some(s) = &self.state {
+            q.push(("state", s));
+        }
+        redirect(&with_query(&self.redirect_uri, &q))
+    }
+}
+
+fn pending_return(p: &Pending) -> Return {
+    Return {
+        redirect_uri: p.redirect_uri.clone(),
+        state: p.state.clone(),
+    }
+}
+
+pub async fn authorize_get(
+    State(s): State<Arc<AuthServer>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    match Params::parse(q.unwrap_or_default().as_bytes()) {
+        Ok(p) => s.authorize(&headers, p).await,
+        Err(e) => s
+            .pages
+            .error(StatusCode::BAD_REQUEST, "Invalid request", &e.to_string()),
+    }
+}
+
+pub async fn authorize_post(
+    State(s): State<Arc<AuthServer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !is_form(&headers) {
+        return s.pages.error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Invalid request",
+            "POST /auth/authorize takes an application/x-www-form-urlencoded body",
+        );
+    }
+    match Params::parse(&body) {
+        Ok(p) => s.authorize(&headers, p).await,
+        Err(e) => s
+            .pages
+            .error(StatusCode::BAD_REQUEST, "Invalid request", &e.to_string()),
+    }
+}
+
+pub fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+fn internal(s: &AuthServer, e: impl std::fmt::Display) -> Response {
+    tracing::error!("authorization server: {e}");
+    s.pages.error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something went wrong",
+        "The server could not complete the request; try again.",
+    )
+}
+
+/// The scopes a client may be offered of what it requested: unknown ones dropped, narrowed to
+/// the client's `scope` when it has one.
+pub fn offered_scopes(requested: &str, client: &ClientInfo) -> ScopeSet {
+    let requested = ScopeSet::parse(requested);
+    match &client.allowed_scope {
+        Some(allowed) => intersect(&requested, &ScopeSet::parse(allowed)),
+        None => requested
+            .scopes()
+            .iter()
+            .filter(|s| !s.is_other())
+            .cloned()
+            .collect(),
+    }
+}
+
+/// Whether a patient must be in context for `scopes`.
+fn needs_patient(scopes: &ScopeSet) -> bool {
+    scopes.scopes().iter().any(|s| match s {
+        Scope::LaunchPatient => true,
+        Scope::Resource(r) => r.context == fhirgate_smart::scopes::Context::Patient,
+        _ => false,
+    })
+}
+
+/// `Patient/pt-1` from a User's `fhirUser` in either reference form.
+pub fn fhir_user_reference(user: &Value) -> Option<String> {
+    let f = &user["fhirUser"];
+    if let Some(r) = f["reference"].as_str() {
+        return Some(r.to_string());
+    }
+    match (f["resourceType"].as_str(), f["id"].as_str()) {
+        (Some(t), Some(id)) => Some(format!("{t}/{id}")),
+        _ => None,
+    }
+}
+
+impl AuthServer {
+    pub(crate) async fn load_client(&self, id: &str) -> Result<Option<ClientInfo>, Response> {
+        match self.store.read("Client", id).await {
+            Ok(c) => Ok(Some(ClientInfo::from_resource(c))),
+            Err(e) if e.is_client_error() => Ok(None),
+            Err(e) => Err(internal(self, e)),
+        }
+    }
+
+    /// The signed-in user of this browser, if its session is live.
+    pub(crate) async fn session(&self, headers: &HeaderMap) -> Option<SessionRecord> {
+        let cookie = web::cookies(headers).remove(SESSION_COOKIE)?;
+        match self
+            .records
+            .get::<SessionRecord>(SESSION, &hashed(&cookie))
+            .await
+        {
+            Ok(Some((s, _))) => Some(s),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!("session lookup failed: {e}");
+                None
+            }
+        }
+    }
+
+    async fn authorize(self: &Arc<Self>, headers: &HeaderMap, p: Params) -> Response {
+        // a continuation after login, picker or consent
+        if let Some(req) = p.get("req")
+            && !p.has("client_id")
+        {
+            return match self.records.get::<Pending>(PENDING, req).await {
+                Ok(Some((pending, rec))) => self.proceed(headers, req, pending, &rec).await,
+                Ok(None) => self.pages.error(
+                    StatusCode::BAD_REQUEST,
+                    "Request expired",
+                    "This authorization request has expired or was already answered; start again from the app.",
+                ),
+                Err(e) => internal(self, e),
+            };
+        }
+        let bad = |msg: &str| {
+            self.pages.error(
+                StatusCode::BAD_REQUEST,
+                "Invalid authorization request",
+                msg,
+            )
+        };
+        let client_id = match p.one("client_id") {
+            Ok(Some(c)) => c,
+            Ok(None) => return bad("client_id is missing."),
+            Err(e) => return bad(&e.to_string()),
+        };
+        let client = match self.load_client(client_id).await {
+            Ok(Some(c)) if c.active => c,
+            Ok(_) => return bad("The client_id is not a registered, active client."),
+            Err(r) => return r,
+        };
+        let redirect_uri = match p.one("redirect_uri") {
+            Ok(Some(r)) if client.redirect_uris.iter().any(|u| u == r) => r.to_string(),
+            Ok(Some(_)) => {
+                return bad("The redirect_uri is not registered for this client.");
+            }
+            Ok(None) if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
+            Ok(None) => return bad("redirect_uri is missing."),
+            Err(e) => return bad(&e.to_string()),
+        };
+        let state = match p.one("state") {
+            Ok(s) => s,
+            Err(e) => return bad(&e.to_string()),
+        };
+        let ret = Return {
+            redirect_uri: redirect_uri.clone(),
+            state: state.map(str::to_string),
+        };
+        // from here on errors go back to the app
+        let one = |name: &str| p.one(name);
+        let (
+            Ok(response_type),
+            Ok(scope),
+            Ok(aud),
+            Ok(challenge),
+            Ok(method),
+            Ok(launch),
+            Ok(nonce),
+            Ok(prompt),
+        ) = (
+            one("response_type"),
+            one("scope"),
+            one("aud"),
+            one("code_challenge"),
+            one("code_challenge_method"),
+            one("launch"),
+            one("nonce"),
+            one("prompt"),
+        )
+        else {
+            return ret.error("invalid_request", "a parameter is repeated");
+        };
+        if response_type != Some("code") {
+            return ret.error(
+                "unsupported_response_type",
+                "only response_type=code is supported",
+            );
+        }
+        if !client.allows_grant("authorization_code") {
+            return ret.error(
+                "unauthorized_client",
+                "the client may not use the authorization code grant",
+            );
+        }
+        let Some(aud) = aud else {
+            return ret.error("invalid_request", "aud (the FHIR server URL) is required");
+        };
+        let Some(aud) = self.fhir_base(aud).map(str::to_string) else {
+            return ret.error(
+                "invalid_request",
+                "aud is not a FHIR server of this authorization server",
+            );
+        };
+        match (challenge, method) {
+            (Some(c), Some("S256")) => {
+                if c.len() != 43
+                    || !c
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return ret.error(
+                        "invalid_request",
+                        "code_challenge must be a base64url SHA-256 (43 characters)",
+                    );
+                }
+            }
+            (Some(_), _) => {
+                return ret.error("invalid_request", "code_challenge_method must be S256");
+            }
+            (None, Some(_)) => {
+                return ret.error("invalid_request", "code_challenge is missing");
+            }
+            (None, None) if client.pkce_required => {
+                return ret.error("invalid_request", "PKCE (code_challenge, S256) is required");
+            }
+            (None, None) => {}
+        }
+        let Some(scope) = scope else {
+            return ret.error("invalid_scope", "scope is required");
+        };
+        let prompt: Vec<String> = prompt
+            .unwrap_or_default()
+            .split_ascii_whitespace()
+            .map(str::to_string)
+            .collect();
+        let mut pending = Pending {
+            client_id: client.id.clone(),
+            redirect_uri: redirect_uri.clone(),
+            scope: scope.to_string(),
+            state: state.map(str::to_string),
+            aud: aud.clone(),
+            code_challenge: challenge.map(str::to_string),
+            nonce: nonce.map(str::to_string),
+            prompt,
+            launch_user: None,
+            context: records::LaunchContext {
+                need_patient_banner: true,
+                ..Default::default()
+            },
+            ehr_launch: false,
+            user: None,
+            fresh_login: false,
+        };
+        if let Some(launch) = launch {
+            match self
+                .records
+                .consume::<LaunchRecord>(LAUNCH, &hashed(launch))
+                .await
+            {
+                Ok(Use::First(l, _)) if l.client_id == client.id && l.iss == aud => {
+                    pending.launch_user = Some(l.user);
+                    pending.context = records::LaunchContext {
+                        need_patient_banner: false,
+                        ..l.context
+                    };
+                    pending.ehr_launch = true;
+                }
+                Ok(Use::First(..)) => {
+                    return ret.error(
+                        "invalid_request",
+                        "the launch was issued for another app or FHIR server",
+                    );
+                }
+                Ok(_) => {
+                    return ret.error("invalid_request", "launch is unknown, used or expired");
+                }
+                Err(e) => return internal(self, e),
+            }
+        }
+        let req = random_id();
+        if let Err(e) = self
+            .records
+            .put(PENDING, &req, None, &pending, PENDING_TTL)
+            .await
+        {
+            return internal(self, e);
+        }
+        match self.records.get::<Pending>(PENDING, &req).await {
+            Ok(Some((pending, rec))) => self.proceed(headers, &req, pending, &rec).await,
+            Ok(None) => internal(self, "pending request vanished"),
+            Err(e) => internal(self, e),
+        }
+    }
+
+    /// The next step of a pending request for this browser.
+    async fn proceed(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        req: &str,
+        mut pending: Pending,
+        rec: &fhirgate_store::AuthRecord,
+    ) -> Response {
+        let ret = pending_return(&pending);
+        let prompt_none = pending.prompt.iter().any(|p| p == "none");
+        let must_login = pending.prompt.iter().any(|p| p == "login") && !pending.fresh_login;
+        let session = self.session(headers).await;
+        let user_id = match (&session, must_login) {
+            (Some(s), false) => s.user.clone(),
+            _ if prompt_none => return ret.error("login_required", "the user is not signed in"),
+            _ => {
+                return redirect(&with_query(
+                    &format!("{}/auth/login", self.base_path),
+                    &[("req", req)],
+                ));
+            }
+        };
+        if pending.user.as_deref() != Some(&user_id) {
+            pending.user = Some(user_id.clone());
+            if let Err(e) = self.records.set(PENDING, rec, &pending).await {
+                return internal(self, e);
+            }
+        }
+        let ret = pending_return(&pending);
+        if let Some(launcher) = &pending.launch_user
+            && launcher != &user_id
+        {
+            return ret.error("access_denied", "the EHR launch was made for another user");
+        }
+        let client = match self.load_client(&pending.client_id).await {
+            Ok(Some(c)) if c.active => c,
+            Ok(_) => return ret.error("unauthorized_client", "the client is no longer active"),
+            Err(r) => return r,
+        };
+        let user = match self.store.read("User", &user_id).await {
+            Ok(u) if u["active"] != Value::Bool(false) => u,
+            _ => {
+                return ret.error("access_denied", "the signed-in user is not active");
+            }
+        };
+        let offered = offered_scopes(&pending.scope, &client);
+        if offered.is_empty() {
+            return ret.error(
+                "invalid_scope",
+                "none of the requested scopes can be granted to this client",
+            );
+        }
+        // patient context: the launch's, the user's own, or the picker's
+        if needs_patient(&offered) && pending.context.patient.is_none() {
+            match fhir_user_reference(&user)
+                .as_deref()
+                .and_then(|r| r.strip_prefix("Patient/"))
+            {
+                Some(own) => {
+                    pending.context.patient = Some(own.to_string());
+                    if let Err(e) = self.records.set(PENDING, rec, &pending).await {
+                        return internal(self, e);
+                    }
+                }
+                None if prompt_none => {
+                    return ret.error("interaction_required", "a patient must be chosen");
+                }
+                None => return self.picker_page(headers, req, &client).await,
+            }
+        }
+        // a remembered grant that covers everything skips the consent page
+        let prompt_consent = pending.prompt.iter().any(|p| p == "consent");
+        if !prompt_consent
+            && let Some(grant) = self.remembered_grant(&user_id, &pending, &offered).await
+        {
+            let granted = offered.to_string();
+            return self
+                .finish(req, &pending, &user, &grant, &granted, None)
+                .await;
+        }
+        if prompt_none {
+            return ret.error("consent_required", "the user has not approved this app");
+        }
+        self.consent_page(headers, req, &pending, &client, &user_id, &offered)
+    }
+
+    async fn remembered_grant(
+        &self,
+        user: &str,
+        pending: &Pending,
+        offered: &ScopeSet,
+    ) -> Option<String> {
+        let grants = self.records.state.list_by_owner(GRANT, user).await.ok()?;
+        grants.into_iter().find_map(|r| {
+            let g: GrantRecord = records::decode(GRANT, &r).ok()?;
+            let covered = ScopeSet::parse(&g.scope);
+            let covers = offered.scopes().iter().all(|s| match s {
+                Scope::Resource(rs) => covered.covers(rs),
+                other => covered.scopes().contains(other),
+            });
+            (g.remembered
+                && !g.revoked
+                && g.client_id == pending.client_id
+                && g.aud == pending.aud
+                && g.context.patient == pending.context.patient
+                && covers
+                && !self.verifier.is_grant_revoked(&r.key))
+            .then_some(r.key)
+        })
+    }
+
+    /// Issue the code under `grant` (creating the grant when `new_grant` is given) and send
+    /// the browser back to the app.
+    async fn finish(
+        &self,
+        req: &str,
+        pending: &Pending,
+        user: &Value,
+        grant: &str,
+        granted: &str,
+        new_grant: Option<GrantRecord>,
+    ) -> Response {
+        let ret = pending_return(pending);
+        // the pending request answers once, even if its form is submitted twice
+        match self.records.state.consume(PENDING, req).await {
+            Ok(fhirgate_store::Consumed::First(_)) => {}
+            Ok(_) => {
+                return self.pages.error(
+                    StatusCode::BAD_REQUEST,
+                    "Request already answered",
+                    "This authorization request was already answered; start again from the app.",
+                );
+            }
+            Err(e) => return internal(self, e),
+        }
+        let user_id = user["id"].as_str().unwrap_or_default().to_string();
+        if let Some(g) = new_grant
+            && let Err(e) = self
+                .records
+                .put(GRANT, grant, Some(&user_id), &g, GRANT_TTL)
+                .await
+        {
+            return internal(self, e);
+        }
+        let code = random_id();
+        let record = CodeRecord {
+            client_id: pending.client_id.clone(),
+            redirect_uri: pending.redirect_uri.clone(),
+            code_challenge: pending.code_challenge.clone(),
+            nonce: pending.nonce.clone(),
+            scope: granted.to_string(),
+            user: user_id,
+            aud: pending.aud.clone(),
+            context: pending.context.clone(),
+            grant: grant.to_string(),
+            auth_time: unix_now(),
+            fhir_user: fhir_user_reference(user),
+        };
+        if let Err(e) = self
+            .records
+            .put(CODE, &hashed(&code), None, &record, CODE_TTL)
+            .await
+        {
+            return internal(self, e);
+        }
+        let mut q = vec![("code", code.as_str())];
+        if let Some(s) = &ret.state {
+            q.push(("state", s));
+        }
+        redirect(&with_query(&ret.redirect_uri, &q))
+    }
+
+    fn page_with_csrf(
+        &self,
+        headers: &HeaderMap,
+        name: &str,
+        ctx: impl Fn(&str) -> minijinja::Value,
+    ) -> Response {
+        let (csrf, cookie) = web::csrf_token(headers, self.cookie_path(), self.secure_cookies);
+        let mut resp = self.pages.render(StatusCode::OK, name, ctx(&csrf));
+        if let Some(c) = cookie {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+        resp
+    }
+
+    pub(crate) fn cookie_path(&self) -> &str {
+        if self.base_path.is_empty() {
+            "/"
+        } else {
+            &self.base_path
+        }
+    }
+
+    async fn picker_page(&self, headers: &HeaderMap, req: &str, client: &ClientInfo) -> Response {
+        let query = fhirgate_store::SearchQuery::from_pairs("Patient", [("_count", "100")]);
+        let patients: Vec<Value> = match query {
+            Ok(q) => match self.store.search(&q).await {
+                Ok(found) => found
+                    .matches
+                    .iter()
+                    .map(|p| {
+                        let id = p["id"].as_str().unwrap_or_default();
+                        let name = &p["name"][0];
+                        let given = name["given"]
+                            .as_array()
+                            .map(|g| {
+                                g.iter()
+                                    .filter_map(Value::as_str)
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
+                            .unwrap_or_default();
+                        let family = name["family"].as_str().unwrap_or_default();
+                        let born = p["birthDate"].as_str().unwrap_or("?");
+                        serde_json::json!({"id": id, "label": format!("{given} {family} (born {born}; id {id})")})
+                    })
+                    .collect(),
+                Err(e) => return internal(self, e),
+            },
+            Err(e) => return internal(self, e),
+        };
+        self.page_with_csrf(headers, "picker", |csrf| {
+            context! { base => &self.base_path, csrf => csrf, req => req,
+            client_name => &client.name, patients => &patients }
+        })
+    }
+
+    fn consent_page(
+        &self,
+        headers: &HeaderMap,
+        req: &str,
+        pending: &Pending,
+        client: &ClientInfo,
+        user: &str,
+        offered: &ScopeSet,
+    ) -> Response {
+        let requested: Vec<Value> = offered
+            .scopes()
+            .iter()
+            .map(|s| serde_json::json!({"scope": s.as_str(), "text": describe(s)}))
+            .collect();
+        let granular: Vec<Value> = granular_alternatives(offered)
+            .into_iter()
+            .map(|(scope, text)| serde_json::json!({"scope": scope, "text": text}))
+            .collect();
+        self.page_with_csrf(headers, "consent", |csrf| {
+            context! { base => &self.base_path, csrf => csrf, req => req,
+            client_name => &client.name, user => user, patient => &pending.context.patient,
+            requested => &requested, granular => &granular }
+        })
+    }
+}
+
+/// What a scope means, for the consent page.
+fn describe(s: &Scope) -> String {
+    match s {
+        Scope::OpenId => "confirm who you are to the app".into(),
+        Scope::FhirUser => "tell the app which FHIR record describes you".into(),
+        Scope::Profile => "share your name and email".into(),
+        Scope::Launch => "open in the context of your current session".into(),
+        Scope::LaunchPatient => "know which patient is selected".into(),
+        Scope::LaunchEncounter => "know which encounter is selected".into(),
+        Scope::OfflineAccess => {
+            "keep access when you are not using the app, until you revoke it (a refresh token that does not expire with your session)".into()
+        }
+        Scope::OnlineAccess => "keep access while you are signed in".into(),
+        Scope::Resource(r) => {
+            let what = r.resource_type.as_deref().unwrap_or("all record types");
+            let whose = match r.context {
+                fhirgate_smart::scopes::Context::Patient => "the patient's",
+                fhirgate_smart::scopes::Context::User => "your permitted",
+                fhirgate_smart::scopes::Context::System => "all",
+            };
+            format!(
+                "{} {whose} {what} data{}",
+                verbs(&r.interactions.letters()),
+                if r.is_granular() {
+                    " (only the listed kinds)"
+                } else {
+                    ""
+                }
+            )
+        }
+        Scope::Other(_) => String::new(),
+    }
+}
+
+fn verbs(letters: &str) -> String {
+    let mut v = Vec::new();
+    for (l, w) in [
+        ('c', "create"),
+        ('r', "read"),
+        ('u', "update"),
+        ('d', "delete"),
+        ('s', "search"),
+    ] {
+        if letters.contains(l) {
+            v.push(w);
+        }
+    }
+    let s = v.join(", ");
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
+
+/// Category-level alternatives for the resource-level Observation and Condition scopes.
+fn granular_alternatives(offered: &ScopeSet) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for r in offered.resource_scopes() {
+        if r.is_granular() {
+            continue;
+        }
+        let Some(t) = r.resource_type.as_deref() else {
+            continue;
+        };
+        let letters = r.interactions.letters();
+        if !letters.contains('r') && !letters.contains('s') {
+            continue;
+        }
+        // granular scopes are a v2 form: read and search only
+        let rs: String = letters.chars().filter(|c| *c == 'r' || *c == 's').collect();
+        for (ty, cat, text) in GRANULAR {
+            if *ty == t {
+                let scope = format!("{}/{t}.{rs}?category={cat}", r.context.as_str());
+                if !out.iter().any(|(s, _)| s == &scope) {
+                    out.push((scope, format!("only {text}")));
+                }
+            }
+        }
+    }
+    out
+}
+
+// ---- login, logout ----
+
+pub async fn login_page(
+    State(s): State<Arc<AuthServer>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let p = Params::parse(q.unwrap_or_default().as_bytes()).unwrap_or_default();
+    s.login_form(&headers, &p, StatusCode::OK, None, "").await
+}
+
+impl AuthServer {
+    async fn login_form(
+        &self,
+        headers: &HeaderMap,
+        p: &Params,
+        status: StatusCode,
+        error: Option<&str>,
+        username: &str,
+    ) -> Response {
+        let req = p.get("req").unwrap_or_default();
+        let client_name = match self.records.get::<Pending>(PENDING, req).await {
+            Ok(Some((pending, _))) => self
+                .load_client(&pending.client_id)
+                .await
+                .ok()
+                .flatten()
+                .map(|c| c.name),
+            _ => None,
+        };
+        let next = p.get("next").unwrap_or_default();
+        let mut resp = self.page_with_csrf(headers, "login", |csrf| {
+            context! { base => &self.base_path, csrf => csrf, req => req, next => next,
+            error => error, username => username, client_name => &client_name }
+        });
+        *resp.status_mut() = status;
+        resp
+    }
+
+    /// The User a login name names: its id, or its email.
+    async fn find_user(&self, name: &str) -> Option<Value> {
+        if let Ok(u) = self.store.read("User", name).await {
+            return Some(u);
+        }
+        if !name.contains('@') {
+            return None;
+        }
+        let q = fhirgate_store::SearchQuery::new("User").filter("email", None, &[name]);
+        let found = self.store.search(&q).await.ok()?;
+        let mut matches = found.matches.into_iter().filter(|u| {
+            u["email"]
+                .as_str()
+                .is_some_and(|e| e.to_lowercase() == name.to_lowercase())
+        });
+        let first = matches.next()?;
+        // an email shared by two users names neither
+        matches.next().is_none().then_some(first)
+    }
+}
+
+/// An argon2 hash nobody knows the password of: unknown users cost the same as wrong passwords.
+fn dummy_hash() -> &'static str {
+    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    H.get_or_init(|| crate::secrets::hash_secret(&random_id()).unwrap_or_default())
+}
+
+pub async fn login_submit(
+    State(s): State<Arc<AuthServer>>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = match Params::parse(&body) {
+        Ok(p) if is_form(&headers) => p,
+        _ => {
+            return s.pages.error(
+                StatusCode::BAD_REQUEST,
+                "Invalid request",
+                "the login form was malformed",
+            );
+        }
+    };
+    let username = p.get("username").unwrap_or_default().trim().to_string();
+    if !web::csrf_ok(&headers, &p) {
+        return s
+            .login_form(
+                &headers,
+                &p,
+                StatusCode::FORBIDDEN,
+                Some("The form expired; please sign in again."),
+                &username,
+            )
+            .await;
+    }
+    if let Err(wait) = s.limits.check(&username, addr) {
+        let mut resp = s
+            .login_form(
+                &headers,
+                &p,
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("Too many sign-in attempts; wait a moment and try again."),
+                &username,
+            )
+            .await;
+        let secs = wait.as_secs().max(1).to_string();
+        if let Ok(v) = HeaderValue::from_str(&secs) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
+    let password = p.get("password").unwrap_or_default().to_string();
+    let user = s.find_user(&username).await;
+    let hash = user
+        .as_ref()
+        .filter(|u| u["active"] != Value::Bool(false))
+        .and_then(|u| u["password_hash"].as_str())
+        .map(str::to_string);
+    let ok = {
+        let h = hash.clone().unwrap_or_else(|| dummy_hash().to_string());
+        let pw = password.clone();
+        tokio::task::spawn_blocking(move || crate::secrets::verify_hash(&pw, &h))
+            .await
+            .unwrap_or(false)
+    } && hash.is_some();
+    let (true, Some(user)) = (ok, user) else {
+        return s
+            .login_form(
+                &headers,
+                &p,
+                StatusCode::UNAUTHORIZED,
+                Some("Wrong user name or password."),
+                &username,
+            )
+            .await;
+    };
+    let user_id = user["id"].as_str().unwrap_or_default().to_string();
+    let session = random_id();
+    let record = SessionRecord {
+        user: user_id.clone(),
+        auth_time: unix_now(),
+    };
+    if let Err(e) = s
+        .records
+        .put(
+            SESSION,
+            &hashed(&session),
+            Some(&user_id),
+            &record,
+            SESSION_TTL,
+        )
+        .await
+    {
+        return internal(&s, e);
+    }
+    let target = match p.get("req") {
+        Some(req) => match s.records.get::<Pending>(PENDING, req).await {
+            Ok(Some((mut pending, rec))) => {
+                pending.fresh_login = true;
+                pending.user = Some(user_id);
+                if let Err(e) = s.records.set(PENDING, &rec, &pending).await {
+                    return internal(&s, e);
+                }
+                with_query(&format!("{}/auth/authorize", s.base_path), &[("req", req)])
+            }
+            Ok(None) => format!("{}/auth/grants", s.base_path),
+            Err(e) => return internal(&s, e),
+        },
+        None => match p.get("next") {
+            // only our own pages: never an open redirect
+            Some(n)
+                if n.starts_with(&format!("{}/auth/", s.base_path))
+                    && !n.contains("//")
+                    && !n.contains('\\') =>
+            {
+                n.to_string()
+            }
+            _ => format!("{}/auth/grants", s.base_path),
+        },
+    };
+    let mut resp = redirect(&target);
+    if let Some(c) = web::set_cookie(
+        SESSION_COOKIE,
+        &session,
+        SESSION_TTL,
+        s.cookie_path(),
+        "Lax",
+        s.secure_cookies,
+    ) {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+pub async fn logout(State(s): State<Arc<AuthServer>>, headers: HeaderMap) -> Response {
+    if let Some(cookie) = web::cookies(&headers).remove(SESSION_COOKIE)
+        && let Err(e) = s.records.state.remove(SESSION, &hashed(&cookie)).await
+    {
+        return internal(&s, e);
+    }
+    let mut resp = s.pages.render(
+        StatusCode::OK,
+        "error",
+        context! { title => "Signed out", message => "You are signed out." },
+    );
+    if let Some(c) = web::set_cookie(
+        SESSION_COOKIE,
+        "",
+        0,
+        s.cookie_path(),
+        "Lax",
+        s.secure_cookies,
+    ) {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+// ---- picker and consent forms ----
+
+/// A submitted page form: CSRF-checked, with the pending request it answers, for the signed-in
+/// user it belongs to.
+async fn form_request(
+    s: &AuthServer,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Params, String, Pending, fhirgate_store::AuthRecord), Response> {
+    let p = match Params::parse(body) {
+        Ok(p) if is_form(headers) => p,
+        _ => {
+            return Err(s.pages.error(
+                StatusCode::BAD_REQUEST,
+                "Invalid request",
+                "the form was malformed",
+            ));
+        }
+    };
+    if !web::csrf_ok(headers, &p) {
+        return Err(s.pages.error(
+            StatusCode::FORBIDDEN,
+            "Form expired",
+            "The form could not be verified (CSRF); start again from the app.",
+        ));
+    }
+    let req = p.get("req").unwrap_or_default().to_string();
+    let (pending, rec) = match s.records.get::<Pending>(PENDING, &req).await {
+        Ok(Some(x)) => x,
+        Ok(None) => {
+            return Err(s.pages.error(
+                StatusCode::BAD_REQUEST,
+                "Request expired",
+                "This authorization request has expired or was already answered; start again from the app.",
+            ));
+        }
+        Err(e) => return Err(internal(s, e)),
+    };
+    let session = s.session(headers).await;
+    match (&session, &pending.user) {
+        (Some(sess), Some(u)) if &sess.user == u => Ok((p, req, pending, rec)),
+        _ => Err(s.pages.error(
+            StatusCode::FORBIDDEN,
+            "Not signed in",
+            "Sign in again to answer this request.",
+        )),
+    }
+}
+
+pub async fn picker_submit(
+    State(s): State<Arc<AuthServer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (p, req, mut pending, rec) = match form_request(&s, &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if p.get("decision") != Some("allow") {
+        let _ = s.records.state.remove(PENDING, &req).await;
+        return pending_return(&pending).error("access_denied", "the user cancelled");
+    }
+    let Some(patient) = p.get("patient") else {
+        return s.pages.error(
+            StatusCode::BAD_REQUEST,
+            "Choose a patient",
+            "No patient was chosen.",
+        );
+    };
+    match s.store.read("Patient", patient).await {
+        Ok(_) => {}
+        Err(e) if e.is_client_error() => {
+            return s.pages.error(
+                StatusCode::BAD_REQUEST,
+                "Choose a patient",
+                "That patient does not exist.",
+            );
+        }
+        Err(e) => return internal(&s, e),
+    }
+    pending.context.patient = Some(patient.to_string());
+    if let Err(e) = s.records.set(PENDING, &rec, &pending).await {
+        return internal(&s, e);
+    }
+    redirect(&with_query(
+        &format!("{}/auth/authorize", s.base_path),
+        &[("req", &req)],
+    ))
+}
+
+pub async fn consent_submit(
+    State(s): State<Arc<AuthServer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (p, req, pending, _rec) = match form_request(&s, &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let ret = pending_return(&pending);
+    if p.get("decision") != Some("allow") {
+        let _ = s.records.state.remove(PENDING, &req).await;
+        return ret.error("access_denied", "the user denied access");
+    }
+    let client = match s.load_client(&pending.client_id).await {
+        Ok(Some(c)) if c.active => c,
+        Ok(_) => return ret.error("unauthorized_client", "the client is no longer active"),
+        Err(r) => return r,
+    };
+    let offered = offered_scopes(&pending.scope, &client);
+    let granular = granular_alternatives(&offered);
+    // only what the page offered can be granted: a forged form cannot widen anything
+    let mut granted: Vec<&str> = Vec::new();
+    for checked in p.all("scope") {
+        let known = offered.scopes().iter().any(|s| s.as_str() == checked)
+            || granular.iter().any(|(g, _)| g == checked);
+        if known && !granted.contains(&checked) {
+            granted.push(checked);
+        }
+    }
+    if granted.is_empty() {
+        let _ = s.records.state.remove(PENDING, &req).await;
+        return ret.error("access_denied", "the user granted nothing");
+    }
+    let granted = granted.join(" ");
+    let Some(user_id) = pending.user.clone() else {
+        return internal(&s, "consent without a user");
+    };
+    let user = match s.store.read("User", &user_id).await {
+        Ok(u) => u,
+        Err(e) => return internal(&s, e),
+    };
+    let grant_id = random_id();
+    let grant = GrantRecord {
+        client_id: client.id.clone(),
+        client_name: client.name.clone(),
+        user: user_id,
+        scope: granted.clone(),
+        aud: pending.aud.clone(),
+        context: pending.context.clone(),
+        remembered: p.get("remember").is_some(),
+        created: unix_now(),
+        revoked: false,
+    };
+    s.finish(&req, &pending, &user, &grant_id, &granted, Some(grant))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn granular_alternatives_for_observation_and_condition() {
+        let offered = ScopeSet::parse(
+            "openid patient/Observation.rs patient/Condition.read patient/Patient.rs user/Observation.rs?category=x|y",
+        );
+        let alts: Vec<String> = granular_alternatives(&offered)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert!(alts.contains(
+            &"patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory".to_string()
+        ));
+        assert!(alts.contains(
+            &"patient/Condition.rs?category=http://terminology.hl7.org/CodeSystem/condition-category|problem-list-item".to_string()
+        ));
+        assert!(!alts.iter().any(|s| s.starts_with("patient/Patient")));
+        assert!(
+            !alts.iter().any(|s| s.starts_with("user/Observation")),
+            "already granular"
+        );
+    }
+
+    #[test]
+    fn offered_scopes_respect_the_client() {
+        let c = ClientInfo::from_resource(
+            serde_json::json!({"id": "a", "scope": "openid patient/*.rs"}),
+        );
+        assert_eq!(
+            offered_scopes("openid patient/Observation.rs user/*.rs bogus", &c).to_string(),
+            "openid patient/Observation.rs"
+        );
+        let open = ClientInfo::from_resource(serde_json::json!({"id": "b"}));
+        assert_eq!(
+            offered_scopes("openid launch/patient bogus patient/*.read", &open).to_string(),
+            "openid launch/patient patient/*.read"
+        );
+    }
+
+    #[test]
+    fn fhir_user_in_both_reference_forms() {
+        let a = serde_json::json!({"fhirUser": {"id": "pt-1", "resourceType": "Patient"}});
+        let b = serde_json::json!({"fhirUser": {"reference": "Practitioner/d1"}});
+        assert_eq!(fhir_user_reference(&a).as_deref(), Some("Patient/pt-1"));
+        assert_eq!(fhir_user_reference(&b).as_deref(), Some("Practitioner/d1"));
+        assert_eq!(fhir_user_reference(&serde_json::json!({})), None);
+    }
+}

@@ -1,0 +1,394 @@
+//! The OAuth 2.0 / OpenID Connect endpoints and pages of the SMART authorization server
+//! (contract §2, §4, §6).
+//!
+//! [`AuthServer::start`] loads (or creates and persists) the signing keys, starts listening for
+//! revocations published by any process on the same database, and [`AuthServer::routes`] gives
+//! the axum routes: `/auth/*`, `/.well-known/openid-configuration`, `/.well-known/jwks.json`.
+//! Everything a flow needs to remember lives in the store's [`AuthState`], so several processes
+//! on one PostgreSQL act as one server.
+
+mod authorize;
+pub mod clients;
+mod endpoints;
+mod manage;
+pub mod pages;
+pub mod records;
+mod token;
+mod web;
+
+use std::sync::Arc;
+
+use fhirgate_store::{AuthState, Store};
+use serde_json::Value;
+
+use crate::assertion::AssertionVerifier;
+use crate::keys::{Algorithm, KeyError, Keyring, SigningKey};
+use crate::secrets::SecretCache;
+use crate::tokens::TokenVerifier;
+use records::{KEY, NODE, REVOKED, Records};
+
+pub use manage::{Launch, LaunchError, id_of};
+pub use records::LaunchContext;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("signing keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("store: {0}")]
+    Store(#[from] fhirgate_store::StoreError),
+    #[error("stored signing key does not decode: {0}")]
+    BadKey(String),
+    #[error("page templates: {0}")]
+    Pages(String),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// What the authorization server needs to know about its deployment.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The public base URL without trailing slash: the OIDC issuer.
+    pub issuer: String,
+    /// Absolute URLs of the FHIR bases this server issues tokens for (the `aud` values).
+    pub fhir_bases: Vec<String>,
+    /// Login attempts allowed per user name per minute.
+    pub login_per_user_per_minute: u32,
+    /// Login attempts allowed per client address per minute.
+    pub login_per_address_per_minute: u32,
+}
+
+impl AuthConfig {
+    pub fn new(issuer: &str, fhir_bases: Vec<String>) -> AuthConfig {
+        AuthConfig {
+            issuer: issuer.trim_end_matches('/').to_string(),
+            fhir_bases,
+            login_per_user_per_minute: 10,
+            login_per_address_per_minute: 60,
+        }
+    }
+}
+
+/// The authorization server.
+pub struct AuthServer {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) records: Records,
+    pub(crate) config: AuthConfig,
+    /// The path part of the issuer ("" at the root): prefix of the pages' form actions.
+    pub(crate) base_path: String,
+    pub(crate) secure_cookies: bool,
+    pub(crate) keys: Arc<Keyring>,
+    pub(crate) verifier: Arc<TokenVerifier>,
+    pub(crate) secrets: SecretCache,
+    pub(crate) assertions: AssertionVerifier,
+    pub(crate) pages: pages::Pages,
+    pub(crate) limits: web::LoginLimits,
+}
+
+impl AuthServer {
+    /// Load or create the signing keys, load revocations, subscribe to new ones.
+    pub async fn start(store: Arc<dyn Store>, config: AuthConfig) -> Result<Arc<Self>, StartError> {
+        let issuer_url = url::Url::parse(&config.issuer)
+            .map_err(|e| StartError::Config(format!("base URL {:?}: {e}", config.issuer)))?;
+        let state = store.auth_state();
+        let keys = Arc::new(load_keys(state.as_ref()).await?);
+        let verifier = Arc::new(TokenVerifier::new(keys.clone(), &config.issuer));
+        // subscribe before loading, so that nothing revoked in between is missed
+        let events = state.subscribe().await?;
+        load_revocations(state.as_ref(), &verifier).await?;
+        let node = crate::tokens::random_id();
+        register_node(state.as_ref(), &node).await?;
+        tokio::spawn(keep_node_registered(state.clone(), node.clone()));
+        tokio::spawn(follow_revocations(
+            events,
+            state.clone(),
+            verifier.clone(),
+            node,
+        ));
+        let pages = pages::Pages::new().map_err(|e| StartError::Pages(e.to_string()))?;
+        let limits = web::LoginLimits::new(
+            config.login_per_user_per_minute,
+            config.login_per_address_per_minute,
+        );
+        Ok(Arc::new(AuthServer {
+            base_path: issuer_url.path().trim_end_matches('/').to_string(),
+            secure_cookies: issuer_url.scheme() == "https",
+            records: Records {
+                state: state.clone(),
+            },
+            assertions: AssertionVerifier::new(state),
+            store,
+            config,
+            keys,
+            verifier,
+            secrets: SecretCache::new(),
+            pages,
+            limits,
+        }))
+    }
+
+    /// The verifier the SMART middlewares check bearer tokens with.
+    pub fn verifier(&self) -> Arc<TokenVerifier> {
+        self.verifier.clone()
+    }
+
+    /// The JWK Set (public keys only).
+    pub fn jwks(&self) -> Value {
+        self.keys.jwks()
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    /// The axum routes of the authorization server.
+    pub fn routes(self: &Arc<Self>) -> axum::Router {
+        use axum::routing::{get, post};
+        let cors = tower_http_cors();
+        axum::Router::new()
+            .route(
+                "/auth/authorize",
+                get(authorize::authorize_get).post(authorize::authorize_post),
+            )
+            .route(
+                "/auth/login",
+                get(authorize::login_page).post(authorize::login_submit),
+            )
+            .route(
+                "/auth/logout",
+                get(authorize::logout).post(authorize::logout),
+            )
+            .route("/auth/picker", post(authorize::picker_submit))
+            .route("/auth/consent", post(authorize::consent_submit))
+            .route(
+                "/auth/grants",
+                get(manage::grants_page).post(manage::grants_submit),
+            )
+            .route(
+                "/auth/apps",
+                get(manage::apps_page).post(manage::apps_submit),
+            )
+            .merge(
+                axum::Router::new()
+                    .route("/auth/token", post(token::token))
+                    .route("/auth/introspect", post(endpoints::introspect))
+                    .route("/auth/revoke", post(endpoints::revoke))
+                    .route(
+                        "/auth/userinfo",
+                        get(endpoints::userinfo).post(endpoints::userinfo),
+                    )
+                    .route(
+                        "/.well-known/openid-configuration",
+                        get(endpoints::openid_configuration),
+                    )
+                    .route("/.well-known/jwks.json", get(endpoints::jwks))
+                    .layer(cors),
+            )
+            .with_state(self.clone())
+    }
+
+    /// The endpoint URLs, for discovery documents.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.issuer)
+    }
+
+    /// Whether `aud` is one of our FHIR bases (trailing slash tolerated).
+    pub(crate) fn fhir_base(&self, aud: &str) -> Option<&str> {
+        let aud = aud.trim_end_matches('/');
+        self.config
+            .fhir_bases
+            .iter()
+            .find(|b| b.as_str() == aud)
+            .map(String::as_str)
+    }
+
+    /// Revoke every token under `grant`, here and (through the store) in every process; returns
+    /// once the revocation is committed and published.
+    pub(crate) async fn revoke_grant(&self, grant: &str) -> Result<(), records::RecordError> {
+        let key = format!("grant:{grant}");
+        match self
+            .records
+            .state
+            .insert(
+                REVOKED,
+                &key,
+                None,
+                &serde_json::json!({}),
+                records::unix_now() + records::GRANT_TTL,
+            )
+            .await
+        {
+            Ok(()) | Err(fhirgate_store::StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some((mut g, rec)) = self
+            .records
+            .get::<records::GrantRecord>(records::GRANT, grant)
+            .await?
+            && !g.revoked
+        {
+            g.revoked = true;
+            self.records.set(records::GRANT, &rec, &g).await?;
+        }
+        self.verifier.revoke_grant(grant);
+        self.await_acknowledgements(&key).await
+    }
+
+    /// Publish a revocation and wait until every live fhirgate process on the database has
+    /// applied it (each acknowledges through the database), so that the next request anywhere
+    /// is refused (decisions §16). A process that does not answer within 3 s (it crashed
+    /// without deregistering) is logged and no longer waited for.
+    async fn await_acknowledgements(&self, event: &str) -> Result<(), records::RecordError> {
+        let nodes: std::collections::HashSet<String> = self
+            .records
+            .state
+            .list(NODE)
+            .await?
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        let mut acks = self.records.state.subscribe().await?;
+        self.records.state.publish(event).await?;
+        let mut waiting = nodes;
+        let wait = async {
+            while !waiting.is_empty() {
+                match acks.recv().await {
+                    Ok(e) => {
+                        if let Some((node, ev)) =
+                            e.strip_prefix("ack:").and_then(|r| r.split_once(':'))
+                            && ev == event
+                        {
+                            waiting.remove(node);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(3), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "revocation {event}: not every fhirgate process acknowledged within 3 s"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// CORS for the endpoints browser apps call directly (token, discovery, userinfo).
+fn tower_http_cors() -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{Any, CorsLayer};
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([http::Method::GET, http::Method::POST])
+        .allow_headers([http::header::AUTHORIZATION, http::header::CONTENT_TYPE])
+}
+
+/// The current ES256 (access tokens) and RS256 (id_tokens) keys, created once and shared by
+/// every process: the first to insert a key under the fixed name wins, the others read it.
+async fn load_keys(state: &dyn AuthState) -> Result<Keyring, StartError> {
+    let mut keys = Vec::new();
+    for alg in [Algorithm::ES256, Algorithm::RS256] {
+        let name = format!("current:{alg:?}");
+        let existing = state.get(KEY, &name).await?;
+        let record = match existing {
+            Some(r) => r,
+            None => {
+                let key = SigningKey::generate(alg)?;
+                let value =
+                    serde_json::to_value(&key).map_err(|e| StartError::BadKey(e.to_string()))?;
+                match state.insert(KEY, &name, None, &value, i64::MAX).await {
+                    Ok(()) | Err(fhirgate_store::StoreError::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                state
+                    .get(KEY, &name)
+                    .await?
+                    .ok_or_else(|| StartError::BadKey(format!("{name} vanished")))?
+            }
+        };
+        let key: SigningKey =
+            serde_json::from_value(record.value).map_err(|e| StartError::BadKey(e.to_string()))?;
+        keys.push(key);
+    }
+    Ok(Keyring::from_keys(keys)?)
+}
+
+async fn load_revocations(
+    state: &dyn AuthState,
+    verifier: &TokenVerifier,
+) -> Result<(), StartError> {
+    for r in state.list(REVOKED).await? {
+        apply_revocation(verifier, &r.key);
+    }
+    Ok(())
+}
+
+fn apply_revocation(verifier: &TokenVerifier, event: &str) {
+    if let Some(g) = event.strip_prefix("grant:") {
+        verifier.revoke_grant(g);
+    } else if let Some(j) = event.strip_prefix("jti:") {
+        verifier.revoke_jti(j);
+    }
+}
+
+/// How long a process's registration lives without renewal.
+const NODE_TTL: i64 = 60;
+
+async fn register_node(
+    state: &dyn AuthState,
+    node: &str,
+) -> Result<(), fhirgate_store::StoreError> {
+    let expires = records::unix_now() + NODE_TTL;
+    let value = serde_json::json!({});
+    if !state.replace(NODE, node, &value, expires).await? {
+        state.insert(NODE, node, None, &value, expires).await?;
+    }
+    Ok(())
+}
+
+/// Renew this process's registration while it runs.
+async fn keep_node_registered(state: Arc<dyn AuthState>, node: String) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs((NODE_TTL / 3) as u64)).await;
+        if let Err(e) = register_node(state.as_ref(), &node).await {
+            tracing::warn!("renewing this process's registration failed: {e}");
+        }
+    }
+}
+
+/// Apply revocations published by any process, and acknowledge each; after a gap (lag, lost
+/// connection) reload them all from the records.
+async fn follow_revocations(
+    mut events: fhirgate_store::RevocationReceiver,
+    state: Arc<dyn AuthState>,
+    verifier: Arc<TokenVerifier>,
+    node: String,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(e) if e == "*" => {
+                if let Err(e) = load_revocations(state.as_ref(), &verifier).await {
+                    tracing::error!("reloading revocations failed: {e}");
+                }
+            }
+            Ok(e) if e.starts_with("grant:") || e.starts_with("jti:") => {
+                apply_revocation(&verifier, &e);
+                if let Err(err) = state.publish(&format!("ack:{node}:{e}")).await {
+                    tracing::warn!("acknowledging revocation {e} failed: {err}");
+                }
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => {
+                if let Err(e) = load_revocations(state.as_ref(), &verifier).await {
+                    tracing::error!("reloading revocations failed: {e}");
+                }
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

@@ -1,0 +1,635 @@
+//! `POST /auth/token` (RFC 6749 §3.2, RFC 7636, SMART Backend Services) and client
+//! authentication, shared with introspection and revocation.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::Response;
+use base64::Engine;
+use fhirgate_smart::scopes::{Context, Scope, ScopeSet, intersect};
+use http::{HeaderMap, StatusCode, header};
+use serde_json::{Value, json};
+
+use super::AuthServer;
+use super::authorize::is_form;
+use super::clients::{ClientAuth, ClientInfo};
+use super::records::{
+    CODE, CodeRecord, GRANT, GrantRecord, REFRESH, RefreshRecord, Use, hashed, unix_now,
+};
+use super::web::{Params, json_no_store, oauth_error};
+use crate::keys::Algorithm;
+use crate::tokens::{AccessClaims, random_id};
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+fn invalid_client(msg: &str) -> Response {
+    oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", msg)
+}
+
+fn invalid_grant(msg: &str) -> Response {
+    oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", msg)
+}
+
+fn invalid_request(msg: &str) -> Response {
+    oauth_error(StatusCode::BAD_REQUEST, "invalid_request", msg)
+}
+
+pub(crate) fn server_error(e: impl std::fmt::Display) -> Response {
+    tracing::error!("authorization server: {e}");
+    oauth_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "the server could not complete the request",
+    )
+}
+
+/// Parse an OAuth endpoint's form body; anything else is `invalid_request`.
+pub(crate) fn form(headers: &HeaderMap, body: &Bytes) -> Result<Params, Response> {
+    if !is_form(headers) {
+        return Err(invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    Params::parse(body).map_err(|e| invalid_request(&e.to_string()))
+}
+
+/// `Authorization: Basic` → (client_id, secret), both form-url-decoded (RFC 6749 §2.3.1).
+fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, b64) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let Some(raw) = decoded else {
+        return Some(Err(()));
+    };
+    let Some((id, secret)) = raw.split_once(':') else {
+        return Some(Err(()));
+    };
+    let decode = |s: &str| {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Some(Ok((decode(id), decode(secret))))
+}
+
+/// The unverified `iss` of a JWT (only to find which client's keys verify it).
+fn unverified_issuer(jwt: &str) -> Option<String> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v["iss"].as_str().map(str::to_string)
+}
+
+impl AuthServer {
+    /// Authenticate the client of a token, introspection or revocation request by the method
+    /// its registration implies (contract §3). `fallback` names the client when the request
+    /// names none (a public client refreshing: the refresh token's client).
+    pub(crate) async fn authenticate_client(
+        &self,
+        headers: &HeaderMap,
+        p: &Params,
+        endpoint: &str,
+        fallback: Option<&str>,
+    ) -> Result<ClientInfo, Response> {
+        let form_id = p
+            .one("client_id")
+            .map_err(|e| invalid_request(&e.to_string()))?;
+        let form_secret = p
+            .one("client_secret")
+            .map_err(|e| invalid_request(&e.to_string()))?;
+        let assertion_type = p
+            .one("client_assertion_type")
+            .map_err(|e| invalid_request(&e.to_string()))?;
+        let assertion = p
+            .one("client_assertion")
+            .map_err(|e| invalid_request(&e.to_string()))?;
+        let basic = basic_credentials(headers);
+        // RFC 6749 §2.3: one method per request
+        let methods = [basic.is_some(), form_secret.is_some(), assertion.is_some()]
+            .iter()
+            .filter(|m| **m)
+            .count();
+        if methods > 1 {
+            return Err(invalid_request(
+                "use exactly one client authentication method",
+            ));
+        }
+        enum Presented {
+            Secret(String),
+            Assertion(String),
+            Nothing,
+        }
+        let (id, presented) = if let Some(b) = basic {
+            let (id, secret) = b.map_err(|_| invalid_client("malformed Basic credentials"))?;
+            if form_id.is_some_and(|f| f != id) {
+                return Err(invalid_client(
+                    "client_id differs from the Basic credentials",
+                ));
+            }
+            (id, Presented::Secret(secret))
+        } else if let Some(a) = assertion {
+            if assertion_type != Some(JWT_BEARER) {
+                return Err(invalid_client(
+                    "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ));
+            }
+            let iss = unverified_issuer(a)
+                .ok_or_else(|| invalid_client("client_assertion is not a JWT"))?;
+            if form_id.is_some_and(|f| f != iss) {
+                return Err(invalid_client("client_id differs from the assertion's iss"));
+            }
+            (iss, Presented::Assertion(a.to_string()))
+        } else if let Some(secret) = form_secret {
+            let id = form_id.ok_or_else(|| invalid_client("client_id is missing"))?;
+            (id.to_string(), Presented::Secret(secret.to_string()))
+        } else {
+            let id = form_id
+                .or(fallback)
+                .ok_or_else(|| invalid_client("client authentication is missing"))?;
+            (id.to_string(), Presented::Nothing)
+        };
+        let client = match self.store.read("Client", &id).await {
+            Ok(c) => ClientInfo::from_resource(c),
+            Err(e) if e.is_client_error() => return Err(invalid_client("unknown client")),
+            Err(e) => return Err(server_error(e)),
+        };
+        if !client.active {
+            return Err(invalid_client("the client is not active"));
+        }
+        match (&client.auth, presented) {
+            (ClientAuth::Secret(hash), Presented::Secret(secret)) => {
+                if !self.secrets.verify(&client.id, &secret, hash).await {
+                    return Err(invalid_client("wrong client secret"));
+                }
+            }
+            (ClientAuth::PrivateKeyJwt, Presented::Assertion(a)) => {
+                let token_url = self.url("/auth/token");
+                let own_url = self.url(endpoint);
+                let audiences = [
+                    token_url.as_str(),
+                    self.config.issuer.as_str(),
+                    own_url.as_str(),
+                ];
+                if let Err(e) = self
+                    .assertions
+                    .verify(&client.resource, &a, &audiences)
+                    .await
+                {
+                    tracing::info!("client {} assertion refused: {e}", client.id);
+                    return Err(invalid_client("the client assertion is not valid"));
+                }
+            }
+            (ClientAuth::Public, Presented::Nothing) => {}
+            (ClientAuth::Public, _) => {
+                return Err(invalid_client("the client is public: send only client_id"));
+            }
+            (ClientAuth::Unusable, _) => {
+                return Err(invalid_client("the client has no usable credentials"));
+            }
+            _ => {
+                return Err(invalid_client(
+                    "the client must authenticate with its registered method",
+                ));
+            }
+        }
+        Ok(client)
+    }
+}
+
+pub async fn token(State(s): State<Arc<AuthServer>>, headers: HeaderMap, body: Bytes) -> Response {
+    let p = match form(&headers, &body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let grant_type = match p.one("grant_type") {
+        Ok(Some(g)) => g,
+        Ok(None) => return invalid_request("grant_type is missing"),
+        Err(e) => return invalid_request(&e.to_string()),
+    };
+    match grant_type {
+        "authorization_code" => s.code_grant(&headers, &p).await,
+        "refresh_token" => s.refresh_grant(&headers, &p).await,
+        "client_credentials" => s.client_credentials_grant(&headers, &p).await,
+        _ => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "supported: authorization_code, refresh_token, client_credentials",
+        ),
+    }
+}
+
+/// What a token response is issued from.
+struct Issue<'a> {
+    client: &'a ClientInfo,
+    grant: &'a str,
+    user: &'a str,
+    scope: &'a str,
+    aud: &'a str,
+    context: &'a super::records::LaunchContext,
+    fhir_user: Option<&'a str>,
+    nonce: Option<&'a str>,
+    auth_time: i64,
+    /// Issue a refresh token when the scopes ask for one.
+    refresh: bool,
+}
+
+fn pkce_ok(verifier: &str, challenge: &str) -> bool {
+    // RFC 7636 §4.1: 43–128 unreserved characters
+    let well_formed = (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    if !well_formed {
+        return false;
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+    let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+    aws_lc_rs::constant_time::verify_slices_are_equal(computed.as_bytes(), challenge.as_bytes())
+        .is_ok()
+}
+
+impl AuthServer {
+    async fn code_grant(&self, headers: &HeaderMap, p: &Params) -> Response {
+        let (Ok(code), Ok(redirect_uri), Ok(verifier)) =
+            (p.one("code"), p.one("redirect_uri"), p.one("code_verifier"))
+        else {
+            return invalid_request("a parameter is repeated");
+        };
+        let client = match self
+            .authenticate_client(headers, p, "/auth/token", None)
+            .await
+        {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        if !client.allows_grant("authorization_code") {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                "the client may not use the authorization code grant",
+            );
+        }
+        let Some(code) = code else {
+            return invalid_request("code is missing");
+        };
+        let record = match self
+            .records
+            .consume::<CodeRecord>(CODE, &hashed(code))
+            .await
+        {
+            Ok(Use::First(r, _)) => r,
+            Ok(Use::Again(r)) => {
+                // RFC 6749 §4.1.2 / RFC 9700: a replayed code revokes what it issued
+                if r.client_id == client.id
+                    && let Err(e) = self.revoke_grant(&r.grant).await
+                {
+                    return server_error(e);
+                }
+                return invalid_grant("the code was already used");
+            }
+            Ok(Use::Missing) => return invalid_grant("the code is unknown or expired"),
+            Err(e) => return server_error(e),
+        };
+        if record.client_id != client.id {
+            return invalid_grant("the code was issued to another client");
+        }
+        if redirect_uri.unwrap_or(&record.redirect_uri) != record.redirect_uri {
+            return invalid_grant("redirect_uri differs from the authorization request");
+        }
+        match (&record.code_challenge, verifier) {
+            (Some(challenge), Some(v)) if pkce_ok(v, challenge) => {}
+            (Some(_), _) => return invalid_grant("code_verifier does not match"),
+            (None, Some(_)) => {
+                return invalid_grant("code_verifier sent but no code_challenge was");
+            }
+            (None, None) => {}
+        }
+        if self.verifier.is_grant_revoked(&record.grant) {
+            return invalid_grant("the grant was revoked");
+        }
+        self.respond(Issue {
+            client: &client,
+            grant: &record.grant,
+            user: &record.user,
+            scope: &record.scope,
+            aud: &record.aud,
+            context: &record.context,
+            fhir_user: record.fhir_user.as_deref(),
+            nonce: record.nonce.as_deref(),
+            auth_time: record.auth_time,
+            refresh: true,
+        })
+        .await
+    }
+
+    async fn refresh_grant(&self, headers: &HeaderMap, p: &Params) -> Response {
+        let (Ok(token), Ok(scope)) = (p.one("refresh_token"), p.one("scope")) else {
+            return invalid_request("a parameter is repeated");
+        };
+        let Some(token) = token else {
+            return invalid_request("refresh_token is missing");
+        };
+        let key = hashed(token);
+        // a public client may send no client_id: the token names its client
+        let fallback = match self.records.state.get(REFRESH, &key).await {
+            Ok(Some(r)) => r.value["client_id"].as_str().map(str::to_string),
+            Ok(None) => None,
+            Err(e) => return server_error(e),
+        };
+        let client = match self
+            .authenticate_client(headers, p, "/auth/token", fallback.as_deref())
+            .await
+        {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let record = match self.records.consume::<RefreshRecord>(REFRESH, &key).await {
+            Ok(Use::First(r, _)) => r,
+            Ok(Use::Again(r)) => {
+                // rotation reuse: someone holds a copy of an old token; end the whole grant
+                if r.client_id == client.id
+                    && let Err(e) = self.revoke_grant(&r.grant).await
+                {
+                    return server_error(e);
+                }
+                return invalid_grant("the refresh token was already used");
+            }
+            Ok(Use::Missing) => return invalid_grant("the refresh token is unknown or expired"),
+            Err(e) => return server_error(e),
+        };
+        if record.client_id != client.id {
+            return invalid_grant("the refresh token was issued to another client");
+        }
+        match self.records.get::<GrantRecord>(GRANT, &record.grant).await {
+            Ok(Some((g, _))) if !g.revoked => {}
+            Ok(_) => return invalid_grant("the grant was revoked"),
+            Err(e) => return server_error(e),
+        }
+        if self.verifier.is_grant_revoked(&record.grant) {
+            return invalid_grant("the grant was revoked");
+        }
+        // a narrower scope may be asked for, never a wider one
+        let granted = match scope {
+            None => record.scope.clone(),
+            Some(asked) => {
+                let had = ScopeSet::parse(&record.scope);
+                let asked_set = ScopeSet::parse(asked);
+                let within = asked_set.scopes().iter().all(|s| match s {
+                    Scope::Resource(r) => had.covers(r),
+                    other => had.scopes().contains(other),
+                });
+                if !within {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_scope",
+                        "the requested scope exceeds the original grant",
+                    );
+                }
+                asked_set.to_string()
+            }
+        };
+        self.respond(Issue {
+            client: &client,
+            grant: &record.grant,
+            user: &record.user,
+            scope: &granted,
+            aud: &record.aud,
+            context: &record.context,
+            fhir_user: record.fhir_user.as_deref(),
+            nonce: None,
+            auth_time: record.auth_time,
+            refresh: true,
+        })
+        .await
+    }
+
+    async fn client_credentials_grant(&self, headers: &HeaderMap, p: &Params) -> Response {
+        let client = match self
+            .authenticate_client(headers, p, "/auth/token", None)
+            .await
+        {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        if !client.allows_grant("client_credentials") {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                "the client may not use the client_credentials grant",
+            );
+        }
+        if !client.is_confidential() {
+            return invalid_client("client_credentials needs a confidential client");
+        }
+        let scope = match p.one("scope") {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_scope",
+                    "scope is required",
+                );
+            }
+            Err(e) => return invalid_request(&e.to_string()),
+        };
+        let requested = ScopeSet::parse(scope);
+        let allowed = match &client.allowed_scope {
+            Some(a) => intersect(&requested, &ScopeSet::parse(a)),
+            None => requested,
+        };
+        // backend services act for no user and no patient: system scopes only
+        let system: ScopeSet = allowed
+            .scopes()
+            .iter()
+            .filter(|s| matches!(s, Scope::Resource(r) if r.context == Context::System))
+            .cloned()
+            .collect();
+        if system.is_empty() {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "no requested system/ scope can be granted",
+            );
+        }
+        let aud = match p.one("aud") {
+            Ok(Some(a)) => match self.fhir_base(a) {
+                Some(b) => b.to_string(),
+                None => return invalid_request("aud is not a FHIR server of this server"),
+            },
+            Ok(None) => match self.config.fhir_bases.first() {
+                Some(b) => b.clone(),
+                None => return server_error("no FHIR base configured"),
+            },
+            Err(e) => return invalid_request(&e.to_string()),
+        };
+        let now = unix_now();
+        let claims = AccessClaims {
+            iss: self.config.issuer.clone(),
+            aud,
+            sub: client.id.clone(),
+            client_id: client.id.clone(),
+            scope: system.to_string(),
+            patient: None,
+            encounter: None,
+            fhir_user: None,
+            jti: random_id(),
+            grant: random_id(),
+            iat: now as u64,
+            exp: (now + client.client_credentials_ttl) as u64,
+        };
+        let access = match self.verifier.issue(&claims) {
+            Ok(t) => t,
+            Err(e) => return server_error(e),
+        };
+        json_no_store(
+            StatusCode::OK,
+            json!({"access_token": access, "token_type": "Bearer",
+                   "expires_in": client.client_credentials_ttl, "scope": claims.scope}),
+        )
+    }
+
+    /// The token response for a user grant.
+    async fn respond(&self, i: Issue<'_>) -> Response {
+        let now = unix_now();
+        let scopes = ScopeSet::parse(i.scope);
+        let fhir_user_url = i.fhir_user.map(|r| format!("{}/{r}", i.aud));
+        let claims = AccessClaims {
+            iss: self.config.issuer.clone(),
+            aud: i.aud.to_string(),
+            sub: i.user.to_string(),
+            client_id: i.client.id.clone(),
+            scope: i.scope.to_string(),
+            patient: i.context.patient.clone(),
+            encounter: i.context.encounter.clone(),
+            fhir_user: fhir_user_url.clone(),
+            jti: random_id(),
+            grant: i.grant.to_string(),
+            iat: now as u64,
+            exp: (now + i.client.access_ttl) as u64,
+        };
+        let access = match self.verifier.issue(&claims) {
+            Ok(t) => t,
+            Err(e) => return server_error(e),
+        };
+        let mut body = json!({
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": i.client.access_ttl,
+            "scope": i.scope,
+        });
+        let has = |s: &str| scopes.has(s);
+        if i.refresh && i.client.refresh_allowed && (has("offline_access") || has("online_access"))
+        {
+            let token = random_id();
+            let record = RefreshRecord {
+                grant: i.grant.to_string(),
+                client_id: i.client.id.clone(),
+                scope: i.scope.to_string(),
+                user: i.user.to_string(),
+                aud: i.aud.to_string(),
+                context: i.context.clone(),
+                auth_time: i.auth_time,
+                fhir_user: i.fhir_user.map(str::to_string),
+                expires_at: now + i.client.refresh_ttl,
+            };
+            if let Err(e) = self
+                .records
+                .put(
+                    REFRESH,
+                    &hashed(&token),
+                    None,
+                    &record,
+                    i.client.refresh_ttl,
+                )
+                .await
+            {
+                return server_error(e);
+            }
+            body["refresh_token"] = json!(token);
+        }
+        if has("openid") {
+            let mut id = json!({
+                "iss": self.config.issuer, "sub": i.user, "aud": i.client.id,
+                "iat": now, "exp": now + i.client.access_ttl, "auth_time": i.auth_time,
+            });
+            if let Some(n) = i.nonce {
+                id["nonce"] = json!(n);
+            }
+            if has("fhirUser")
+                && let Some(u) = &fhir_user_url
+            {
+                id["fhirUser"] = json!(u);
+            }
+            if has("profile")
+                && let Ok(user) = self.store.read("User", i.user).await
+            {
+                for k in ["name", "email"] {
+                    if !user[k].is_null() {
+                        id[k] = user[k].clone();
+                    }
+                }
+            }
+            match self.keys.sign(Algorithm::RS256, &id) {
+                Ok(t) => body["id_token"] = json!(t),
+                Err(e) => return server_error(e),
+            }
+        }
+        if let Some(pt) = &i.context.patient {
+            body["patient"] = json!(pt);
+        }
+        if let Some(enc) = &i.context.encounter {
+            body["encounter"] = json!(enc);
+        }
+        if let Some(fc) = &i.context.fhir_context {
+            body["fhirContext"] = fc.clone();
+        }
+        if i.context.patient.is_some() {
+            body["need_patient_banner"] = json!(i.context.need_patient_banner);
+        }
+        body["smart_style_url"] = json!(format!("{}/style-v1.json", i.aud));
+        json_no_store(StatusCode::OK, body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_s256_per_rfc7636_appendix_b() {
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        assert!(pkce_ok(verifier, challenge));
+        assert!(!pkce_ok(challenge, challenge));
+        assert!(!pkce_ok("", challenge));
+        assert!(!pkce_ok(&"a".repeat(129), challenge));
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let mut h = HeaderMap::new();
+        let raw = base64::engine::general_purpose::STANDARD.encode("my%20app:s%3Acret");
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {raw}").parse().unwrap(),
+        );
+        assert_eq!(
+            basic_credentials(&h),
+            Some(Ok(("my app".to_string(), "s:cret".to_string())))
+        );
+        h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
+        assert_eq!(basic_credentials(&h), Some(Err(())));
+        h.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        assert_eq!(basic_credentials(&h), None);
+    }
+}

@@ -1,0 +1,283 @@
+//! HTTP plumbing shared by the endpoints: forms, cookies, CSRF, OAuth error bodies, redirects and
+//! login rate limits.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde_json::json;
+
+/// Longest value of any one OAuth parameter we accept (a long `state` or a JWT assertion fits).
+pub const MAX_PARAM: usize = 16 * 1024;
+
+/// Form or query parameters. A repeated parameter is an error (RFC 6749 §3.1) except where the
+/// form has checkboxes (`scope` on the consent page), which [`Params::all`] reads.
+#[derive(Debug, Default, Clone)]
+pub struct Params {
+    pairs: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParamError {
+    #[error("parameter {0} is repeated")]
+    Repeated(String),
+    #[error("parameter {0} is too long")]
+    TooLong(String),
+}
+
+impl Params {
+    pub fn parse(raw: &[u8]) -> Result<Params, ParamError> {
+        let mut pairs = Vec::new();
+        for (k, v) in form_urlencoded::parse(raw) {
+            if v.len() > MAX_PARAM || k.len() > 256 {
+                return Err(ParamError::TooLong(k.chars().take(64).collect()));
+            }
+            pairs.push((k.into_owned(), v.into_owned()));
+        }
+        Ok(Params { pairs })
+    }
+
+    /// A single-valued parameter; empty counts as absent.
+    pub fn one(&self, name: &str) -> Result<Option<&str>, ParamError> {
+        let mut found = None;
+        for (k, v) in &self.pairs {
+            if k == name {
+                if found.is_some() {
+                    return Err(ParamError::Repeated(name.into()));
+                }
+                found = Some(v.as_str());
+            }
+        }
+        Ok(found.filter(|v| !v.is_empty()))
+    }
+
+    /// Like [`Params::one`], but a repeated value counts as absent (for pages, where the error
+    /// is shown rather than returned).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.one(name).ok().flatten()
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(k, _)| k == name)
+    }
+}
+
+/// An RFC 6749 §5.2 error response.
+pub fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let mut resp = (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response();
+    no_store(resp.headers_mut());
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"fhirgate\""),
+        );
+    }
+    resp
+}
+
+/// `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749 §5.1).
+pub fn no_store(h: &mut HeaderMap) {
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// A JSON answer that must not be cached.
+pub fn json_no_store(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut resp = (status, Json(body)).into_response();
+    no_store(resp.headers_mut());
+    resp
+}
+
+/// 302 to `location`.
+pub fn redirect(location: &str) -> Response {
+    let mut resp = StatusCode::FOUND.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `uri` with `params` appended to its query (a registered redirect_uri may have one).
+pub fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
+    let mut out = String::from(uri);
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        ser.append_pair(k, v);
+    }
+    let q = ser.finish();
+    if q.is_empty() {
+        return out;
+    }
+    out.push(if uri.contains('?') { '&' } else { '?' });
+    out.push_str(&q);
+    out
+}
+
+/// Cookies of the request.
+pub fn cookies(headers: &HeaderMap) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for v in headers.get_all(header::COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        for part in s.split(';') {
+            if let Some((k, v)) = part.trim().split_once('=') {
+                out.entry(k.trim().to_string())
+                    .or_insert_with(|| v.trim().to_string());
+            }
+        }
+    }
+    out
+}
+
+pub const SESSION_COOKIE: &str = "fhirgate_session";
+pub const CSRF_COOKIE: &str = "fhirgate_csrf";
+
+/// A `Set-Cookie` value: HttpOnly always, Secure on https, `SameSite` as given.
+pub fn set_cookie(
+    name: &str,
+    value: &str,
+    max_age: i64,
+    path: &str,
+    same_site: &str,
+    secure: bool,
+) -> Option<HeaderValue> {
+    let path = if path.is_empty() { "/" } else { path };
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Max-Age={max_age}; Path={path}; HttpOnly; SameSite={same_site}{secure}"
+    ))
+    .ok()
+}
+
+/// Double-submit CSRF check: the form's `csrf` equals the `fhirgate_csrf` cookie, which
+/// another site can neither read nor set. Compared in constant time.
+pub fn csrf_ok(headers: &HeaderMap, params: &Params) -> bool {
+    let cookie = cookies(headers).remove(CSRF_COOKIE);
+    match (cookie, params.get("csrf")) {
+        (Some(c), Some(f)) if c.len() >= 32 => {
+            aws_lc_rs::constant_time::verify_slices_are_equal(c.as_bytes(), f.as_bytes()).is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// The CSRF token for a page: the browser's cookie if it has a good one, else a new one (and
+/// the `Set-Cookie` to send with the page).
+pub fn csrf_token(headers: &HeaderMap, path: &str, secure: bool) -> (String, Option<HeaderValue>) {
+    if let Some(c) = cookies(headers).remove(CSRF_COOKIE)
+        && c.len() >= 32
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return (c, None);
+    }
+    let token = crate::tokens::random_id();
+    let cookie = set_cookie(CSRF_COOKIE, &token, 8 * 3600, path, "Strict", secure);
+    (token, cookie)
+}
+
+/// Login rate limits per user name and per client address (decisions §22).
+pub struct LoginLimits {
+    per_user: DefaultKeyedRateLimiter<String>,
+    per_address: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl LoginLimits {
+    pub fn new(per_user_per_minute: u32, per_address_per_minute: u32) -> LoginLimits {
+        let quota = |n: u32| {
+            let n = NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
+            Quota::per_minute(n).allow_burst(n)
+        };
+        LoginLimits {
+            per_user: RateLimiter::keyed(quota(per_user_per_minute)),
+            per_address: RateLimiter::keyed(quota(per_address_per_minute)),
+        }
+    }
+
+    /// `Err(wait)` when either limit is exhausted.
+    pub fn check(&self, user: &str, address: Option<IpAddr>) -> Result<(), Duration> {
+        let clock = governor::clock::DefaultClock::default();
+        use governor::clock::Clock;
+        if let Some(a) = address
+            && let Err(not_until) = self.per_address.check_key(&a)
+        {
+            return Err(not_until.wait_time_from(clock.now()));
+        }
+        self.per_user
+            .check_key(&user.to_lowercase())
+            .map_err(|not_until| not_until.wait_time_from(clock.now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_refuse_repeats_and_oversize() {
+        let p = Params::parse(b"a=1&b=2&b=3&c=").unwrap();
+        assert_eq!(p.one("a"), Ok(Some("1")));
+        assert_eq!(p.one("b"), Err(ParamError::Repeated("b".into())));
+        assert_eq!(p.one("c"), Ok(None));
+        assert_eq!(p.all("b"), vec!["2", "3"]);
+        let long = format!("x={}", "a".repeat(MAX_PARAM + 1));
+        assert!(Params::parse(long.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn query_appends_to_existing_query() {
+        assert_eq!(
+            with_query("https://a/cb?x=1", &[("code", "c d"), ("state", "s")]),
+            "https://a/cb?x=1&code=c+d&state=s"
+        );
+        assert_eq!(
+            with_query("https://a/cb", &[("a", "1")]),
+            "https://a/cb?a=1"
+        );
+    }
+
+    #[test]
+    fn csrf_needs_matching_cookie() {
+        let mut h = HeaderMap::new();
+        let token = crate::tokens::random_id();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("other=1; {CSRF_COOKIE}={token}")).unwrap(),
+        );
+        let good = Params::parse(format!("csrf={token}").as_bytes()).unwrap();
+        let bad = Params::parse(b"csrf=nope").unwrap();
+        assert!(csrf_ok(&h, &good));
+        assert!(!csrf_ok(&h, &bad));
+        assert!(!csrf_ok(&HeaderMap::new(), &good));
+        assert_eq!(csrf_token(&h, "/", false).0, token);
+    }
+
+    #[test]
+    fn login_limits_per_user_and_address() {
+        let l = LoginLimits::new(2, 3);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(l.check("amy", Some(a)).is_ok());
+        assert!(l.check("AMY", Some(a)).is_ok());
+        assert!(l.check("amy", Some(a)).is_err(), "third try for amy");
+        assert!(l.check("bob", Some(a)).is_err(), "the address is spent too");
+        assert!(l.check("bob", Some("127.0.0.2".parse().unwrap())).is_ok());
+    }
+}

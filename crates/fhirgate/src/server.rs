@@ -1,0 +1,97 @@
+//! Everything `fhirgate serve` runs, assembled from a loaded project and an open store: the
+//! authorization server, the SMART routes wired to its token verifier, admin REST and `/rpc`.
+//! Tests build the same app through [`prepare`], so they exercise the real wiring.
+
+use std::sync::Arc;
+
+use fhirgate_auth::server::{AuthConfig, AuthServer};
+use fhirgate_config::Project;
+use fhirgate_store::Store;
+
+use crate::admin::{Admin, RootSecret};
+use crate::app::{Settings, build_app, registry_with};
+
+/// What `serve` needs besides the project and the store.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub base_url: String,
+    pub max_body: usize,
+    pub dev: bool,
+    /// `FHIRGATE_ROOT_SECRET`, when set.
+    pub root_secret: Option<String>,
+}
+
+impl ServeOptions {
+    pub fn new(base_url: &str) -> ServeOptions {
+        ServeOptions {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            max_body: Settings::default().max_body,
+            dev: false,
+            root_secret: None,
+        }
+    }
+}
+
+/// The assembled server.
+pub struct Prepared {
+    pub app: axum::Router,
+    pub auth: Arc<AuthServer>,
+    pub admin: Arc<Admin>,
+    pub root: RootSecret,
+}
+
+/// The absolute URLs of the project's FHIR bases: each mount whose API declares
+/// `:smart.fhir/capability` (decisions §6).
+pub fn fhir_bases(project: &Project, base_url: &str) -> Vec<String> {
+    let mut bases: Vec<String> = project
+        .routes
+        .routes
+        .iter()
+        .filter(|r| r.action == "smart.fhir/capability")
+        .map(|r| {
+            let mount = r.mount();
+            if mount == "/" {
+                base_url.to_string()
+            } else {
+                format!("{base_url}{mount}")
+            }
+        })
+        .collect();
+    bases.sort();
+    bases.dedup();
+    bases
+}
+
+/// Start the authorization server on `store`, bootstrap `root`, and build the app.
+pub async fn prepare(
+    project: &Project,
+    store: Arc<dyn Store>,
+    options: &ServeOptions,
+) -> Result<Prepared, String> {
+    let bases = fhir_bases(project, &options.base_url);
+    let auth = AuthServer::start(store.clone(), AuthConfig::new(&options.base_url, bases))
+        .await
+        .map_err(|e| format!("cannot start the authorization server: {e}"))?;
+    let registry = registry_with(&fhirgate_smart::Setup {
+        verifier: Some(auth.verifier()),
+        store: Some(store.clone()),
+        base_url: options.base_url.clone(),
+    });
+    let admin = Admin::new(store.clone());
+    let root = admin.bootstrap_root(options.root_secret.as_deref()).await?;
+    let settings = Settings {
+        base_url: options.base_url.clone(),
+        max_body: options.max_body,
+        dev: options.dev,
+        store: Some(store),
+        admin: Some(admin.clone()),
+        auth: Some(auth.clone()),
+    };
+    let app = build_app(&settings, project, &registry).map_err(|e| e.to_string())?;
+    Ok(Prepared {
+        app,
+        auth,
+        admin,
+        root,
+    })
+}
