@@ -1,15 +1,12 @@
 //! A server for load tests: the root core.edn on a fresh SQLite store with one patient and a few
-//! resources, a token verifier whose keys live in this process, and one printed access token.
-//! Not a product feature (it mints its own token); it lets `wrk` measure the whole authorized
-//! read path next to a static route.
+//! resources, served exactly as `fhirgate serve` does (token check, AccessPolicy, compartment,
+//! store), and one printed access token signed with the server's keys. It lets `wrk` measure the
+//! whole authorized read path next to a static route.
 //!
 //!     cargo run --release -p fhirgate --example load_target -- 127.0.0.1:8099
 //!     wrk -t2 -c32 -d10s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8099/smart/Patient/pt-1
 
-use std::sync::Arc;
-
-use fhirgate_auth::keys::Keyring;
-use fhirgate_auth::tokens::{AccessClaims, TokenVerifier};
+use fhirgate_auth::tokens::AccessClaims;
 use serde_json::json;
 
 #[global_allocator]
@@ -33,21 +30,21 @@ async fn main() -> anyhow::Result<()> {
             "code": {"coding": [{"system": "http://loinc.org", "code": "1234-5"}]}, "subject": {"reference": "Patient/pt-1"},
             "effectiveDateTime": format!("2024-01-{:02}", i % 28 + 1)}));
     }
+    // the policy that opens the SMART API to any valid token (the root project seeds it too)
+    seed.push(
+        json!({"resourceType": "AccessPolicy", "id": "fhirgate-smart-api", "engine": "matcho",
+                     "matcho": {"jwt": {"scope": "present?"}}}),
+    );
     store.upsert_all(seed).await?;
-    let verifier = Arc::new(TokenVerifier::new(Arc::new(Keyring::generate()?), base));
-    let registry = fhirgate::registry_with(&fhirgate_smart::Setup {
-        verifier: Some(verifier.clone()),
-        store: Some(store.clone()),
-        base_url: base.into(),
-    });
+    let registry = fhirgate::registry();
     let core = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../core.edn");
     let project = fhirgate::load_project(&core, &registry).map_err(|d| anyhow::anyhow!("{d:?}"))?;
-    let settings = fhirgate::Settings {
-        base_url: base.into(),
-        store: Some(store),
-        ..fhirgate::Settings::default()
-    };
-    let app = fhirgate::build_app(&settings, &project, &registry)?;
+    let mut options = fhirgate::server::ServeOptions::new(base);
+    options.root_secret = Some(fhirgate_auth::tokens::random_id());
+    let prepared = fhirgate::server::prepare(&project, store, &options)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    // a token signed by the server's own (persisted) keys, as its token endpoint would issue
     let mut claims = AccessClaims::new(
         base,
         &format!("{base}/smart"),
@@ -56,7 +53,8 @@ async fn main() -> anyhow::Result<()> {
         24 * 3600,
     );
     claims.patient = Some("pt-1".into());
-    println!("{}", verifier.issue(&claims)?);
+    println!("{}", prepared.auth.verifier().issue(&claims)?);
+    let app = prepared.app;
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     axum::serve(listener, app).await?;
     Ok(())

@@ -38,6 +38,7 @@ pub struct Admin {
     /// Verified (client, secret, stored hash) triples: a request must not cost an argon2 hash
     /// each time (decisions §17). A changed hash never matches old entries.
     secrets: SecretCache,
+    access: std::sync::OnceLock<Arc<fhirgate_smart::access::AccessControl>>,
 }
 
 /// How `serve` set up the root client.
@@ -55,7 +56,30 @@ impl Admin {
         Arc::new(Admin {
             store,
             secrets: SecretCache::new(),
+            access: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The AccessPolicy snapshot to refresh after writes to policies, users, roles or clients.
+    pub fn set_access_control(&self, access: Arc<fhirgate_smart::access::AccessControl>) {
+        let _ = self.access.set(access);
+    }
+
+    /// After a successful write of resources of `types`: rebuild this process's policy snapshot
+    /// before answering (the next request sees the change) and tell the other processes.
+    async fn written(&self, types: &[&str]) {
+        use fhirgate_smart::access::{POLICIES_CHANGED, POLICY_TYPES};
+        if !types.iter().any(|t| POLICY_TYPES.contains(t)) {
+            return;
+        }
+        if let Some(ac) = self.access.get()
+            && let Err(e) = ac.reload().await
+        {
+            tracing::error!("reloading AccessPolicies after a write failed: {e}");
+        }
+        if let Err(e) = self.store.auth_state().publish(POLICIES_CHANGED).await {
+            tracing::warn!("could not tell other processes about changed policies: {e}");
+        }
     }
 
     /// Make sure `Client/root` exists with the secret from the environment, or a stored one,
@@ -319,11 +343,14 @@ async fn create(
         return r;
     }
     match admin.store.create(resource).await {
-        Ok(stored) => answer(
-            &headers,
-            StatusCode::CREATED,
-            &redact(stored.resource.unwrap_or_default()),
-        ),
+        Ok(stored) => {
+            admin.written(&[rt.as_str()]).await;
+            answer(
+                &headers,
+                StatusCode::CREATED,
+                &redact(stored.resource.unwrap_or_default()),
+            )
+        }
         Err(e) => store_error(e),
     }
 }
@@ -371,15 +398,18 @@ async fn update(
         .and_then(|v| v.to_str().ok())
         .map(|s| s.trim_start_matches("W/").trim_matches('"').to_string());
     match admin.store.update(resource, if_match.as_deref()).await {
-        Ok(stored) => answer(
-            &headers,
-            if stored.created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            },
-            &redact(stored.resource.unwrap_or_default()),
-        ),
+        Ok(stored) => {
+            admin.written(&[rt.as_str()]).await;
+            answer(
+                &headers,
+                if stored.created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                &redact(stored.resource.unwrap_or_default()),
+            )
+        }
         Err(e) => store_error(e),
     }
 }
@@ -393,7 +423,10 @@ async fn remove(
         return r;
     }
     match admin.store.delete(&rt, &id).await {
-        Ok(Some(_)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Some(_)) => {
+            admin.written(&[rt.as_str()]).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
         Ok(None) => outcome::not_found(format!("{rt}/{id} not found")),
         Err(e) => store_error(e),
     }
@@ -432,17 +465,25 @@ async fn bulk(State(admin): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) 
         }
         prepared.push(r);
     }
+    let types: Vec<String> = prepared
+        .iter()
+        .filter_map(|r| r["resourceType"].as_str().map(str::to_string))
+        .collect();
     match admin.store.upsert_all(prepared).await {
-        Ok(stored) => answer(
-            &headers,
-            StatusCode::OK,
-            &Value::Array(
-                stored
-                    .into_iter()
-                    .map(|s| redact(s.resource.unwrap_or_default()))
-                    .collect(),
-            ),
-        ),
+        Ok(stored) => {
+            let types: Vec<&str> = types.iter().map(String::as_str).collect();
+            admin.written(&types).await;
+            answer(
+                &headers,
+                StatusCode::OK,
+                &Value::Array(
+                    stored
+                        .into_iter()
+                        .map(|s| redact(s.resource.unwrap_or_default()))
+                        .collect(),
+                ),
+            )
+        }
         Err(e) => store_error(e),
     }
 }

@@ -72,12 +72,18 @@ pub async fn prepare(
     let auth = AuthServer::start(store.clone(), AuthConfig::new(&options.base_url, bases))
         .await
         .map_err(|e| format!("cannot start the authorization server: {e}"))?;
+    let access = fhirgate_smart::access::AccessControl::load(store.clone(), options.dev)
+        .await
+        .map_err(|e| format!("cannot load the AccessPolicies: {e}"))?;
+    tokio::spawn(access.clone().follow());
     let registry = registry_with(&fhirgate_smart::Setup {
         verifier: Some(auth.verifier()),
         store: Some(store.clone()),
         base_url: options.base_url.clone(),
+        access: Some(access.clone()),
     });
     let admin = Admin::new(store.clone());
+    admin.set_access_control(access);
     let root = admin.bootstrap_root(options.root_secret.as_deref()).await?;
     let settings = Settings {
         base_url: options.base_url.clone(),

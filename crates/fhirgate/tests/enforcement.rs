@@ -56,6 +56,8 @@ async fn start() -> Fixture {
         verifier: Some(verifier.clone()),
         store: None,
         base_url: BASE.into(),
+        // the SMART layer alone; tests/oauth.rs covers AccessPolicies through `serve`'s wiring
+        access: None,
     });
     for kw in [
         "smart.fhir/search",

@@ -61,6 +61,9 @@ impl EcKey {
 
 pub fn seed(es384: &EcKey) -> Value {
     json!([
+        // what the root project seeds: any valid SMART token may reach the SMART API
+        {"resourceType": "AccessPolicy", "id": "fhirgate-smart-api", "engine": "matcho",
+         "matcho": {"jwt": {"scope": "present?"}}},
         {"resourceType": "Patient", "id": "pt-1", "name": [{"family": "Shaw", "given": ["Amy"]}], "birthDate": "1987-02-20"},
         {"resourceType": "Patient", "id": "pt-2", "name": [{"family": "Other", "given": ["Bob"]}]},
         {"resourceType": "Practitioner", "id": "pr-1", "name": [{"family": "Who"}]},
@@ -97,10 +100,17 @@ pub async fn start() -> Server {
 }
 
 pub async fn start_on(store: std::sync::Arc<dyn fhirgate_store::Store>) -> Server {
+    start_project(store, &common::root_core_edn()).await
+}
+
+pub async fn start_project(
+    store: std::sync::Arc<dyn fhirgate_store::Store>,
+    config: &std::path::Path,
+) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let registry = fhirgate::registry();
-    let project = fhirgate::load_project(&common::root_core_edn(), &registry).unwrap();
+    let project = fhirgate::load_project(config, &registry).unwrap();
     let mut options = ServeOptions::new(&base);
     options.root_secret = Some(ROOT_SECRET.into());
     let prepared = prepare(&project, store, &options).await.unwrap();
@@ -1151,4 +1161,96 @@ async fn discovery_documents() {
         keys.iter().all(|k| k.get("d").is_none()),
         "public keys only"
     );
+}
+
+#[tokio::test]
+async fn no_access_policy_means_403_even_with_good_scopes() {
+    let s = start().await;
+    let t = launch(
+        &s,
+        "public-app",
+        "launch/patient patient/*.rs",
+        "amy",
+        "amy-pass",
+        None,
+    )
+    .await;
+    let access = t["access_token"].as_str().unwrap();
+    assert_eq!(s.fhir_get("Patient/pt-1", access).await.0, 200);
+    let r = s
+        .http
+        .delete(format!("{}/AccessPolicy/fhirgate-smart-api", s.base))
+        .basic_auth("root", Some(ROOT_SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (st, oo) = s.fhir_get("Patient/pt-1", access).await;
+    assert_eq!(
+        st, 403,
+        "the policy snapshot was reloaded by the delete: {oo}"
+    );
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+}
+
+/// Aidbox's SMART sample, unmodified: its core.edn (single-patient middleware), its patient user
+/// and Roles, its three guide policies (and two more); the patient user reads pt-1's data and
+/// nothing else.
+#[tokio::test]
+async fn aidbox_sample_project_users_and_policies_unmodified() {
+    let aidbox = common::shared().join("aidbox");
+    let store = common::sqlite_store("aidbox").await;
+    let s = start_project(store, &aidbox.join("smart-on-fhir/core.edn")).await;
+    for file in ["patient-user.yaml", "access-policies.yaml"] {
+        let body = std::fs::read_to_string(aidbox.join("resources").join(file)).unwrap();
+        let r = s
+            .http
+            .put(format!("{}/", s.base))
+            .basic_auth("root", Some(ROOT_SECRET))
+            .header("content-type", "text/yaml")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{file}: {}", r.text().await.unwrap());
+    }
+    // our test seed put a permissive policy in; this scenario is Aidbox's policies alone
+    let r = s
+        .http
+        .delete(format!("{}/AccessPolicy/fhirgate-smart-api", s.base))
+        .basic_auth("root", Some(ROOT_SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let t = launch(
+        &s,
+        "public-app",
+        "launch/patient openid fhirUser patient/*.read",
+        "inferno-patient-user",
+        "pass",
+        None,
+    )
+    .await;
+    assert_eq!(t["patient"], "pt-1");
+    let access = t["access_token"].as_str().unwrap();
+    // smart-patient-read: the patient's own record
+    assert_eq!(s.fhir_get("Patient/pt-1", access).await.0, 200);
+    // patient-smart: searches naming the patient
+    let (st, b) = s.fhir_get("Observation?patient=pt-1", access).await;
+    assert_eq!(st, 200, "{b}");
+    let ids: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"obs-1") && !ids.contains(&"obs-2"), "{ids:?}");
+    // another patient: refused (by policy, or by the compartment)
+    assert_eq!(s.fhir_get("Observation?patient=pt-2", access).await.0, 403);
+    let (st, _) = s.fhir_get("Patient/pt-2", access).await;
+    assert!(st == 403 || st == 404, "{st}");
+    assert_eq!(s.fhir_get("Observation/obs-2", access).await.0, 404);
+    // a search without the patient parameter is refused by Aidbox's policies (decisions §12)
+    assert_eq!(s.fhir_get("Observation", access).await.0, 403);
 }

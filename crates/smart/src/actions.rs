@@ -25,6 +25,9 @@ use crate::scopes::{Decision, Interaction};
 pub struct DataAccess {
     pub store: Arc<dyn Store>,
     pub base_url: Arc<str>,
+    /// The AccessPolicy check every data request passes (decisions §10); `None` only for an
+    /// embedding that does not use AccessPolicies.
+    pub access: Option<Arc<crate::access::AccessControl>>,
 }
 
 impl DataAccess {
@@ -117,13 +120,70 @@ pub async fn handle(kind: Kind, access: DataAccess, route: Arc<Route>, req: Requ
     if !fhirgate_fhir::is_resource_type(&resource_type) {
         return outcome::not_found(format!("unknown resource type {resource_type}"));
     }
+    let method = req.method().as_str().to_string();
+    let headers = req.headers().clone();
+    let self_path = req.uri().path().to_string();
+    // every parameter the action will act on: the query, and a POST _search form body
+    let (pairs, path) = match kind {
+        Kind::Search => match search_params(req).await {
+            Ok(p) => p,
+            Err(resp) => return resp,
+        },
+        Kind::Read | Kind::History => (
+            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+            self_path.clone(),
+        ),
+    };
+    let policy = match &access.access {
+        Some(ac) => {
+            let route_params: Vec<(String, String)> = m
+                .params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            match ac.check(
+                &method,
+                &path,
+                &pairs,
+                &route_params,
+                &auth.principal,
+                &headers,
+            ) {
+                Ok(id) => Some(id),
+                Err(resp) => {
+                    audit(&auth, &resource_type, kind, "deny-policy", None);
+                    return resp;
+                }
+            }
+        }
+        None => None,
+    };
+    audit(&auth, &resource_type, kind, "allow", policy.as_deref());
     match kind {
         Kind::Read | Kind::History => {
             let id = m.param("id").unwrap_or_default().to_string();
             instance(kind, &access, &auth, &route, &resource_type, &id).await
         }
-        Kind::Search => search(&access, &auth, &route, &resource_type, req).await,
+        Kind::Search => search(&access, &auth, &route, &resource_type, &self_path, pairs).await,
     }
+}
+
+/// One structured audit event per decision on PHI (target `fhirgate::audit`).
+fn audit(auth: &Authorized, resource_type: &str, kind: Kind, outcome: &str, policy: Option<&str>) {
+    let p = &auth.principal;
+    tracing::info!(
+        target: "fhirgate::audit",
+        who = %p.subject,
+        client = %p.client_id,
+        patient = p.patient.as_deref().unwrap_or("-"),
+        resource_type,
+        interaction = ?kind,
+        outcome,
+        policy = policy.unwrap_or("-"),
+        "data access"
+    );
 }
 
 /// The live resource `id` of `resource_type`, if it is within the compartment and one of the
@@ -285,13 +345,10 @@ async fn search(
     auth: &Authorized,
     route: &Route,
     resource_type: &str,
-    req: Request,
+    path: &str,
+    pairs: Vec<(String, String)>,
 ) -> Response {
-    let self_path = req.uri().path().trim_end_matches("/_search").to_string();
-    let (pairs, _) = match search_params(req).await {
-        Ok(p) => p,
-        Err(resp) => return resp,
-    };
+    let self_path = path.trim_end_matches("/_search").to_string();
     if let Some(pid) = &auth.compartment
         && let Err(resp) = check_confined_params(&pairs, resource_type, pid)
     {

@@ -11,6 +11,7 @@
 //! fail closed (every protected request gets 401); without a store the data actions answer 501
 //! with an OperationOutcome.
 
+pub mod access;
 pub mod actions;
 pub mod authorize;
 pub mod discovery;
@@ -57,6 +58,8 @@ pub struct Setup {
     /// The public base URL, without trailing slash: the OIDC issuer; token audiences are this
     /// plus a FHIR base's mount.
     pub base_url: String,
+    /// The AccessPolicy check of data requests (none: policies are not applied).
+    pub access: Option<Arc<access::AccessControl>>,
 }
 
 impl Default for Setup {
@@ -65,6 +68,7 @@ impl Default for Setup {
             verifier: None,
             store: None,
             base_url: DEFAULT_BASE_URL.to_string(),
+            access: None,
         }
     }
 }
@@ -93,6 +97,7 @@ pub fn register(registry: &mut Registry, setup: &Setup) {
                 let access = actions::DataAccess {
                     store: store.clone(),
                     base_url: setup.base_url.as_str().into(),
+                    access: setup.access.clone(),
                 };
                 registry.action(keyword, spec, move |route: &Arc<Route>| {
                     actions::DataAction {
