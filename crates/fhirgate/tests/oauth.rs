@@ -107,12 +107,21 @@ pub async fn start_project(
     store: std::sync::Arc<dyn fhirgate_store::Store>,
     config: &std::path::Path,
 ) -> Server {
+    start_with(store, config, false).await
+}
+
+pub async fn start_with(
+    store: std::sync::Arc<dyn fhirgate_store::Store>,
+    config: &std::path::Path,
+    dev: bool,
+) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let registry = fhirgate::registry();
     let project = fhirgate::load_project(config, &registry).unwrap();
     let mut options = ServeOptions::new(&base);
     options.root_secret = Some(ROOT_SECRET.into());
+    options.dev = dev;
     let prepared = prepare(&project, store, &options).await.unwrap();
     let app = prepared
         .app
@@ -1253,4 +1262,114 @@ async fn aidbox_sample_project_users_and_policies_unmodified() {
     assert_eq!(s.fhir_get("Observation/obs-2", access).await.0, 404);
     // a search without the patient parameter is refused by Aidbox's policies (decisions §12)
     assert_eq!(s.fhir_get("Observation", access).await.0, 403);
+}
+
+#[tokio::test]
+async fn standalone_encounter_choice() {
+    let s = start().await;
+    let (verifier, challenge) = pkce();
+    let mut b = Browser::new(&s.base);
+    let url = authorize_url(
+        &s,
+        "public-app",
+        "launch/patient launch/encounter patient/*.rs",
+        &challenge,
+        &[],
+    );
+    let login = b.open(&url).await;
+    let page = b.login_follow(&login, "amy", "amy-pass").await;
+    assert!(
+        page.inputs("encounter").iter().any(|(v, _)| v == "enc-1"),
+        "{}",
+        page.body
+    );
+    let csrf = page.input("csrf").unwrap();
+    let req = page.input("req").unwrap();
+    // an encounter of another patient is refused
+    let bad = b
+        .post(
+            "/auth/picker",
+            &[
+                ("csrf", &csrf),
+                ("req", &req),
+                ("encounter", "enc-x"),
+                ("decision", "allow"),
+            ],
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    let after = b
+        .post(
+            "/auth/picker",
+            &[
+                ("csrf", &csrf),
+                ("req", &req),
+                ("encounter", "enc-1"),
+                ("decision", "allow"),
+            ],
+        )
+        .await;
+    let consent = b.follow(after).await;
+    let back = b.consent(&consent, "allow", None, false).await;
+    let code = back.redirect_params()["code"].clone();
+    let (st, t) = s
+        .token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("client_id", "public-app"),
+                ("code_verifier", &verifier),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{t}");
+    assert_eq!(t["encounter"], "enc-1");
+    assert_eq!(t["patient"], "pt-1");
+}
+
+#[tokio::test]
+async fn x_debug_policy_explains_denials_in_dev_mode_only() {
+    for dev in [true, false] {
+        let store = common::sqlite_store("xdebug").await;
+        let s = start_with(store, &common::root_core_edn(), dev).await;
+        let t = launch(
+            &s,
+            "public-app",
+            "launch/patient patient/*.rs",
+            "amy",
+            "amy-pass",
+            None,
+        )
+        .await;
+        let access = t["access_token"].as_str().unwrap();
+        let r = s
+            .http
+            .delete(format!("{}/AccessPolicy/fhirgate-smart-api", s.base))
+            .basic_auth("root", Some(ROOT_SECRET))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        let resp = s
+            .http
+            .get(format!("{}/Patient/pt-1", s.fhir))
+            .bearer_auth(access)
+            .header("x-debug", "policy")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        let oo: Value = resp.json().await.unwrap();
+        let text = oo["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(
+            text.contains("denied: no AccessPolicy allows this request"),
+            dev,
+            "{text}"
+        );
+    }
 }

@@ -365,6 +365,7 @@ impl AuthServer {
             ehr_launch: false,
             user: None,
             fresh_login: false,
+            encounter_asked: false,
         };
         if let Some(launch) = launch {
             match self
@@ -475,6 +476,24 @@ impl AuthServer {
                     return ret.error("interaction_required", "a patient must be chosen");
                 }
                 None => return self.picker_page(headers, req, &client).await,
+            }
+        }
+        // standalone launch/encounter: the user picks one of the patient's encounters
+        if offered.scopes().contains(&Scope::LaunchEncounter)
+            && pending.context.encounter.is_none()
+            && !pending.encounter_asked
+            && !prompt_none
+            && let Some(patient) = pending.context.patient.clone()
+        {
+            match self.encounters_of(&patient).await {
+                Ok(list) if list.is_empty() => {}
+                Ok(list) => {
+                    return self.page_with_csrf(headers, "encounters", |csrf| {
+                        context! { base => &self.base_path, csrf => csrf, req => req,
+                        client_name => &client.name, patient => &patient, encounters => &list }
+                    });
+                }
+                Err(r) => return r,
             }
         }
         // a remembered grant that covers everything skips the consent page
@@ -599,6 +618,30 @@ impl AuthServer {
         } else {
             &self.base_path
         }
+    }
+
+    /// The patient's encounters, newest first, for the encounter choice.
+    async fn encounters_of(&self, patient: &str) -> Result<Vec<Value>, Response> {
+        let q = fhirgate_store::SearchQuery::from_pairs(
+            "Encounter",
+            [("patient", patient), ("_count", "50"), ("_sort", "-date")],
+        )
+        .map_err(|e| internal(self, e))?;
+        let found = self.store.search(&q).await.map_err(|e| internal(self, e))?;
+        Ok(found
+            .matches
+            .iter()
+            .filter_map(|e| {
+                let id = e["id"].as_str()?;
+                let when = e["period"]["start"].as_str().unwrap_or("date unknown");
+                let what = e["type"][0]["text"]
+                    .as_str()
+                    .or(e["class"]["display"].as_str())
+                    .or(e["class"]["code"].as_str())
+                    .unwrap_or("encounter");
+                Some(serde_json::json!({"id": id, "label": format!("{when}: {what} ({})", e["status"].as_str().unwrap_or("?"))}))
+            })
+            .collect())
     }
 
     async fn picker_page(&self, headers: &HeaderMap, req: &str, client: &ClientInfo) -> Response {
@@ -1021,6 +1064,33 @@ pub async fn picker_submit(
     if p.get("decision") != Some("allow") {
         let _ = s.records.state.remove(PENDING, &req).await;
         return pending_return(&pending).error("access_denied", "the user cancelled");
+    }
+    if p.has("encounter") && pending.context.patient.is_some() {
+        // the encounter choice: one of this patient's encounters, or none
+        let chosen = p.get("encounter");
+        if let Some(enc) = chosen {
+            let patient = pending.context.patient.clone().unwrap_or_default();
+            let own = match s.encounters_of(&patient).await {
+                Ok(list) => list.iter().any(|e| e["id"] == enc),
+                Err(r) => return r,
+            };
+            if !own {
+                return s.pages.error(
+                    StatusCode::BAD_REQUEST,
+                    "Choose an encounter",
+                    "That encounter is not one of this patient's.",
+                );
+            }
+        }
+        pending.context.encounter = chosen.map(str::to_string);
+        pending.encounter_asked = true;
+        if let Err(e) = s.records.set(PENDING, &rec, &pending).await {
+            return internal(&s, e);
+        }
+        return redirect(&with_query(
+            &format!("{}/auth/authorize", s.base_path),
+            &[("req", &req)],
+        ));
     }
     let Some(patient) = p.get("patient") else {
         return s.pages.error(

@@ -48,6 +48,20 @@ const PICKER: &str = r#"{% extends "layout" %}{% block title %}Choose a patient{
 <button type="submit" name="decision" value="deny">Cancel</button>
 </form>{% endblock %}"#;
 
+const ENCOUNTERS: &str = r#"{% extends "layout" %}{% block title %}Choose an encounter{% endblock %}
+{% block body %}<h1>Choose an encounter</h1>
+<p><strong>{{ client_name }}</strong> asks for an encounter of patient <strong>{{ patient }}</strong>.</p>
+<form method="post" action="{{ base }}/auth/picker">
+<input type="hidden" name="csrf" value="{{ csrf }}">
+<input type="hidden" name="req" value="{{ req }}">
+<fieldset><legend>Encounters</legend>
+{% for e in encounters %}<label><input type="radio" name="encounter" value="{{ e.id }}"{% if loop.first %} checked{% endif %}> {{ e.label }}</label>
+{% endfor %}<label><input type="radio" name="encounter" value=""> No encounter</label>
+</fieldset>
+<button type="submit" name="decision" value="allow">Continue</button>
+<button type="submit" name="decision" value="deny">Cancel</button>
+</form>{% endblock %}"#;
+
 const CONSENT: &str = r#"{% extends "layout" %}{% block title %}Allow access{% endblock %}
 {% block body %}<h1>Allow {{ client_name }}?</h1>
 <p>Signed in as <strong>{{ user }}</strong>{% if patient %}; patient <strong>{{ patient }}</strong>{% endif %}.
@@ -102,6 +116,7 @@ impl Pages {
             ("error", ERROR),
             ("login", LOGIN),
             ("picker", PICKER),
+            ("encounters", ENCOUNTERS),
             ("consent", CONSENT),
             ("grants", GRANTS),
             ("apps", APPS),
@@ -183,7 +198,7 @@ mod tests {
             .render(minijinja::context! { title => "t", message => "<script>x</script>" })
             .unwrap();
         assert!(html.contains("&lt;script&gt;") && !html.contains("<script>"));
-        for name in ["login", "picker", "consent", "grants", "apps"] {
+        for name in ["login", "picker", "encounters", "consent", "grants", "apps"] {
             let html = env
                 .get_template(name)
                 .unwrap()

@@ -83,6 +83,9 @@ pub struct Pending {
     pub user: Option<String>,
     /// `prompt=login` is satisfied only by a login after the request arrived.
     pub fresh_login: bool,
+    /// The user has answered the encounter choice (possibly with "no encounter").
+    #[serde(default)]
+    pub encounter_asked: bool,
 }
 
 /// An authorization code's binding (RFC 6749 §4.1.3, RFC 7636).
