@@ -110,7 +110,8 @@ pub enum TokenError {
 
 /// Verifies access tokens with a cache of tokens already verified, and a revocation set.
 pub struct TokenVerifier {
-    keys: Arc<Keyring>,
+    /// Swapped whole when keys rotate (here or in another process).
+    keys: RwLock<Arc<Keyring>>,
     issuer: String,
     cache: RwLock<HashMap<Box<str>, Arc<AccessClaims>>>,
     revoked_grants: RwLock<HashSet<String>>,
@@ -120,7 +121,7 @@ pub struct TokenVerifier {
 impl TokenVerifier {
     pub fn new(keys: Arc<Keyring>, issuer: &str) -> Self {
         TokenVerifier {
-            keys,
+            keys: RwLock::new(keys),
             issuer: issuer.into(),
             cache: RwLock::new(HashMap::new()),
             revoked_grants: RwLock::new(HashSet::new()),
@@ -128,9 +129,26 @@ impl TokenVerifier {
         }
     }
 
+    /// The current keys.
+    pub fn keys(&self) -> Result<Arc<Keyring>, KeyError> {
+        self.keys
+            .read()
+            .map(|k| k.clone())
+            .map_err(|_| KeyError::Sign("key lock poisoned".into()))
+    }
+
+    /// Use `keys` from now on (after a rotation). Cached verifications stay valid: a token
+    /// verified once was signed by a key that was ours then, and lives no longer than that key
+    /// keeps verifying.
+    pub fn set_keys(&self, keys: Arc<Keyring>) {
+        if let Ok(mut k) = self.keys.write() {
+            *k = keys;
+        }
+    }
+
     /// Sign `claims` as an ES256 access token.
     pub fn issue(&self, claims: &AccessClaims) -> Result<String, KeyError> {
-        self.keys.sign(Algorithm::ES256, claims)
+        self.keys()?.sign(Algorithm::ES256, claims)
     }
 
     /// Verify a bearer token for the FHIR base `aud`: signature (ES256 only), issuer, audience,
@@ -140,8 +158,8 @@ impl TokenVerifier {
         let claims = match cached {
             Some(c) => c,
             None => {
-                let value = self
-                    .keys
+                let keys = self.keys().map_err(|_| TokenError::Invalid)?;
+                let value = keys
                     .verify(token, &[Algorithm::ES256], &self.issuer, aud)
                     .map_err(|_| TokenError::Invalid)?;
                 let claims: AccessClaims =

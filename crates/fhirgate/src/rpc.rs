@@ -2,7 +2,8 @@
 //! `{"error": …}` (contract §2, §5). Authenticated like admin REST (HTTP Basic of a Client).
 //!
 //! Methods: `aidbox.smart/get-launch-uri` — an EHR launch value for a user, an app and a FHIR
-//! base, with launch context.
+//! base, with launch context; `fhirgate/rotate-keys` — new signing keys (the old ones keep
+//! verifying for a week).
 
 use std::sync::Arc;
 
@@ -63,6 +64,13 @@ async fn call(State(rpc): State<Rpc>, headers: HeaderMap, body: Bytes) -> Respon
     };
     match request["method"].as_str() {
         Some("aidbox.smart/get-launch-uri") => get_launch_uri(&rpc.auth, &request["params"]).await,
+        Some("fhirgate/rotate-keys") => match rpc.auth.rotate_keys().await {
+            Ok(kids) => Json(json!({"result": {"kids": kids}})).into_response(),
+            Err(e) => {
+                tracing::error!("rotate-keys: {e}");
+                error(StatusCode::INTERNAL_SERVER_ERROR, "key rotation failed")
+            }
+        },
         Some(m) => error(StatusCode::NOT_FOUND, &format!("unknown RPC method {m}")),
         None => error(StatusCode::BAD_REQUEST, "method is missing"),
     }

@@ -77,7 +77,6 @@ pub struct AuthServer {
     /// The path part of the issuer ("" at the root): prefix of the pages' form actions.
     pub(crate) base_path: String,
     pub(crate) secure_cookies: bool,
-    pub(crate) keys: Arc<Keyring>,
     pub(crate) verifier: Arc<TokenVerifier>,
     pub(crate) secrets: SecretCache,
     pub(crate) assertions: AssertionVerifier,
@@ -119,7 +118,6 @@ impl AuthServer {
             assertions: AssertionVerifier::new(state),
             store,
             config,
-            keys,
             verifier,
             secrets: SecretCache::new(),
             pages,
@@ -134,7 +132,10 @@ impl AuthServer {
 
     /// The JWK Set (public keys only).
     pub fn jwks(&self) -> Value {
-        self.keys.jwks()
+        self.verifier
+            .keys()
+            .map(|k| k.jwks())
+            .unwrap_or_else(|_| serde_json::json!({"keys": []}))
     }
 
     pub fn issuer(&self) -> &str {
@@ -314,8 +315,71 @@ async fn load_keys(state: &dyn AuthState) -> Result<Keyring, StartError> {
             serde_json::from_value(record.value).map_err(|e| StartError::BadKey(e.to_string()))?;
         keys.push(key);
     }
+    // retired keys verify (and stay in the JWKS) until their record expires
+    for record in state.list(KEY).await? {
+        if record.key.starts_with("retired:") {
+            let key: SigningKey = serde_json::from_value(record.value)
+                .map_err(|e| StartError::BadKey(e.to_string()))?;
+            keys.push(key);
+        }
+    }
     Ok(Keyring::from_keys(keys)?)
 }
+
+/// How long a retired key keeps verifying: longer than any token it signed may live (access
+/// tokens default to 1 h; a client may configure up to this).
+pub const RETIRED_KEY_TTL: i64 = 7 * 24 * 3600;
+
+impl AuthServer {
+    /// Rotate the signing keys: new ES256 and RS256 keys sign from now on; the old ones keep
+    /// verifying (and stay in the JWKS) for [`RETIRED_KEY_TTL`]. Every process on the database
+    /// switches keys before this returns (the same acknowledgement as revocations). Returns the
+    /// new kids.
+    pub async fn rotate_keys(&self) -> Result<Vec<String>, StartError> {
+        let state = self.records.state.as_ref();
+        let now = records::unix_now();
+        let mut kids = Vec::new();
+        for alg in [Algorithm::ES256, Algorithm::RS256] {
+            let name = format!("current:{alg:?}");
+            let fresh = SigningKey::generate(alg)?;
+            let value =
+                serde_json::to_value(&fresh).map_err(|e| StartError::BadKey(e.to_string()))?;
+            if let Some(old) = state.get(KEY, &name).await? {
+                let mut retired: SigningKey = serde_json::from_value(old.value)
+                    .map_err(|e| StartError::BadKey(e.to_string()))?;
+                retired.retired_at = Some(now as u64);
+                retired.verify_until = Some((now + RETIRED_KEY_TTL) as u64);
+                let retired_value = serde_json::to_value(&retired)
+                    .map_err(|e| StartError::BadKey(e.to_string()))?;
+                match state
+                    .insert(
+                        KEY,
+                        &format!("retired:{}", retired.kid),
+                        None,
+                        &retired_value,
+                        now + RETIRED_KEY_TTL,
+                    )
+                    .await
+                {
+                    Ok(()) | Err(fhirgate_store::StoreError::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                state.replace(KEY, &name, &value, i64::MAX).await?;
+            } else {
+                state.insert(KEY, &name, None, &value, i64::MAX).await?;
+            }
+            kids.push(fresh.kid.clone());
+        }
+        self.verifier.set_keys(Arc::new(load_keys(state).await?));
+        self.await_acknowledgements(KEYS_CHANGED)
+            .await
+            .map_err(|e| StartError::BadKey(e.to_string()))?;
+        Ok(kids)
+    }
+}
+
+/// The event that makes every process reload its keys.
+const KEYS_CHANGED: &str = "keys";
 
 async fn load_revocations(
     state: &dyn AuthState,
@@ -325,6 +389,13 @@ async fn load_revocations(
         apply_revocation(verifier, &r.key);
     }
     Ok(())
+}
+
+async fn reload_keys(state: &dyn AuthState, verifier: &TokenVerifier) {
+    match load_keys(state).await {
+        Ok(k) => verifier.set_keys(Arc::new(k)),
+        Err(e) => tracing::error!("reloading the signing keys failed: {e}"),
+    }
 }
 
 fn apply_revocation(verifier: &TokenVerifier, event: &str) {
@@ -374,6 +445,13 @@ async fn follow_revocations(
             Ok(e) if e == "*" => {
                 if let Err(e) = load_revocations(state.as_ref(), &verifier).await {
                     tracing::error!("reloading revocations failed: {e}");
+                }
+                reload_keys(state.as_ref(), &verifier).await;
+            }
+            Ok(e) if e == KEYS_CHANGED => {
+                reload_keys(state.as_ref(), &verifier).await;
+                if let Err(err) = state.publish(&format!("ack:{node}:{e}")).await {
+                    tracing::warn!("acknowledging the key rotation failed: {err}");
                 }
             }
             Ok(e) if e.starts_with("grant:") || e.starts_with("jti:") => {

@@ -579,7 +579,11 @@ impl AuthServer {
                     }
                 }
             }
-            match self.keys.sign(Algorithm::RS256, &id) {
+            match self
+                .verifier
+                .keys()
+                .and_then(|k| k.sign(Algorithm::RS256, &id))
+            {
                 Ok(t) => body["id_token"] = json!(t),
                 Err(e) => return server_error(e),
             }
