@@ -67,6 +67,12 @@ const GRANULAR: &[(&str, &str, &str)] = &[
         "http://hl7.org/fhir/us/core/CodeSystem/us-core-category|sdoh",
         "social determinants of health",
     ),
+    // ONC's "Clinical Test" sub-resource: US Core 6.1's clinical result category `procedure`
+    (
+        "Observation",
+        "http://terminology.hl7.org/CodeSystem/observation-category|procedure",
+        "clinical tests",
+    ),
     (
         "Condition",
         "http://terminology.hl7.org/CodeSystem/condition-category|problem-list-item",
@@ -1197,6 +1203,23 @@ mod tests {
         assert!(alts.contains(
             &"patient/Condition.rs?category=http://terminology.hl7.org/CodeSystem/condition-category|problem-list-item".to_string()
         ));
+        // ONC (g)(10): every Observation and Condition sub-resource of the certification
+        // companion guide is offered
+        assert_eq!(
+            alts.iter()
+                .filter(|s| s.starts_with("patient/Observation.rs?"))
+                .count(),
+            6
+        );
+        assert!(alts.contains(
+            &"patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|procedure".to_string()
+        ));
+        assert_eq!(
+            alts.iter()
+                .filter(|s| s.starts_with("patient/Condition.rs?"))
+                .count(),
+            3
+        );
         assert!(!alts.iter().any(|s| s.starts_with("patient/Patient")));
         assert!(
             !alts.iter().any(|s| s.starts_with("user/Observation")),
