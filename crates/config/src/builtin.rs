@@ -17,7 +17,12 @@ pub const GRANT_LOOKUP_TAG: &str = "aidbox.auth/grant-lookup";
 /// Grant lookup methods fhirgate implements.
 pub const GRANT_LOOKUP_METHODS: &[&str] = &["aidbox.auth/single-patient-grant-lookup"];
 /// Tags of built-in namespaces that fhirgate knows.
-pub const KNOWN_TAGS: &[&str] = &[API_TAG, GRANT_LOOKUP_TAG];
+pub const KNOWN_TAGS: &[&str] = &[
+    API_TAG,
+    GRANT_LOOKUP_TAG,
+    crate::seed::SERVICE_TAG,
+    crate::seed::SYSTEM_TAG,
+];
 
 /// Aidbox's FHIR packages are imported by name (`hl7-fhir-r4-core`, `hl7-fhir-us-core`, …);
 /// fhirgate carries FHIR R4 itself, so any `hl7-fhir-*` package name is accepted.

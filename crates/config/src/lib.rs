@@ -33,6 +33,7 @@ mod api;
 mod builtin;
 mod env;
 mod project;
+mod seed;
 mod sources;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,6 +42,7 @@ use std::path::PathBuf;
 
 pub use fhirgate_edn::{Diagnostic, Pos, Severity};
 pub use project::{load, load_sources};
+pub use seed::{SEED_ENGINES, SEED_FILE_TYPES, read_seed_edn};
 pub use sources::{FsSources, MemorySources, Sources};
 
 /// What a route's action needs from the project, as the registry of actions describes it.
@@ -211,6 +213,13 @@ pub struct Project {
     pub routes: RouteTable,
     /// The `aidbox.auth/grant-lookup` method, when the project declares one.
     pub grant_lookup: Option<String>,
+    /// Resources the project's seed services (`aidbox/service` with `:engine aidbox/seed`)
+    /// declare inline: JSON resources with `resourceType` and `id`, in source order, no two
+    /// with the same type and id. `fhirgate serve` upserts them at start.
+    pub seeds: Vec<serde_json::Value>,
+    /// Resource files the seed services name in `:files`, joined to the project root (they
+    /// exist and have a known type; their contents are read by `serve`).
+    pub seed_files: Vec<PathBuf>,
     /// Warnings found while loading (errors make [`load`] fail instead).
     pub warnings: Vec<Diagnostic>,
 }

@@ -57,12 +57,12 @@ impl Namespace {
 }
 
 pub(crate) struct Loader<'a> {
-    sources: &'a dyn Sources,
+    pub sources: &'a dyn Sources,
     pub catalog: &'a dyn Catalog,
     env: &'a dyn Fn(&str) -> Option<String>,
     pub diags: Vec<Diagnostic>,
     pub namespaces: BTreeMap<String, Namespace>,
-    root_dir: PathBuf,
+    pub root_dir: PathBuf,
     /// Imports still to resolve: (importing namespace, imported name, position).
     pending: Vec<(String, String, Pos)>,
 }
@@ -111,6 +111,7 @@ impl<'a> Loader<'a> {
 
         let root_api = self.root_api(&ns_name, entry, ns_pos);
         let grant_lookup = self.grant_lookup();
+        let seeds = self.seeds();
         let mut routes = Vec::new();
         if let Some(api) = &root_api {
             let mut walker = RouteWalker::new(&mut self);
@@ -134,6 +135,8 @@ impl<'a> Loader<'a> {
                 routes: routes.into_iter().map(std::sync::Arc::new).collect(),
             },
             grant_lookup,
+            seeds: seeds.resources,
+            seed_files: seeds.files,
             warnings,
         })
     }

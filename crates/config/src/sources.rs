@@ -5,6 +5,11 @@ use std::path::{Path, PathBuf};
 /// Where project files come from: the file system, or memory (tests, fuzzing, benches).
 pub trait Sources {
     fn read(&self, path: &Path) -> io::Result<String>;
+
+    /// Whether `path` names a readable file (seed `:files` are checked, not read, at load).
+    fn exists(&self, path: &Path) -> bool {
+        self.read(path).is_ok()
+    }
 }
 
 /// Reads project files from disk.
@@ -14,6 +19,10 @@ pub struct FsSources;
 impl Sources for FsSources {
     fn read(&self, path: &Path) -> io::Result<String> {
         std::fs::read_to_string(path)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.is_file()
     }
 }
 

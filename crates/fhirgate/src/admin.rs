@@ -236,9 +236,31 @@ async fn guard(admin: &Admin, headers: &HeaderMap) -> Result<(), Response> {
     }
 }
 
-/// Hash write-only fields (keeping the stored hash when none is given), enrich references of
-/// fhirgate's own types. `previous` is the stored version, if any.
-fn prepare(resource: &mut Value, previous: Option<&Value>) -> Result<(), Response> {
+/// Why a resource cannot be prepared for storing.
+#[derive(Debug)]
+pub(crate) enum PrepareError {
+    /// The resource is wrong (HTTP 400).
+    Invalid(String),
+    /// Hashing failed (HTTP 500).
+    Internal(String),
+}
+
+impl std::fmt::Display for PrepareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrepareError::Invalid(m) | PrepareError::Internal(m) => f.write_str(m),
+        }
+    }
+}
+
+/// What every write of a resource goes through (admin REST and seeds): write-only fields are
+/// hashed — the stored hash is kept when none is given, or when the given secret is the one it
+/// verifies (so that writing the same secret again changes nothing) — and references of
+/// fhirgate's own types are enriched. `previous` is the stored version, if any.
+pub(crate) fn prepare_resource(
+    resource: &mut Value,
+    previous: Option<&Value>,
+) -> Result<(), PrepareError> {
     let rt = resource["resourceType"]
         .as_str()
         .unwrap_or_default()
@@ -251,23 +273,24 @@ fn prepare(resource: &mut Value, previous: Option<&Value>) -> Result<(), Respons
             continue;
         };
         obj.remove(*hashed); // a client never sets the hash itself
+        let stored = previous.and_then(|p| p.get(*hashed)).cloned();
         match obj.remove(*field) {
             Some(Value::String(s)) if !s.is_empty() => {
-                let h = hash_secret(&s).map_err(|e| {
-                    outcome::response(StatusCode::INTERNAL_SERVER_ERROR, "exception", e)
-                })?;
+                let h = match stored {
+                    Some(Value::String(h)) if verify_hash(&s, &h) => h,
+                    _ => hash_secret(&s).map_err(PrepareError::Internal)?,
+                };
                 obj.insert((*hashed).into(), Value::String(h));
             }
             Some(Value::Null) | None => {
-                if let Some(h) = previous.and_then(|p| p.get(*hashed)).cloned() {
+                if let Some(h) = stored {
                     obj.insert((*hashed).into(), h);
                 }
             }
             Some(_) => {
-                return Err(outcome::bad_request(
-                    "invalid",
-                    format!("{t}.{field} must be a non-empty string"),
-                ));
+                return Err(PrepareError::Invalid(format!(
+                    "{t}.{field} must be a non-empty string"
+                )));
             }
         }
     }
@@ -275,6 +298,16 @@ fn prepare(resource: &mut Value, previous: Option<&Value>) -> Result<(), Respons
         fhirgate_store::enrich_references(resource);
     }
     Ok(())
+}
+
+/// [`prepare_resource`], answering its error as an OperationOutcome.
+fn prepare(resource: &mut Value, previous: Option<&Value>) -> Result<(), Response> {
+    prepare_resource(resource, previous).map_err(|e| match e {
+        PrepareError::Invalid(m) => outcome::bad_request("invalid", m),
+        PrepareError::Internal(m) => {
+            outcome::response(StatusCode::INTERNAL_SERVER_ERROR, "exception", m)
+        }
+    })
 }
 
 fn redact(mut v: Value) -> Value {

@@ -94,6 +94,15 @@ pub struct ServeArgs {
     /// Development mode: enables debug explanations such as `x-debug: policy`.
     #[arg(long, env = "FHIRGATE_DEV")]
     pub dev: bool,
+    /// Resources to upsert at start (JSON, NDJSON, YAML, FHIR Bundle or EDN; every resource
+    /// needs an id). Repeatable; comma-separated in FHIRGATE_SEED.
+    #[arg(
+        long = "seed",
+        env = "FHIRGATE_SEED",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
+    pub seeds: Vec<PathBuf>,
 }
 
 /// Check a base URL: absolute http(s), a host, no trailing slash, no query or fragment.

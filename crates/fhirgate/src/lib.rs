@@ -6,6 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod load;
 pub mod rpc;
+pub mod seed;
 pub mod server;
 
 pub use app::{Settings, build_app, load_project, registry, registry_with};

@@ -1,10 +1,12 @@
 //! `fhirgate load`: bulk-load resources into the store.
 //!
 //! Accepted files: JSON (one resource, an array, or a FHIR Bundle — transaction, batch,
-//! collection or searchset), NDJSON (one resource per line), and YAML (like JSON). Bundle
-//! entries whose `fullUrl` is `urn:uuid:…` get a real id and every reference to that urn is
-//! rewritten to `Type/id`. Resources are upserted in batches, each batch one transaction: a batch
-//! the command reported as loaded is committed; an interrupted load leaves no partial batch.
+//! collection or searchset), NDJSON (one resource per line), YAML (like JSON), and EDN seeds
+//! (a vector of resources, one resource, or `{ResourceType {id {…}}}`, as in a project's seed
+//! service). Bundle entries whose `fullUrl` is `urn:uuid:…` get a real id and every reference
+//! to that urn is rewritten to `Type/id`. Resources are upserted in batches, each batch one
+//! transaction: a batch the command reported as loaded is committed; an interrupted load leaves
+//! no partial batch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -22,6 +24,9 @@ pub enum LoadError {
     File { path: String, message: String },
     #[error("{path}: storing failed: {message}")]
     Store { path: String, message: String },
+    /// An EDN seed's diagnostics, each `PATH:LINE:COL: error: message`.
+    #[error("{0}")]
+    Edn(String),
 }
 
 /// What a load did.
@@ -56,8 +61,29 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// What to do with a resource that has no id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ids {
+    /// Give it a random one (`fhirgate load`).
+    Assign,
+    /// Refuse it, unless a Bundle's `urn:uuid:`/`urn:oid:` `fullUrl` names it, which becomes
+    /// its id (seeds: a restart must update the same resource, not add another).
+    Required,
+}
+
 /// Parse one file into resources (ids assigned, urn:uuid references resolved).
 pub fn read_file(path: &Path) -> Result<Vec<Value>, LoadError> {
+    read(path, Ids::Assign)
+}
+
+/// Parse one seed file (`--seed`, a seed service's `:files`): like [`read_file`], but every
+/// resource must have an id — its own, or its Bundle entry's `urn:uuid:` — so that upserting
+/// the file again updates the same resources.
+pub fn read_seed_file(path: &Path) -> Result<Vec<Value>, LoadError> {
+    read(path, Ids::Required)
+}
+
+fn read(path: &Path, ids: Ids) -> Result<Vec<Value>, LoadError> {
     let file_err = |message: String| LoadError::File {
         path: path.display().to_string(),
         message,
@@ -84,27 +110,33 @@ pub fn read_file(path: &Path) -> Result<Vec<Value>, LoadError> {
             serde_json::from_str(&text).map_err(|e| file_err(format!("malformed JSON: {e}")))?,
         ],
         "edn" => {
-            return Err(file_err(
-                "EDN seeds are not supported yet; use JSON, NDJSON or YAML".into(),
-            ));
+            return fhirgate_config::read_seed_edn(path, &text).map_err(|diags| {
+                LoadError::Edn(
+                    diags
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                )
+            });
         }
         other => {
             return Err(file_err(format!(
-                "unknown file type .{other} (expected .json, .ndjson, .yaml)"
+                "unknown file type .{other} (expected .json, .ndjson, .yaml, .edn)"
             )));
         }
     };
     let mut out = Vec::new();
     for v in values {
-        flatten(v, &mut out).map_err(file_err)?;
+        flatten(v, &mut out, ids).map_err(file_err)?;
     }
     Ok(out)
 }
 
 /// Arrays and Bundles become their resources; everything gets an id.
-fn flatten(v: Value, out: &mut Vec<Value>) -> Result<(), String> {
+fn flatten(v: Value, out: &mut Vec<Value>, ids: Ids) -> Result<(), String> {
     match v {
-        Value::Array(items) => items.into_iter().try_for_each(|i| flatten(i, out)),
+        Value::Array(items) => items.into_iter().try_for_each(|i| flatten(i, out, ids)),
         Value::Object(_) if v["resourceType"] == "Bundle" && v["type"] != "document" => {
             let Value::Object(mut bundle) = v else {
                 return Ok(());
@@ -123,8 +155,21 @@ fn flatten(v: Value, out: &mut Vec<Value>) -> Result<(), String> {
                     .as_str()
                     .ok_or("a Bundle entry's resource has no resourceType")?
                     .to_string();
+                let urn = e["fullUrl"].as_str().and_then(|u| {
+                    u.strip_prefix("urn:uuid:")
+                        .or_else(|| u.strip_prefix("urn:oid:"))
+                });
                 if r["id"].as_str().is_none() {
-                    r["id"] = Value::String(uuid::Uuid::new_v4().to_string());
+                    let id = match (ids, urn) {
+                        (Ids::Assign, _) => uuid::Uuid::new_v4().to_string(),
+                        (Ids::Required, Some(urn)) => urn.to_string(),
+                        (Ids::Required, None) => {
+                            return Err(format!(
+                                "a {rt} in the Bundle has neither an id nor a urn:uuid fullUrl; a seed needs one, so that restarts update it rather than add another"
+                            ));
+                        }
+                    };
+                    r["id"] = Value::String(id);
                 }
                 if let Some(full) = e["fullUrl"]
                     .as_str()
@@ -149,6 +194,12 @@ fn flatten(v: Value, out: &mut Vec<Value>) -> Result<(), String> {
                 return Err("a resource has no resourceType".into());
             }
             if r["id"].as_str().is_none() {
+                if ids == Ids::Required {
+                    return Err(format!(
+                        "a {} has no id; a seed needs one, so that restarts update it rather than add another",
+                        r["resourceType"].as_str().unwrap_or_default()
+                    ));
+                }
                 r["id"] = Value::String(uuid::Uuid::new_v4().to_string());
             }
             out.push(r);

@@ -68,14 +68,21 @@ fn check(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|r| r.api.as_str())
         .collect();
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let files = match project.seed_files.len() {
+        0 => String::new(),
+        n => format!(", {n} seed file{}", plural(n)),
+    };
     println!(
-        "{}: ok, {} routes from {} API{}, {} warning{}",
+        "{}: ok, {} routes from {} API{}, {} seed resource{}{files}, {} warning{}",
         args.path().display(),
         project.routes.routes.len(),
         apis.len(),
-        if apis.len() == 1 { "" } else { "s" },
+        plural(apis.len()),
+        project.seeds.len(),
+        plural(project.seeds.len()),
         project.warnings.len(),
-        if project.warnings.len() == 1 { "" } else { "s" },
+        plural(project.warnings.len()),
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -187,6 +194,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_body: args.max_body,
             dev: args.dev,
             root_secret: std::env::var("FHIRGATE_ROOT_SECRET").ok().filter(|s| !s.is_empty()),
+            seeds: args.seeds.clone(),
         };
         let prepared = match fhirgate::server::prepare(&project, store, &options).await {
             Ok(p) => p,

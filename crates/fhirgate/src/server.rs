@@ -19,6 +19,8 @@ pub struct ServeOptions {
     pub dev: bool,
     /// `FHIRGATE_ROOT_SECRET`, when set.
     pub root_secret: Option<String>,
+    /// `--seed` files, upserted at start after the project's own seeds.
+    pub seeds: Vec<std::path::PathBuf>,
 }
 
 impl ServeOptions {
@@ -28,6 +30,7 @@ impl ServeOptions {
             max_body: Settings::default().max_body,
             dev: false,
             root_secret: None,
+            seeds: Vec::new(),
         }
     }
 }
@@ -62,12 +65,15 @@ pub fn fhir_bases(project: &Project, base_url: &str) -> Vec<String> {
     bases
 }
 
-/// Start the authorization server on `store`, bootstrap `root`, and build the app.
+/// Upsert the seeds (the project's, then `options.seeds`), start the authorization server on
+/// `store`, bootstrap `root`, and build the app.
 pub async fn prepare(
     project: &Project,
     store: Arc<dyn Store>,
     options: &ServeOptions,
 ) -> Result<Prepared, String> {
+    // first, so that the AccessPolicy snapshot loaded below includes seeded policies
+    crate::seed::seed_all(store.as_ref(), project, &options.seeds).await?;
     let bases = fhir_bases(project, &options.base_url);
     let auth = AuthServer::start(store.clone(), AuthConfig::new(&options.base_url, bases))
         .await
