@@ -32,10 +32,13 @@
 //!
 //! Keys are prepared once: an inline JWK Set is cached per client id and SHA-256 of its JSON (a
 //! changed set takes effect at once); a `jwks_uri` set is fetched (HTTPS, or HTTP to a loopback
-//! address only; 5 s timeout; at most 1 MiB; no redirects) and cached per URL for 5 minutes. An
-//! assertion naming a `kid` the cached set lacks triggers a refetch (key rotation), at most once
-//! every 10 s per URL; a failed fetch is also retried at most once every 10 s, and in between
-//! the client's assertions fail (closed) rather than hammer its server.
+//! address only; 5 s timeout; at most 1 MiB; no redirects) and cached per URL for 5 minutes, or
+//! less when the response's `Cache-Control` says so (`max-age`; `no-store`/`no-cache`: as short
+//! as the refetch interval allows, 10 s — ONC (g)(10) asks that a JWK Set is not cached longer
+//! than its `Cache-Control` header indicates). An assertion naming a `kid` the cached set lacks
+//! triggers a refetch (key rotation), at most once every 10 s per URL; a failed fetch is also
+//! retried at most once every 10 s, and in between the client's assertions fail (closed) rather
+//! than hammer its server.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -217,6 +220,8 @@ struct Inline {
 struct Remote {
     keys: Option<Arc<KeySet>>,
     fetched_at: Option<Instant>,
+    /// How long the fetched keys may be used (from the response's `Cache-Control`).
+    ttl: Duration,
     last_attempt: Option<Instant>,
 }
 
@@ -354,7 +359,7 @@ impl AssertionVerifier {
         };
         let mut state = slot.lock().await;
         let fresh =
-            state.keys.is_some() && state.fetched_at.is_some_and(|t| t.elapsed() < JWKS_TTL);
+            state.keys.is_some() && state.fetched_at.is_some_and(|t| t.elapsed() < state.ttl);
         if !fresh {
             self.refetch(uri, &mut state).await?;
         }
@@ -399,16 +404,36 @@ impl AssertionVerifier {
             ));
         }
         state.last_attempt = Some(Instant::now());
-        let set = self
+        let (set, ttl) = self
             .fetch(uri)
             .await
             .map_err(|reason| self.fetch_error(uri, &reason))?;
         state.keys = Some(Arc::new(set));
         state.fetched_at = Some(Instant::now());
+        state.ttl = ttl;
         Ok(())
     }
 
-    async fn fetch(&self, uri: &str) -> Result<KeySet, String> {
+    /// How long a response with `cache_control` may be used: its `max-age`, at most
+    /// [`JWKS_TTL`]; `no-store` or `no-cache`: none. Never less than the refetch interval, since
+    /// a refetch cannot come sooner.
+    fn cache_lifetime(&self, cache_control: Option<&str>) -> Duration {
+        let mut ttl = JWKS_TTL;
+        for directive in cache_control.unwrap_or("").split(',') {
+            let directive = directive.trim().to_ascii_lowercase();
+            if directive == "no-store" || directive == "no-cache" {
+                ttl = Duration::ZERO;
+            } else if let Some(secs) = directive
+                .strip_prefix("max-age=")
+                .and_then(|v| v.trim_matches('"').parse::<u64>().ok())
+            {
+                ttl = ttl.min(Duration::from_secs(secs));
+            }
+        }
+        ttl.max(self.refetch_interval)
+    }
+
+    async fn fetch(&self, uri: &str) -> Result<(KeySet, Duration), String> {
         let url = reqwest::Url::parse(uri).map_err(|e| e.to_string())?;
         match url.scheme() {
             "https" => {}
@@ -435,6 +460,12 @@ impl AssertionVerifier {
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status()));
         }
+        let ttl = self.cache_lifetime(
+            response
+                .headers()
+                .get(reqwest::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok()),
+        );
         if response
             .content_length()
             .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
@@ -449,7 +480,7 @@ impl AssertionVerifier {
             body.extend_from_slice(&chunk);
         }
         let jwks: Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
-        KeySet::parse(&jwks)
+        Ok((KeySet::parse(&jwks)?, ttl))
     }
 }
 
@@ -902,6 +933,25 @@ mod tests {
                         h.fetch_add(1, Ordering::SeqCst);
                         let body = k.lock().unwrap().clone();
                         axum::Json(body)
+                    }
+                }),
+            )
+            .route(
+                "/jwks-short",
+                get({
+                    let (k, h) = (keys.clone(), hits.clone());
+                    move |q: axum::extract::RawQuery| {
+                        let (k, h) = (k.clone(), h.clone());
+                        async move {
+                            h.fetch_add(1, Ordering::SeqCst);
+                            let body = k.lock().unwrap().clone();
+                            // ?cc=… names the Cache-Control header to answer with
+                            let cc =
+                                q.0.unwrap_or_default()
+                                    .replace("cc=", "")
+                                    .replace("%20", " ");
+                            ([(axum::http::header::CACHE_CONTROL, cc)], axum::Json(body))
+                        }
                     }
                 }),
             )
@@ -1359,6 +1409,42 @@ mod tests {
         // known keys still verify meanwhile, from the cache
         v.verify(&c, &k1.sign(&claims("svc")), AUDS).await.unwrap();
         assert_eq!(server.hits.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn jwks_uri_is_not_cached_longer_than_its_cache_control_says() {
+        let (_dir, v) = verifier().await;
+        let v = v.with_refetch_interval(Duration::from_millis(300));
+        assert_eq!(v.cache_lifetime(None), JWKS_TTL);
+        assert_eq!(v.cache_lifetime(Some("public, max-age=3600")), JWKS_TTL);
+        assert_eq!(
+            v.cache_lifetime(Some("max-age=60, must-revalidate")),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            v.cache_lifetime(Some("no-store")),
+            Duration::from_millis(300),
+            "as short as the refetch interval allows"
+        );
+        let ec = TestKey::es384("ec-1");
+        let server = jwks_server(set_of(&[&ec])).await;
+        for (cc, expected_hits) in [("max-age=1", 2), ("no-cache", 3), ("max-age=600", 1)] {
+            let (_dir, v) = verifier().await;
+            let v = v.with_refetch_interval(Duration::from_millis(300));
+            let before = server.hits.load(Ordering::SeqCst);
+            let uri = server.uri.replace("/jwks", &format!("/jwks-short?cc={cc}"));
+            let c = json!({"id": "svc", "jwks_uri": uri});
+            // 0 s, 0.4 s, 1.2 s
+            for pause in [0, 400, 800] {
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                v.verify(&c, &ec.sign(&claims("svc")), AUDS).await.unwrap();
+            }
+            assert_eq!(
+                server.hits.load(Ordering::SeqCst) - before,
+                expected_hits,
+                "Cache-Control: {cc}"
+            );
+        }
     }
 
     #[tokio::test]
