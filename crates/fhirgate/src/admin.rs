@@ -213,14 +213,25 @@ fn valid_type(rt: &str) -> bool {
 }
 
 /// Authenticate, then authorize: root may do anything; other clients await AccessPolicies.
-async fn guard(admin: &Admin, headers: &HeaderMap) -> Result<(), Response> {
+/// Authenticate an admin request (HTTP Basic of a Client) and authorize it: `root` always; any
+/// other client when an AccessPolicy allows `method path` for it (contract §2).
+pub(crate) async fn guard(
+    admin: &Admin,
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+    rpc_method: Option<&str>,
+) -> Result<String, Response> {
     match admin.authenticate(headers).await {
-        Some(id) if id == "root" => Ok(()),
-        Some(_) => Err(outcome::response(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "no AccessPolicy allows this client here",
-        )),
+        Some(id) if id == "root" => Ok(id),
+        Some(id) => match admin.access.get() {
+            Some(ac) => ac.check_client(method, path, &id, rpc_method).map(|_| id),
+            None => Err(outcome::response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "no AccessPolicy allows this client here",
+            )),
+        },
         None => {
             let mut r = outcome::response(
                 StatusCode::UNAUTHORIZED,
@@ -362,7 +373,7 @@ async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = guard(&admin, &headers).await {
+    if let Err(r) = guard(&admin, &headers, "POST", &format!("/{rt}"), None).await {
         return r;
     }
     if !valid_type(&rt) {
@@ -393,7 +404,7 @@ async fn read(
     Path((rt, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = guard(&admin, &headers).await {
+    if let Err(r) = guard(&admin, &headers, "GET", &format!("/{rt}/{id}"), None).await {
         return r;
     }
     match admin.store.read(&rt, &id).await {
@@ -408,7 +419,7 @@ async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = guard(&admin, &headers).await {
+    if let Err(r) = guard(&admin, &headers, "PUT", &format!("/{rt}/{id}"), None).await {
         return r;
     }
     if !valid_type(&rt) {
@@ -452,7 +463,7 @@ async fn remove(
     Path((rt, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = guard(&admin, &headers).await {
+    if let Err(r) = guard(&admin, &headers, "DELETE", &format!("/{rt}/{id}"), None).await {
         return r;
     }
     match admin.store.delete(&rt, &id).await {
@@ -467,7 +478,7 @@ async fn remove(
 
 /// `PUT /` with an array of resources: all stored in one transaction, or none.
 async fn bulk(State(admin): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = guard(&admin, &headers).await {
+    if let Err(r) = guard(&admin, &headers, "PUT", &"/".to_string(), None).await {
         return r;
     }
     let items = match parse_body(&headers, &body) {

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use fhirgate_auth::server::{AuthServer, LaunchContext, LaunchError, id_of};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use crate::admin::Admin;
@@ -35,28 +35,13 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 async fn call(State(rpc): State<Rpc>, headers: HeaderMap, body: Bytes) -> Response {
-    // root only until AccessPolicies open /rpc to other clients (decisions §10)
-    match rpc.admin.authenticate(&headers).await {
-        Some(client) if client == "root" => {}
-        Some(_) => {
-            return error(
-                StatusCode::FORBIDDEN,
-                "no AccessPolicy allows this client to call /rpc",
-            );
-        }
-        None => {
-            let mut resp = error(
-                StatusCode::UNAUTHORIZED,
-                "HTTP Basic client credentials are required",
-            );
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"fhirgate\""),
-            );
-            return resp;
-        }
+    let request = serde_json::from_slice::<Value>(&body).ok();
+    let method = request.as_ref().and_then(|r| r["method"].as_str());
+    // root, or a client an AccessPolicy allows (contract §5); authentication comes first
+    if let Err(resp) = crate::admin::guard(&rpc.admin, &headers, "POST", "/rpc", method).await {
+        return resp;
     }
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+    let Some(request) = request else {
         return error(
             StatusCode::BAD_REQUEST,
             "the body must be JSON: {\"method\": …, \"params\": {…}}",

@@ -210,6 +210,34 @@ impl AccessControl {
     }
 }
 
+impl AccessControl {
+    /// Decide an admin REST or `/rpc` request by a client authenticated with HTTP Basic (not
+    /// `root`, which is always allowed): some AccessPolicy must allow `{uri, request-method,
+    /// client}` (plus `rpc: {method}` for RPC calls). Aidbox semantics: an `allow` policy linked
+    /// to the client opens everything to it. `Ok` carries the allowing policy's id.
+    pub fn check_client(
+        &self,
+        method: &str,
+        path: &str,
+        client_id: &str,
+        rpc_method: Option<&str>,
+    ) -> Result<String, Response> {
+        let snapshot = match self.snapshot.read() {
+            Ok(s) => s.clone(),
+            Err(_) => return Err(denied("the policy snapshot is unavailable", None)),
+        };
+        let mut request = PolicyRequest::new(method, path)
+            .with_client(json!({"id": client_id, "resourceType": "Client"}));
+        if let Some(m) = rpc_method {
+            request = request.with("rpc", json!({"method": m}));
+        }
+        match snapshot.policies.allowed_by(&request) {
+            Some(p) => Ok(p.id().to_string()),
+            None => Err(denied("no AccessPolicy allows this client here", None)),
+        }
+    }
+}
+
 /// Password and secret hashes never reach policies or debug output.
 fn redact(mut v: Value) -> Value {
     if let Some(o) = v.as_object_mut() {
