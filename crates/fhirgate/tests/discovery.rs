@@ -357,14 +357,32 @@ async fn discovery_answers_cors_preflight_and_head() {
         assert_eq!(r.status().as_u16(), 200, "{path}");
         assert_eq!(r.headers()["access-control-allow-origin"], "*", "{path}");
     }
-    // a protected route is not opened by this: its OPTIONS is still 405
+    // a protected route's preflight is answered by its SMART middleware (without a token,
+    // without running the action); the data itself still needs a token
     let r = client
         .request(
             reqwest::Method::OPTIONS,
             format!("{base}/smart/Patient/pt-1"),
         )
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
         .send()
         .await
         .expect("options");
-    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let r = client
+        .get(format!("{base}/smart/Patient/pt-1"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 401);
+    // a path no data action serves is still refused
+    let r = client
+        .request(reqwest::Method::OPTIONS, format!("{base}/smart/nowhere"))
+        .send()
+        .await
+        .expect("options");
+    assert!(r.status().is_client_error(), "{}", r.status());
 }

@@ -112,15 +112,55 @@ impl AuthorizeRequest for SmartAuthorizer {
         let Some(resource_type) = resource_type else {
             return Err(forbidden("the resource type of this request is unknown"));
         };
-        let grant = enforce::decide(self.mode, &principal, &resource_type, interaction)
-            .map_err(|d| forbidden(d.to_string()))?;
-        let authorized = Authorized {
-            context: grant.context,
-            compartment: grant.compartment.map(str::to_string),
-            filters: grant.filters.iter().map(|f| f.to_vec()).collect(),
-            principal: principal.clone(),
+        // decisions §15: the user's own fhirUser resource can always be read with the token
+        // that names it (Inferno's OpenID Connect tests read it with whatever scopes were
+        // granted), unconfined and unfiltered — that one resource only
+        let authorized = if self.is_own_fhir_user(req, &principal, &resource_type) {
+            Authorized {
+                context: Context::User,
+                compartment: None,
+                filters: Vec::new(),
+                principal: principal.clone(),
+            }
+        } else {
+            let grant = enforce::decide(self.mode, &principal, &resource_type, interaction)
+                .map_err(|d| forbidden(d.to_string()))?;
+            Authorized {
+                context: grant.context,
+                compartment: grant.compartment.map(str::to_string),
+                filters: grant.filters.iter().map(|f| f.to_vec()).collect(),
+                principal: principal.clone(),
+            }
         };
         req.extensions_mut().insert(authorized);
         Ok(())
+    }
+}
+
+impl SmartAuthorizer {
+    /// Whether `req` reads (`smart.fhir/read` or `read-public`) exactly the resource the token's
+    /// `fhirUser` claim names, and the token was granted the `fhirUser` scope.
+    fn is_own_fhir_user(&self, req: &Request, principal: &Principal, resource_type: &str) -> bool {
+        if !matches!(
+            self.route.action.as_str(),
+            "smart.fhir/read" | "smart.fhir/read-public"
+        ) || !principal.scopes.has("fhirUser")
+        {
+            return false;
+        }
+        let (Some(fhir_user), Some(id)) = (
+            principal.fhir_user.as_deref(),
+            req.extensions()
+                .get::<RouteMatch>()
+                .and_then(|m| m.param("id")),
+        ) else {
+            return false;
+        };
+        // the claim is absolute (`{base}/Practitioner/pr-1`); a relative one is accepted too
+        let relative = fhir_user
+            .strip_prefix(&*self.audience)
+            .map(|r| r.trim_start_matches('/'))
+            .unwrap_or(fhir_user);
+        relative.split_once('/') == Some((resource_type, id))
     }
 }

@@ -99,13 +99,17 @@ pub fn register(registry: &mut Registry, setup: &Setup) {
                     base_url: setup.base_url.as_str().into(),
                     access: setup.access.clone(),
                 };
-                registry.action(keyword, spec, move |route: &Arc<Route>| {
-                    actions::DataAction {
-                        kind,
-                        access: access.clone(),
-                        route: route.clone(),
-                    }
-                });
+                registry
+                    .action(keyword, spec, move |route: &Arc<Route>| {
+                        actions::DataAction {
+                            kind,
+                            access: access.clone(),
+                            route: route.clone(),
+                        }
+                    })
+                    // CORS preflights reach the route's stack, where the SMART middleware
+                    // answers them (a route without one refuses them like any request)
+                    .accept_options(keyword);
             }
             _ => {
                 registry.action(keyword, spec, not_yet(keyword));

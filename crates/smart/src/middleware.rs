@@ -87,11 +87,73 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        match self.auth.authorize(&mut req) {
-            Ok(()) => Box::pin(self.inner.call(req)),
-            Err(resp) => Box::pin(std::future::ready(Ok(resp))),
+        // CORS (SMART App Launch 2.2, "Considerations for CORS support"): browser apps hold
+        // bearer tokens, never cookies, so any origin may call the FHIR API; the preflight is
+        // answered here, before authentication (it carries no token) and without the action
+        if req.method() == http::Method::OPTIONS {
+            return Box::pin(std::future::ready(Ok(preflight(&req))));
         }
+        let cross_origin = req.headers().contains_key(header::ORIGIN);
+        let fut = match self.auth.authorize(&mut req) {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(resp) => Box::pin(std::future::ready(Ok(resp))) as Self::Future,
+        };
+        if !cross_origin {
+            return fut;
+        }
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            allow_any_origin(&mut resp);
+            Ok(resp)
+        })
     }
+}
+
+/// `Access-Control-Allow-Origin: *`, and the headers a browser app may read besides the simple
+/// ones (the 401 challenge, and where a resource lives).
+fn allow_any_origin(resp: &mut Response) {
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(
+            "www-authenticate, location, content-location, etag, last-modified",
+        ),
+    );
+}
+
+/// 204 with what a CORS preflight for a FHIR request needs: GET and POST (`_search`), and the
+/// headers the browser asks to send (an app sends `Authorization`).
+fn preflight(req: &Request) -> Response {
+    let mut resp = Response::new(axum::body::Body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let requested = req
+        .headers()
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("accept, authorization, content-type"));
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, POST, OPTIONS"),
+    );
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("access-control-request-headers"),
+    );
+    resp
 }
 
 /// A 401 with the RFC 6750 challenge: no `error` when no token was sent, else `error`.
@@ -175,6 +237,46 @@ mod tests {
         assert_eq!(
             resp.headers()[header::WWW_AUTHENTICATE],
             "Bearer realm=\"fhirgate\""
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_preflights_and_marks_cross_origin_responses() {
+        // the decider is never asked about a preflight
+        let svc = SmartAuthLayer::new(|_: &mut Request| -> Result<(), Response> {
+            panic!("a preflight needs no authorization")
+        })
+        .layer(ok_service());
+        let preflight = http::Request::builder()
+            .method(http::Method::OPTIONS)
+            .uri("/x")
+            .header(header::ORIGIN, "https://app.example")
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+            .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization")
+            .body(Body::empty())
+            .unwrap();
+        let resp = svc.oneshot(preflight).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(resp.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert_eq!(
+            resp.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS],
+            "authorization"
+        );
+        // a refusal sent to another origin is readable there; a same-origin one is unmarked
+        let svc = SmartAuthLayer::new(refuse_unverifiable).layer(ok_service());
+        let mut cross = req(None);
+        cross.headers_mut().insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://app.example"),
+        );
+        let resp = svc.clone().oneshot(cross).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resp.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        let resp = svc.oneshot(req(None)).await.unwrap();
+        assert!(
+            !resp
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
         );
     }
 
