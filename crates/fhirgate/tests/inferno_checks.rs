@@ -1222,7 +1222,6 @@ async fn openid_connect_and_the_fhir_user_resource() {
 #[tokio::test]
 async fn invalid_code_client_pkce_and_aud_are_refused() {
     let k = start().await;
-    let auth = Auth::Symmetric("inferno-conf", "conf-secret");
     let scope = "launch/patient openid fhirUser offline_access patient/*.rs";
     let mut b = Browser::new(&k.s.base);
     let launch = async |b: &mut Browser| {
@@ -1247,7 +1246,6 @@ async fn invalid_code_client_pkce_and_aud_are_refused() {
             s.token(&pairs, Some(basic)).await
         }
     };
-    let _ = auth;
     // Test03: an invalid code, everything else right
     let (_, verifier, _) = launch(&mut b).await;
     let (st, e) = exchange(
