@@ -28,6 +28,8 @@ pub struct Settings {
     pub admin: Option<std::sync::Arc<crate::admin::Admin>>,
     /// The authorization server (none: `/auth/*`, `/.well-known/*` and `/rpc` are not served).
     pub auth: Option<std::sync::Arc<fhirgate_auth::server::AuthServer>>,
+    /// The demo app at `/demo` (`serve --demo`; none: `/demo` is not served).
+    pub demo: Option<std::sync::Arc<crate::demo::Demo>>,
 }
 
 impl Default for Settings {
@@ -39,6 +41,7 @@ impl Default for Settings {
             store: None,
             admin: None,
             auth: None,
+            demo: None,
         }
     }
 }
@@ -93,6 +96,9 @@ pub fn build_app(
         if let Some(admin) = &settings.admin {
             builtin = builtin.merge(crate::rpc::routes(admin.clone(), auth.clone()));
         }
+    }
+    if let Some(demo) = &settings.demo {
+        builtin = builtin.merge(crate::demo::routes(demo.clone()));
     }
     let project = project_router.into_router();
     // Admin REST owns `PUT /` and every path whose first segment is a resource type

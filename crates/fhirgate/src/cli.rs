@@ -103,6 +103,10 @@ pub struct ServeArgs {
         value_name = "PATH"
     )]
     pub seeds: Vec<PathBuf>,
+    /// Demo mode: seed a synthetic US Core data set with demo users and clients, serve the demo
+    /// app at /demo, and print how to try a launch. Never with real data.
+    #[arg(long, env = "FHIRGATE_DEMO")]
+    pub demo: bool,
 }
 
 /// Check a base URL: absolute http(s), a host, no trailing slash, no query or fragment.
@@ -135,6 +139,29 @@ pub fn validate_base_url(url: &str) -> Result<String, String> {
     Ok(url.to_string())
 }
 
+/// When the base URL names this machine (`localhost`, a loopback address) but another port than
+/// the one the server listens on, the links it prints and the redirects it sends lead nowhere:
+/// say what to set instead.
+pub fn base_url_mismatch(base_url: &str, listening: SocketAddr) -> Option<String> {
+    let uri: http::Uri = base_url.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    (local && port != listening.port()).then(|| {
+        format!(
+            "the base URL {base_url} points at port {port} of this machine, but fhirgate listens on {listening}: \
+             links and OAuth redirects will miss it; set --base-url http://localhost:{} (FHIRGATE_BASE_URL)",
+            listening.port()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +183,16 @@ mod tests {
         );
         assert!(validate_base_url("http://x/?a=1").is_err());
         assert!(validate_base_url("not a url").is_err());
+    }
+
+    #[test]
+    fn a_local_base_url_on_another_port_is_noticed() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(base_url_mismatch("http://localhost:8080", at("127.0.0.1:8080")).is_none());
+        assert!(base_url_mismatch("http://127.0.0.1:9000", at("127.0.0.1:9000")).is_none());
+        let w = base_url_mismatch("http://localhost:8080", at("127.0.0.1:9000")).unwrap();
+        assert!(w.contains("--base-url http://localhost:9000"), "{w}");
+        // a public name may well sit behind a proxy on another port
+        assert!(base_url_mismatch("https://ehr.example.org", at("0.0.0.0:8080")).is_none());
     }
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod demo;
 pub mod load;
 pub mod rpc;
 pub mod seed;

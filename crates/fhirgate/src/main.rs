@@ -186,6 +186,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = runtime()?;
     runtime.block_on(async move {
+        // the port first: a busy one stops startup before anything is written (a root secret
+        // generated and printed by a run that then fails would be lost)
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                eprintln!("fhirgate: cannot listen on {}: the address is in use (another fhirgate?); pick another with --listen or FHIRGATE_LISTEN", args.listen);
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(e) => {
+                eprintln!("fhirgate: cannot listen on {}: {e}", args.listen);
+                return Ok(ExitCode::FAILURE);
+            }
+        };
         let Some(store) = open_store_or_report(&args.database_url).await else {
             return Ok(ExitCode::FAILURE);
         };
@@ -195,6 +208,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             dev: args.dev,
             root_secret: std::env::var("FHIRGATE_ROOT_SECRET").ok().filter(|s| !s.is_empty()),
             seeds: args.seeds.clone(),
+            demo: args.demo,
         };
         let prepared = match fhirgate::server::prepare(&project, store, &options).await {
             Ok(p) => p,
@@ -207,17 +221,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             eprintln!("fhirgate: generated the secret of the admin client `root` (shown once, stored hashed):\n\n    {secret}\n\n  use it as HTTP Basic root:SECRET, or set FHIRGATE_ROOT_SECRET to choose your own");
         }
         let app = prepared.app;
-        let listener = match tokio::net::TcpListener::bind(args.listen).await {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                eprintln!("fhirgate: cannot listen on {}: the address is in use (another fhirgate?); pick another with --listen or FHIRGATE_LISTEN", args.listen);
-                return Ok(ExitCode::FAILURE);
-            }
-            Err(e) => {
-                eprintln!("fhirgate: cannot listen on {}: {e}", args.listen);
-                return Ok(ExitCode::FAILURE);
-            }
-        };
         let local = listener.local_addr()?;
         tracing::info!(
             "fhirgate listening on http://{local} ({} routes from {}; base URL {})",
@@ -225,6 +228,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             project.entry.display(),
             base_url
         );
+        if let Some(why) = fhirgate::cli::base_url_mismatch(&base_url, local) {
+            tracing::warn!("{why}");
+        }
+        if let Some(demo) = &prepared.demo {
+            demo.set_listen_addr(local);
+            let bases = fhirgate::server::fhir_bases(&project, &base_url);
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", fhirgate::demo::banner(&base_url, &bases));
+            let _ = out.flush();
+        }
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
         tracing::info!("fhirgate stopped");

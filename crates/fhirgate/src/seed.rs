@@ -137,7 +137,23 @@ pub async fn seed_all(
     project: &Project,
     files: &[PathBuf],
 ) -> Result<Seeded, String> {
-    let sources = read_seeds(project, files)?;
+    seed_all_with(store, project, None, files).await
+}
+
+/// [`seed_all`] with `extra` (the demo data of `serve --demo`) applied after the project's own
+/// seeds and before `files`, in the same transaction.
+pub async fn seed_all_with(
+    store: &dyn Store,
+    project: &Project,
+    extra: Option<SeedSource>,
+    files: &[PathBuf],
+) -> Result<Seeded, String> {
+    let mut sources = read_seeds(project, files)?;
+    if let Some(extra) = extra {
+        // read_seeds puts the files last
+        let at = sources.len() - files.len();
+        sources.insert(at, extra);
+    }
     if sources.is_empty() {
         return Ok(Seeded::default());
     }

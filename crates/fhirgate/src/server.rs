@@ -21,6 +21,8 @@ pub struct ServeOptions {
     pub root_secret: Option<String>,
     /// `--seed` files, upserted at start after the project's own seeds.
     pub seeds: Vec<std::path::PathBuf>,
+    /// `--demo`: seed the demo data set (before the `--seed` files) and serve `/demo`.
+    pub demo: bool,
 }
 
 impl ServeOptions {
@@ -31,6 +33,7 @@ impl ServeOptions {
             dev: false,
             root_secret: None,
             seeds: Vec::new(),
+            demo: false,
         }
     }
 }
@@ -41,6 +44,8 @@ pub struct Prepared {
     pub auth: Arc<AuthServer>,
     pub admin: Arc<Admin>,
     pub root: RootSecret,
+    /// The demo app (`--demo`): tell it where the server listens.
+    pub demo: Option<Arc<crate::demo::Demo>>,
 }
 
 /// The absolute URLs of the project's FHIR bases: each mount whose API declares
@@ -72,9 +77,16 @@ pub async fn prepare(
     store: Arc<dyn Store>,
     options: &ServeOptions,
 ) -> Result<Prepared, String> {
-    // first, so that the AccessPolicy snapshot loaded below includes seeded policies
-    crate::seed::seed_all(store.as_ref(), project, &options.seeds).await?;
     let bases = fhir_bases(project, &options.base_url);
+    let demo_data = options
+        .demo
+        .then(|| crate::demo::seed_source(&options.base_url))
+        .transpose()?;
+    // first, so that the AccessPolicy snapshot loaded below includes seeded policies
+    crate::seed::seed_all_with(store.as_ref(), project, demo_data, &options.seeds).await?;
+    let demo = options
+        .demo
+        .then(|| crate::demo::Demo::new(&options.base_url, bases.clone()));
     let auth = AuthServer::start(store.clone(), AuthConfig::new(&options.base_url, bases))
         .await
         .map_err(|e| format!("cannot start the authorization server: {e}"))?;
@@ -98,6 +110,7 @@ pub async fn prepare(
         store: Some(store),
         admin: Some(admin.clone()),
         auth: Some(auth.clone()),
+        demo: demo.clone(),
     };
     let app = build_app(&settings, project, &registry).map_err(|e| e.to_string())?;
     Ok(Prepared {
@@ -105,5 +118,6 @@ pub async fn prepare(
         auth,
         admin,
         root,
+        demo,
     })
 }
