@@ -1373,3 +1373,115 @@ async fn x_debug_policy_explains_denials_in_dev_mode_only() {
         );
     }
 }
+
+/// The claims of a JWT, unverified (the signature is checked elsewhere).
+fn jwt_claims(jwt: &str) -> Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Found with openid-client's `maxAge` check (tests/clients): the id_token's `auth_time` is when
+/// the user signed in (OIDC Core §2), not when the code was issued, and `max_age` makes an older
+/// sign-in be repeated (OIDC Core §3.1.2.1).
+#[tokio::test]
+async fn id_token_auth_time_is_the_sign_in_time_and_max_age_asks_again() {
+    let s = start().await;
+    let mut b = Browser::new(&s.base);
+    let scope = "openid fhirUser launch/patient patient/Patient.rs";
+    // one code → token exchange in this browser; the id_token's claims
+    async fn exchange(s: &Server, back: &Page, verifier: &str) -> Value {
+        assert_eq!(back.status, 302, "{}", back.body);
+        let q = back.redirect_params();
+        assert!(q.contains_key("code"), "{:?}", back.location);
+        let (st, t) = s
+            .token(
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", &q["code"]),
+                    ("redirect_uri", REDIRECT),
+                    ("code_verifier", verifier),
+                    ("client_id", "public-app"),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{t}");
+        jwt_claims(t["id_token"].as_str().unwrap())
+    }
+
+    let signed_in = fhirgate_auth::tokens::now();
+    let (v, c) = pkce();
+    let back = authorize_as(
+        &mut b,
+        &authorize_url(&s, "public-app", scope, &c, &[]),
+        "amy",
+        "amy-pass",
+        None,
+    )
+    .await;
+    let first = exchange(&s, &back, &v).await;
+    let auth_time = first["auth_time"].as_i64().unwrap();
+    assert!(auth_time >= signed_in as i64 && auth_time <= signed_in as i64 + 1);
+
+    // later, in the same browser: no sign-in, and auth_time is still the sign-in's
+    while fhirgate_auth::tokens::now() <= signed_in + 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (v, c) = pkce();
+    let page = b
+        .open(&authorize_url(
+            &s,
+            "public-app",
+            scope,
+            &c,
+            &[("max_age", "3600")],
+        ))
+        .await;
+    assert!(page.body.contains("name=\"decision\""), "{}", page.body);
+    let back = b.consent(&page, "allow", None, false).await;
+    let second = exchange(&s, &back, &v).await;
+    assert_eq!(
+        second["auth_time"], first["auth_time"],
+        "auth_time = the sign-in time"
+    );
+
+    // max_age shorter than the session's age: sign in again, and auth_time moves
+    let (v, c) = pkce();
+    let page = b
+        .open(&authorize_url(
+            &s,
+            "public-app",
+            scope,
+            &c,
+            &[("max_age", "1")],
+        ))
+        .await;
+    assert!(
+        page.body.contains("name=\"password\""),
+        "asked to sign in again"
+    );
+    let page = b.login_follow(&page, "amy", "amy-pass").await;
+    let back = b.consent(&page, "allow", None, false).await;
+    let third = exchange(&s, &back, &v).await;
+    assert!(third["auth_time"].as_i64().unwrap() > auth_time);
+
+    // a malformed max_age goes back to the app as invalid_request
+    let (_, c) = pkce();
+    let back = b
+        .open(&authorize_url(
+            &s,
+            "public-app",
+            scope,
+            &c,
+            &[("max_age", "soon")],
+        ))
+        .await;
+    assert_eq!(back.status, 302);
+    assert_eq!(back.redirect_params()["error"], "invalid_request");
+}

@@ -288,6 +288,7 @@ impl AuthServer {
             Ok(launch),
             Ok(nonce),
             Ok(prompt),
+            Ok(max_age),
         ) = (
             one("response_type"),
             one("scope"),
@@ -297,6 +298,7 @@ impl AuthServer {
             one("launch"),
             one("nonce"),
             one("prompt"),
+            one("max_age"),
         )
         else {
             return ret.error("invalid_request", "a parameter is repeated");
@@ -349,6 +351,17 @@ impl AuthServer {
         let Some(scope) = scope else {
             return ret.error("invalid_scope", "scope is required");
         };
+        // OIDC Core 3.1.2.1: a sign-in older than max_age seconds must be repeated
+        let max_age = match max_age.map(str::parse::<u32>) {
+            None => None,
+            Some(Ok(m)) => Some(i64::from(m)),
+            Some(Err(_)) => {
+                return ret.error(
+                    "invalid_request",
+                    "max_age must be a non-negative number of seconds",
+                );
+            }
+        };
         let prompt: Vec<String> = prompt
             .unwrap_or_default()
             .split_ascii_whitespace()
@@ -372,6 +385,8 @@ impl AuthServer {
             user: None,
             fresh_login: false,
             encounter_asked: false,
+            max_age,
+            auth_time: None,
         };
         if let Some(launch) = launch {
             match self
@@ -424,10 +439,17 @@ impl AuthServer {
     ) -> Response {
         let ret = pending_return(&pending);
         let prompt_none = pending.prompt.iter().any(|p| p == "none");
-        let must_login = pending.prompt.iter().any(|p| p == "login") && !pending.fresh_login;
         let session = self.session(headers).await;
-        let user_id = match (&session, must_login) {
-            (Some(s), false) => s.user.clone(),
+        let too_old = |s: &SessionRecord| {
+            pending
+                .max_age
+                .is_some_and(|m| unix_now() - s.auth_time > m)
+        };
+        let must_login = !pending.fresh_login
+            && (pending.prompt.iter().any(|p| p == "login")
+                || session.as_ref().is_some_and(too_old));
+        let (user_id, auth_time) = match (&session, must_login) {
+            (Some(s), false) => (s.user.clone(), s.auth_time),
             _ if prompt_none => return ret.error("login_required", "the user is not signed in"),
             _ => {
                 return redirect(&with_query(
@@ -436,8 +458,9 @@ impl AuthServer {
                 ));
             }
         };
-        if pending.user.as_deref() != Some(&user_id) {
+        if pending.user.as_deref() != Some(&user_id) || pending.auth_time != Some(auth_time) {
             pending.user = Some(user_id.clone());
+            pending.auth_time = Some(auth_time);
             if let Err(e) = self.records.set(PENDING, rec, &pending).await {
                 return internal(self, e);
             }
@@ -587,7 +610,8 @@ impl AuthServer {
             aud: pending.aud.clone(),
             context: pending.context.clone(),
             grant: grant.to_string(),
-            auth_time: unix_now(),
+            // when the user signed in (OIDC Core: auth_time), not when the code was issued
+            auth_time: pending.auth_time.unwrap_or_else(unix_now),
             fhir_user: fhir_user_reference(user),
         };
         if let Err(e) = self

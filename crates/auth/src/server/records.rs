@@ -86,6 +86,13 @@ pub struct Pending {
     /// The user has answered the encounter choice (possibly with "no encounter").
     #[serde(default)]
     pub encounter_asked: bool,
+    /// OIDC `max_age` (seconds): a sign-in older than this must be repeated.
+    #[serde(default)]
+    pub max_age: Option<i64>,
+    /// When the signed-in user authenticated (their session's `auth_time`): the id_token's
+    /// `auth_time`.
+    #[serde(default)]
+    pub auth_time: Option<i64>,
 }
 
 /// An authorization code's binding (RFC 6749 §4.1.3, RFC 7636).
