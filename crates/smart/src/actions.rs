@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::response::IntoResponse;
 use fhirgate_config::Route;
 use fhirgate_router::{Request, Response, RouteMatch, outcome};
-use fhirgate_store::{SearchQuery, Store, StoreError};
+use fhirgate_store::{RawResource, SearchQuery, Store, StoreError};
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -67,6 +67,22 @@ fn fhir_json(status: StatusCode, body: &Value) -> Response {
     resp
 }
 
+/// A resource as the store holds it, sent as is (its JSON text is what serializing it again
+/// would give), with its version as the `ETag`.
+fn fhir_resource(raw: RawResource) -> Response {
+    let etag = HeaderValue::from_str(&format!("W/\"{}\"", raw.version_id));
+    let mut resp = (StatusCode::OK, raw.json).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(outcome::FHIR_JSON),
+    );
+    if let Ok(etag) = etag {
+        h.insert(header::ETAG, etag);
+    }
+    resp
+}
+
 fn forbidden(msg: impl AsRef<str>) -> Response {
     outcome::response(StatusCode::FORBIDDEN, "forbidden", msg)
 }
@@ -103,11 +119,12 @@ fn valid_id(id: &str) -> bool {
 
 /// Run a data action for `route`.
 pub async fn handle(kind: Kind, access: DataAccess, route: Arc<Route>, req: Request) -> Response {
-    let Some(auth) = req.extensions().get::<Authorized>().cloned() else {
+    let (mut parts, body) = req.into_parts();
+    let Some(auth) = parts.extensions.remove::<Authorized>() else {
         // A route that names a data action without a SMART middleware: fail closed.
         return forbidden("no SMART middleware authorized this request");
     };
-    let Some(m) = req.extensions().get::<RouteMatch>().cloned() else {
+    let Some(m) = parts.extensions.remove::<RouteMatch>() else {
         return forbidden("no route match");
     };
     let resource_type = m
@@ -120,21 +137,18 @@ pub async fn handle(kind: Kind, access: DataAccess, route: Arc<Route>, req: Requ
     if !fhirgate_fhir::is_resource_type(&resource_type) {
         return outcome::not_found(format!("unknown resource type {resource_type}"));
     }
-    let method = req.method().as_str().to_string();
-    let headers = req.headers().clone();
-    let self_path = req.uri().path().to_string();
+    let path = parts.uri.path();
     // every parameter the action will act on: the query, and a POST _search form body
-    let (pairs, path) = match kind {
-        Kind::Search => match search_params(req).await {
+    let pairs = match kind {
+        Kind::Search => match search_params(&parts, body).await {
             Ok(p) => p,
             Err(resp) => return resp,
         },
-        Kind::Read | Kind::History => (
-            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        Kind::Read | Kind::History => {
+            form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
                 .into_owned()
-                .collect(),
-            self_path.clone(),
-        ),
+                .collect()
+        }
     };
     let policy = match &access.access {
         Some(ac) => {
@@ -144,12 +158,12 @@ pub async fn handle(kind: Kind, access: DataAccess, route: Arc<Route>, req: Requ
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect();
             match ac.check(
-                &method,
-                &path,
+                parts.method.as_str(),
+                path,
                 &pairs,
                 &route_params,
                 &auth.principal,
-                &headers,
+                &parts.headers,
             ) {
                 Ok(id) => Some(id),
                 Err(resp) => {
@@ -166,7 +180,7 @@ pub async fn handle(kind: Kind, access: DataAccess, route: Arc<Route>, req: Requ
             let id = m.param("id").unwrap_or_default().to_string();
             instance(kind, &access, &auth, &route, &resource_type, &id).await
         }
-        Kind::Search => search(&access, &auth, &route, &resource_type, &self_path, pairs).await,
+        Kind::Search => search(&access, &auth, &route, &resource_type, path, pairs).await,
     }
 }
 
@@ -187,13 +201,14 @@ fn audit(auth: &Authorized, resource_type: &str, kind: Kind, outcome: &str, poli
 }
 
 /// The live resource `id` of `resource_type`, if it is within the compartment and one of the
-/// granular alternatives: one indexed query instead of a read and a membership check.
+/// granular alternatives: one query by primary key per alternative, each checking the
+/// compartment and the filters on that one row, instead of a read and a membership check.
 async fn confined_lookup(
     access: &DataAccess,
     auth: &Authorized,
     resource_type: &str,
     id: &str,
-) -> Result<Option<Value>, Response> {
+) -> Result<Option<RawResource>, Response> {
     let no_filter: [Vec<crate::scopes::Filter>; 1] = [Vec::new()];
     let alternatives: &[Vec<crate::scopes::Filter>] = if auth.filters.is_empty() {
         &no_filter
@@ -201,15 +216,21 @@ async fn confined_lookup(
         &auth.filters
     };
     for alt in alternatives {
-        let mut q = SearchQuery::new(resource_type).filter("_id", None, &[id]);
-        for f in alt {
-            q = q.filter(&f.param, None, &[f.value.as_str()]);
-        }
-        q.patient_compartment = auth.compartment.clone();
-        q.count = Some(1);
-        let found = access.store.search(&q).await.map_err(store_error)?;
-        if let Some(r) = found.matches.into_iter().next() {
-            return Ok(Some(r));
+        let filters: Vec<fhirgate_store::Filter> = alt
+            .iter()
+            .map(|f| fhirgate_store::Filter {
+                name: f.param.clone(),
+                modifier: None,
+                values: vec![f.value.clone()],
+            })
+            .collect();
+        let found = access
+            .store
+            .lookup(resource_type, id, auth.compartment.as_deref(), &filters)
+            .await
+            .map_err(store_error)?;
+        if found.is_some() {
+            return Ok(found);
         }
     }
     Ok(None)
@@ -237,22 +258,14 @@ async fn instance(
             Err(resp) => return resp,
         }
     } else {
-        match access.store.read(resource_type, id).await {
+        match access.store.read_raw(resource_type, id).await {
             Ok(r) => Some(r),
             Err(StoreError::Gone { .. }) if kind == Kind::History => None,
             Err(e) => return store_error(e),
         }
     };
     match (kind, resource) {
-        (Kind::Read, Some(r)) => {
-            let mut resp = fhir_json(StatusCode::OK, &r);
-            if let Some(v) = r.pointer("/meta/versionId").and_then(Value::as_str)
-                && let Ok(etag) = HeaderValue::from_str(&format!("W/\"{v}\""))
-            {
-                resp.headers_mut().insert(header::ETAG, etag);
-            }
-            resp
-        }
+        (Kind::Read, Some(r)) => fhir_resource(r),
         _ => match access.store.history(resource_type, id).await {
             Ok(entries) => {
                 let base = access.fhir_base(route);
@@ -281,25 +294,25 @@ async fn instance(
 }
 
 /// The parameters of a search: the query, plus a form body for POST `_search`.
-async fn search_params(req: Request) -> Result<(Vec<(String, String)>, String), Response> {
-    let path = req.uri().path().to_string();
+async fn search_params(
+    parts: &http::request::Parts,
+    body: axum::body::Body,
+) -> Result<Vec<(String, String)>, Response> {
     let mut pairs: Vec<(String, String)> =
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
-    if req.method() == http::Method::POST {
-        let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
-            .await
-            .map_err(|_| {
-                outcome::response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too-costly",
-                    "request body too large or unreadable",
-                )
-            })?;
+    if parts.method == http::Method::POST {
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| {
+            outcome::response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-costly",
+                "request body too large or unreadable",
+            )
+        })?;
         pairs.extend(form_urlencoded::parse(&bytes).into_owned());
     }
-    Ok((pairs, path))
+    Ok(pairs)
 }
 
 /// `pt-1`, `Patient/pt-1`, `…/Patient/pt-1` → `pt-1` when it names a Patient.

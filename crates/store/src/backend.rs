@@ -26,9 +26,10 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::auth_state::{AuthState, PgAuthState, PgEvents, SqliteAuthState};
 use crate::error::{Result, StoreError};
-use crate::search::{self, Bind, SearchQuery, SearchResult, Sql, TotalMode};
+use crate::inline::Readers;
+use crate::search::{self, Bind, Filter, SearchQuery, SearchResult, Sql, TotalMode};
 use crate::write::{self, Current, Op, Stored};
-use crate::{Backend, HistoryEntry, Store};
+use crate::{Backend, HistoryEntry, RawResource, Store};
 
 /// The store on an SQLite file (WAL mode).
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct SqliteStore {
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Revocation events of this file, shared by the process's stores on it.
     events: tokio::sync::broadcast::Sender<String>,
+    /// Read connections for small reads run inline (`None` for an in-memory database).
+    readers: Option<Arc<Readers>>,
 }
 
 /// The store on a PostgreSQL database (bodies as JSONB).
@@ -74,10 +77,20 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        let in_memory = path.as_os_str().is_empty()
+            || path.as_os_str() == ":memory:"
+            || path.to_string_lossy().starts_with("file:");
+        // the file exists now: later changes of the working directory do not matter
+        let readers = (!in_memory).then(|| {
+            Arc::new(Readers::new(
+                std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+            ))
+        });
         let store = SqliteStore {
             pool,
             write_lock: Some(Arc::default()),
             events: crate::auth_state::sqlite_events(path),
+            readers,
         };
         store.reindex_queued().await?;
         Ok(store)
@@ -87,6 +100,70 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// `(version_id, deleted, body)` of the resource row, read inline; `None` when that could
+    /// not run (the pooled path answers then).
+    fn inline_current(&self, sql: &Sql) -> Option<Option<CurrentRow>> {
+        self.readers.as_ref()?.first_row(sql, |row| {
+            Ok(CurrentRow {
+                version: row.get(0)?,
+                deleted: row.get(1)?,
+                body: row.get(2)?,
+            })
+        })
+    }
+
+    /// The row of [`search::lookup_sql`], read inline; `None` when that could not run.
+    fn inline_lookup(&self, sql: &Sql) -> Option<Option<RawResource>> {
+        self.readers.as_ref()?.first_row(sql, |row| {
+            Ok(RawResource {
+                version_id: row.get::<_, i64>(0)?.to_string(),
+                json: row.get(1)?,
+            })
+        })
+    }
+}
+
+/// A resource row and its current body, as [`Store::read`] reads it.
+struct CurrentRow {
+    version: i64,
+    deleted: bool,
+    body: Option<String>,
+}
+
+/// The current version of `resource_type/id` from its row (`None`: no row).
+fn current(resource_type: &str, id: &str, row: Option<CurrentRow>) -> Result<RawResource> {
+    let not_found = || StoreError::NotFound {
+        resource_type: resource_type.into(),
+        id: id.into(),
+    };
+    let row = row.ok_or_else(not_found)?;
+    if row.version == 0 {
+        return Err(not_found());
+    }
+    if row.deleted {
+        return Err(StoreError::Gone {
+            resource_type: resource_type.into(),
+            id: id.into(),
+            version_id: row.version.to_string(),
+        });
+    }
+    Ok(RawResource {
+        version_id: row.version.to_string(),
+        json: row.body.ok_or_else(not_found)?,
+    })
+}
+
+/// The query behind [`Store::read`]: `(version_id, deleted, body)`.
+fn read_sql(resource_type: &str, id: &str) -> Sql {
+    let mut sql = Sql::default();
+    let (rt, id) = (sql.text(resource_type), sql.text(id));
+    sql.text = format!(
+        "SELECT r.version_id, r.deleted, h.body FROM resource r \
+         JOIN resource_history h ON h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id \
+         WHERE r.resource_type = {rt} AND r.id = {id}"
+    );
+    sql
 }
 
 impl PostgresStore {
@@ -130,6 +207,15 @@ impl PostgresStore {
     /// The connection pool, for other tables that live in the same database.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// PostgreSQL reads always take the pool.
+    fn inline_current(&self, _: &Sql) -> Option<Option<CurrentRow>> {
+        None
+    }
+
+    fn inline_lookup(&self, _: &Sql) -> Option<Option<RawResource>> {
+        None
     }
 }
 
@@ -225,8 +311,13 @@ impl BindJson for Postgres {
 
 /// A query with its values bound; `?`s out of the enclosing function on a binding failure.
 macro_rules! bind_all {
+    ($db:ty, $sql:expr) => {{ bind_ready!($db, <$db as Placeholders>::placeholders($sql)) }};
+}
+
+/// [`bind_all!`] for SQL whose placeholders are already the backend's.
+macro_rules! bind_ready {
     ($db:ty, $sql:expr) => {{
-        let sql: Sql = <$db as Placeholders>::placeholders($sql);
+        let sql: Sql = $sql;
         let mut q = sqlx::query::<$db>(AssertSqlSafe(sql.text));
         for b in sql.binds {
             q = match b {
@@ -372,13 +463,11 @@ macro_rules! store_impl {
             }
 
             async fn read(&self, resource_type: &str, id: &str) -> Result<Value> {
-                let row = sqlx::query::<$db>("SELECT r.version_id, r.deleted, h.body FROM resource r \
-                     JOIN resource_history h ON h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id \
-                     WHERE r.resource_type = $1 AND r.id = $2")
-                    .bind(resource_type)
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                let sql = <$db as Placeholders>::placeholders(read_sql(resource_type, id));
+                if let Some(row) = self.inline_current(&sql) {
+                    return current(resource_type, id, row)?.parse();
+                }
+                let row = bind_ready!($db, sql).fetch_optional(&self.pool).await?;
                 let not_found = || StoreError::NotFound { resource_type: resource_type.into(), id: id.into() };
                 let row = row.ok_or_else(not_found)?;
                 let version: i64 = row.try_get(0)?;
@@ -389,6 +478,36 @@ macro_rules! store_impl {
                     return Err(StoreError::Gone { resource_type: resource_type.into(), id: id.into(), version_id: version.to_string() });
                 }
                 row.try_get::<Option<Json<Value>>, _>(2)?.map(|j| j.0).ok_or_else(not_found)
+            }
+
+            async fn read_raw(&self, resource_type: &str, id: &str) -> Result<RawResource> {
+                let sql = <$db as Placeholders>::placeholders(read_sql(resource_type, id));
+                if let Some(row) = self.inline_current(&sql) {
+                    return current(resource_type, id, row);
+                }
+                let row = match bind_ready!($db, sql).fetch_optional(&self.pool).await? {
+                    Some(row) => Some(CurrentRow {
+                        version: row.try_get(0)?,
+                        deleted: row.try_get(1)?,
+                        body: row.try_get::<Option<Json<Box<RawValue>>>, _>(2)?.map(|j| String::from(Box::<str>::from(j.0))),
+                    }),
+                    None => None,
+                };
+                current(resource_type, id, row)
+            }
+
+            async fn lookup(&self, resource_type: &str, id: &str, patient_compartment: Option<&str>, filters: &[Filter]) -> Result<Option<RawResource>> {
+                let sql = <$db as Placeholders>::placeholders(search::lookup_sql(resource_type, id, patient_compartment, filters)?);
+                if let Some(found) = self.inline_lookup(&sql) {
+                    return Ok(found);
+                }
+                match bind_ready!($db, sql).fetch_optional(&self.pool).await? {
+                    Some(row) => Ok(Some(RawResource {
+                        version_id: row.try_get::<i64, _>(0)?.to_string(),
+                        json: String::from(Box::<str>::from(row.try_get::<Json<Box<RawValue>>, _>(1)?.0)),
+                    })),
+                    None => Ok(None),
+                }
             }
 
             async fn vread(&self, resource_type: &str, id: &str, version_id: &str) -> Result<Value> {
@@ -495,3 +614,129 @@ macro_rules! store_impl {
 
 store_impl!(SqliteStore, Sqlite, Backend::Sqlite, auth: SqliteAuthState, begin: Some("BEGIN IMMEDIATE"), claim: false, for_update: "", explain: ("EXPLAIN QUERY PLAN", "detail"));
 store_impl!(PostgresStore, Postgres, Backend::Postgres, auth: PgAuthState, begin: None, claim: true, for_update: " FOR UPDATE", explain: ("EXPLAIN", "QUERY PLAN"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The inline path really runs (no silent fallback) and answers what the pool answers for
+    /// the same statement.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inline_reads_run_and_match_the_pool() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        store
+            .upsert_all(vec![
+                json!({"resourceType": "Patient", "id": "pt1"}),
+                json!({"resourceType": "Observation", "id": "o1", "status": "final",
+                       "subject": {"reference": "Patient/pt1"}}),
+                json!({"resourceType": "Observation", "id": "o2", "status": "final",
+                       "subject": {"reference": "Patient/pt2"}}),
+            ])
+            .await
+            .unwrap();
+        store.delete("Observation", "o2").await.unwrap();
+        let status = |v: &str| Filter {
+            name: "status".into(),
+            modifier: None,
+            values: vec![v.into()],
+        };
+        let cases: Vec<(&str, &str, Option<&str>, Vec<Filter>)> = vec![
+            ("Observation", "o1", Some("pt1"), vec![status("final")]),
+            ("Observation", "o1", Some("pt1"), vec![status("amended")]),
+            ("Observation", "o1", Some("pt2"), vec![]),
+            ("Observation", "o2", Some("pt2"), vec![]),
+            ("Observation", "o1", None, vec![]),
+            ("Patient", "pt1", Some("pt1"), vec![]),
+            ("Patient", "pt1", Some("pt2"), vec![]),
+        ];
+        for (rt, id, compartment, filters) in cases {
+            let sql =
+                Sqlite::placeholders(search::lookup_sql(rt, id, compartment, &filters).unwrap());
+            let inline = store.inline_lookup(&sql).expect("ran inline");
+            let pooled = bind_ready!(Sqlite, sql)
+                .fetch_optional(&store.pool)
+                .await
+                .unwrap()
+                .map(|row| RawResource {
+                    version_id: row.get::<i64, _>(0).to_string(),
+                    json: row.get(1),
+                });
+            assert_eq!(inline, pooled, "{rt}/{id} {compartment:?} {filters:?}");
+        }
+        for (rt, id) in [
+            ("Observation", "o1"),
+            ("Observation", "o2"),
+            ("Patient", "nope"),
+        ] {
+            let sql = Sqlite::placeholders(read_sql(rt, id));
+            let inline = store.inline_current(&sql).expect("ran inline");
+            let inline = current(rt, id, inline);
+            let pooled = store.read(rt, id).await;
+            match (inline, pooled) {
+                (Ok(raw), Ok(v)) => assert_eq!(raw.parse().unwrap(), v),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("{rt}/{id}: {a:?} vs {b:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The primary key drives a lookup; each condition is one probe of a per-resource index.
+    #[tokio::test]
+    async fn lookup_is_driven_by_the_primary_key() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        let lab = vec![Filter {
+            name: "category".into(),
+            modifier: None,
+            values: vec!["http://x|laboratory".into()],
+        }];
+        let mut sql =
+            Sqlite::placeholders(search::lookup_sql("Observation", "o1", Some("pt1"), &lab)?);
+        sql.text = format!("EXPLAIN QUERY PLAN {}", sql.text);
+        let plan: Vec<String> = bind_ready!(Sqlite, sql)
+            .fetch_all(&store.pool)
+            .await?
+            .iter()
+            .map(|r| r.get::<String, _>("detail"))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(
+            plan.starts_with(
+                "SEARCH r USING INDEX sqlite_autoindex_resource_1 (resource_type=? AND id=?)"
+            ),
+            "{plan}"
+        );
+        assert!(!plan.contains("SCAN"), "{plan}");
+        assert!(
+            plan.contains("SEARCH s EXISTS USING COVERING INDEX search_reference_res"),
+            "{plan}"
+        );
+        assert!(
+            plan.contains("SEARCH s EXISTS USING COVERING INDEX search_token_res"),
+            "{plan}"
+        );
+        Ok(())
+    }
+
+    /// `query_only`: the inline connections cannot write, whatever SQL reaches them.
+    #[tokio::test]
+    async fn inline_connections_are_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        let sql = Sql {
+            text: "DELETE FROM resource RETURNING id".into(),
+            binds: Vec::new(),
+        };
+        let readers = store.readers.as_ref().unwrap();
+        assert!(readers.first_row(&sql, |r| r.get::<_, String>(0)).is_none());
+    }
+}

@@ -21,6 +21,7 @@ mod date;
 mod error;
 mod fhirpath;
 mod index;
+mod inline;
 mod own_params;
 mod refs;
 mod search;
@@ -56,6 +57,24 @@ pub struct HistoryEntry {
     pub resource: Option<Value>,
 }
 
+/// The current version of a resource as the store holds it: JSON text, not parsed, for answers
+/// that send it on unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawResource {
+    /// `meta.versionId`.
+    pub version_id: String,
+    /// The resource, `id` and `meta` included, as JSON text.
+    pub json: String,
+}
+
+impl RawResource {
+    /// The resource as a value.
+    pub fn parse(&self) -> Result<Value> {
+        serde_json::from_str(&self.json)
+            .map_err(|e| StoreError::Backend(format!("stored resource is not JSON: {e}")))
+    }
+}
+
 /// The FHIR store. Object-safe so the server can hold an `Arc<dyn Store>` whatever the backend.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
@@ -74,6 +93,22 @@ pub trait Store: Send + Sync {
     /// The current version; [`StoreError::Gone`] if deleted, [`StoreError::NotFound`] if it
     /// never existed.
     async fn read(&self, resource_type: &str, id: &str) -> Result<Value>;
+
+    /// [`Store::read`], as the stored JSON text.
+    async fn read_raw(&self, resource_type: &str, id: &str) -> Result<RawResource>;
+
+    /// The live resource `id` of `resource_type` if it is in `patient_compartment`'s
+    /// compartment (when given) and matches every one of `filters`: what [`Store::search`]
+    /// finds for `_id=id` with that compartment and those filters (`id` taken literally, not
+    /// as an escaped search value), as the stored JSON text. The primary key drives the query,
+    /// and on SQLite it runs on the calling thread (a few microseconds from the page cache).
+    async fn lookup(
+        &self,
+        resource_type: &str,
+        id: &str,
+        patient_compartment: Option<&str>,
+        filters: &[Filter],
+    ) -> Result<Option<RawResource>>;
 
     /// One version; a deletion version is [`StoreError::Gone`].
     async fn vread(&self, resource_type: &str, id: &str, version_id: &str) -> Result<Value>;

@@ -321,27 +321,14 @@ struct Cond {
 
 /// The WHERE clause (without the keyword) of a search; `$1` is the resource type.
 pub(crate) fn build_where(q: &SearchQuery, sql: &mut Sql) -> Result<String> {
-    if !q.resource_type.chars().all(|c| c.is_ascii_alphanumeric()) || q.resource_type.is_empty() {
-        return Err(invalid(format!(
-            "{:?} is not a resource type",
-            q.resource_type
-        )));
-    }
-    let values: usize = q.params.iter().map(|f| f.values.len()).sum();
-    if values > MAX_VALUES {
-        return Err(invalid(format!(
-            "too many search values ({values}; at most {MAX_VALUES})"
-        )));
-    }
     let rt = sql.text(q.resource_type.as_str());
     debug_assert_eq!(rt, "$1");
-    let mut conds = Vec::new();
-    if let Some(pid) = &q.patient_compartment {
-        conds.push(compartment_cond(&q.resource_type, pid, sql)?);
-    }
-    for f in &q.params {
-        conds.push(filter_cond(&q.resource_type, f, sql)?);
-    }
+    let conds = conditions(
+        &q.resource_type,
+        q.patient_compartment.as_deref(),
+        &q.params,
+        sql,
+    )?;
     let driver = conds
         .iter()
         .enumerate()
@@ -353,6 +340,41 @@ pub(crate) fn build_where(q: &SearchQuery, sql: &mut Sql) -> Result<String> {
         format!("r.resource_type = {rt}"),
         "r.deleted = FALSE".to_string(),
     ];
+    clauses.extend(render(&conds, driver, &rt));
+    Ok(clauses.join(" AND "))
+}
+
+/// The conditions of a search's compartment and filters, checked.
+fn conditions(
+    resource_type: &str,
+    patient_compartment: Option<&str>,
+    params: &[Filter],
+    sql: &mut Sql,
+) -> Result<Vec<Cond>> {
+    if !resource_type.chars().all(|c| c.is_ascii_alphanumeric()) || resource_type.is_empty() {
+        return Err(invalid(format!("{resource_type:?} is not a resource type")));
+    }
+    let values: usize = params.iter().map(|f| f.values.len()).sum();
+    if values > MAX_VALUES {
+        return Err(invalid(format!(
+            "too many search values ({values}; at most {MAX_VALUES})"
+        )));
+    }
+    let mut conds = Vec::with_capacity(params.len() + 1);
+    if let Some(pid) = patient_compartment {
+        conds.push(compartment_cond(resource_type, pid, sql)?);
+    }
+    for f in params {
+        conds.push(filter_cond(resource_type, f, sql)?);
+    }
+    Ok(conds)
+}
+
+/// One SQL clause per condition over resource row `r`: the `driver` as an `r.id IN (…)` range
+/// of its index, the others as correlated `EXISTS` per candidate. `rt` is the placeholder of the
+/// resource type.
+fn render(conds: &[Cond], driver: Option<usize>, rt: &str) -> Vec<String> {
+    let mut clauses = Vec::with_capacity(conds.len());
     for (i, c) in conds.iter().enumerate() {
         let Some(table) = c.table else {
             clauses.push(if c.negated {
@@ -380,7 +402,34 @@ pub(crate) fn build_where(q: &SearchQuery, sql: &mut Sql) -> Result<String> {
             ));
         }
     }
-    Ok(clauses.join(" AND "))
+    clauses
+}
+
+/// The query behind [`crate::Store::lookup`]: `(version_id, body)` of the live resource `id`
+/// (taken literally, no search escapes) of `resource_type` when it is in `patient_compartment`
+/// and matches every filter. The same conditions as [`build_where`] for
+/// `_id=id&…filters` with that compartment, but the primary key drives: one row probed, each
+/// condition checked on it.
+pub(crate) fn lookup_sql(
+    resource_type: &str,
+    id: &str,
+    patient_compartment: Option<&str>,
+    filters: &[Filter],
+) -> Result<Sql> {
+    let mut sql = Sql::default();
+    let rt = sql.text(resource_type);
+    let idp = sql.text(id);
+    let conds = conditions(resource_type, patient_compartment, filters, &mut sql)?;
+    let mut text = format!(
+        "SELECT r.version_id, h.body FROM resource r JOIN resource_history h ON {HISTORY_JOIN} \
+         WHERE r.resource_type = {rt} AND r.id = {idp} AND r.deleted = FALSE"
+    );
+    for clause in render(&conds, None, &rt) {
+        text.push_str(" AND ");
+        text.push_str(&clause);
+    }
+    sql.text = text;
+    Ok(sql)
 }
 
 fn compartment_cond(resource_type: &str, patient_id: &str, sql: &mut Sql) -> Result<Cond> {

@@ -1,0 +1,85 @@
+//! The store reads behind an authorized FHIR read, on SQLite: `lookup` (a patient-confined,
+//! granular-filtered read by id) and `read_raw`, which run inline on the store's own read
+//! connections, next to the same lookup as a `search` (`_id`, compartment, filters, count 1)
+//! through sqlx's pooled connections. The database is warm (a few hundred resources).
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use fhirgate_store::{Filter, SearchQuery, Store, open};
+use serde_json::json;
+
+const CAT: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+
+fn bench(c: &mut Criterion) {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let url = format!("sqlite:{}", dir.path().join("bench.db").display());
+    let store: Arc<dyn Store> = rt.block_on(async {
+        let store = open(&url).await.unwrap_or_else(|e| panic!("open: {e}"));
+        let mut seed = Vec::new();
+        for p in 0..20 {
+            seed.push(json!({"resourceType": "Patient", "id": format!("pt-{p}"), "gender": "female"}));
+            for o in 0..20 {
+                seed.push(json!({"resourceType": "Observation", "id": format!("obs-{p}-{o}"), "status": "final",
+                    "category": [{"coding": [{"system": CAT, "code": if o % 2 == 0 { "laboratory" } else { "vital-signs" }}]}],
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "1234-5"}]},
+                    "subject": {"reference": format!("Patient/pt-{p}")}}));
+            }
+        }
+        store.upsert_all(seed).await.unwrap_or_else(|e| panic!("seed: {e}"));
+        store
+    });
+    let lab = vec![Filter {
+        name: "category".into(),
+        modifier: None,
+        values: vec![format!("{CAT}|laboratory")],
+    }];
+
+    c.bench_function("store/lookup Patient in its own compartment", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(store.lookup("Patient", "pt-3", Some("pt-3"), &[]).await) })
+    });
+    c.bench_function(
+        "store/lookup Observation, compartment + granular category",
+        |b| {
+            b.to_async(&rt).iter(|| async {
+                black_box(
+                    store
+                        .lookup("Observation", "obs-3-4", Some("pt-3"), &lab)
+                        .await,
+                )
+            })
+        },
+    );
+    c.bench_function("store/read_raw Patient", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(store.read_raw("Patient", "pt-3").await) })
+    });
+    c.bench_function(
+        "store/search _id + compartment + category, count 1 (pooled)",
+        |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut q = SearchQuery::new("Observation").filter("_id", None, &["obs-3-4"]);
+                q.params.extend(lab.iter().cloned());
+                q.patient_compartment = Some("pt-3".into());
+                q.count = Some(1);
+                black_box(store.search(&q).await)
+            })
+        },
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
