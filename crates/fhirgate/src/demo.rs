@@ -591,13 +591,13 @@ async fn start_page(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Respon
             format!("<label>FHIR server <select name=\"iss\">{options}</select></label>")
         }
     };
-    // a page opened under another host name than the base URL loses its state cookie on the
-    // way back: say so rather than fail at the callback
+    // the launch starts at, and comes back to, the base URL's host: say so when this page was
+    // opened under another name (a browser that cannot reach that name cannot finish a launch)
     let host_note = match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
         Some(host) if !same_host(base, host) => format!(
-            "<p class=\"error\">You opened this page at <code>{}</code>, but this server's base URL is \
-             <code>{}</code>: the launch comes back there. Open <a href=\"{1}/demo\">{1}/demo</a> instead \
-             (or start fhirgate with <code>--base-url</code> matching the address you use).</p>",
+            "<p class=\"hint\">You opened this page at <code>{}</code>; this server's base URL is \
+             <code>{}</code>, and the launch runs there (<a href=\"{1}/demo\">{1}/demo</a>). If your browser \
+             cannot reach that address, start fhirgate with <code>--base-url</code> set to one it can.</p>",
             esc(host),
             esc(base)
         ),
