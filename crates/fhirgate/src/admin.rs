@@ -478,7 +478,7 @@ async fn remove(
 
 /// `PUT /` with an array of resources: all stored in one transaction, or none.
 async fn bulk(State(admin): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = guard(&admin, &headers, "PUT", &"/".to_string(), None).await {
+    if let Err(r) = guard(&admin, &headers, "PUT", "/", None).await {
         return r;
     }
     let items = match parse_body(&headers, &body) {

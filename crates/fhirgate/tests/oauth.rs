@@ -1485,3 +1485,102 @@ async fn id_token_auth_time_is_the_sign_in_time_and_max_age_asks_again() {
     assert_eq!(back.status, 302);
     assert_eq!(back.redirect_params()["error"], "invalid_request");
 }
+
+#[tokio::test]
+async fn key_rotation_keeps_old_tokens_valid() {
+    let s = start().await;
+    let t = launch(
+        &s,
+        "public-app",
+        "openid launch/patient patient/*.rs",
+        "amy",
+        "amy-pass",
+        None,
+    )
+    .await;
+    let old = t["access_token"].as_str().unwrap().to_string();
+    let old_kid = jsonwebtoken::decode_header(&old).unwrap().kid.unwrap();
+    let r: Value = s
+        .http
+        .post(format!("{}/rpc", s.base))
+        .basic_auth("root", Some(ROOT_SECRET))
+        .json(&json!({"method": "fhirgate/rotate-keys"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids = r["result"]["kids"].as_array().unwrap();
+    assert_eq!(kids.len(), 2, "{r}");
+    let jwks: Value = s
+        .http
+        .get(format!("{}/.well-known/jwks.json", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let published: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        published.contains(&old_kid.as_str()),
+        "the retired key still verifies"
+    );
+    assert!(
+        kids.iter()
+            .all(|k| published.contains(&k.as_str().unwrap()))
+    );
+    assert_eq!(
+        s.fhir_get("Patient/pt-1", &old).await.0,
+        200,
+        "old token still valid"
+    );
+    let t2 = launch(
+        &s,
+        "public-app",
+        "openid launch/patient patient/*.rs",
+        "amy",
+        "amy-pass",
+        None,
+    )
+    .await;
+    let new = t2["access_token"].as_str().unwrap();
+    let new_kid = jsonwebtoken::decode_header(new).unwrap().kid.unwrap();
+    assert_ne!(new_kid, old_kid);
+    assert!(kids.contains(&json!(new_kid)));
+    assert_eq!(s.fhir_get("Patient/pt-1", new).await.0, 200);
+}
+
+/// RFC 6749 §2.3.1 says Basic credentials are form-encoded; Authlib and `requests` send the
+/// secret as is. A secret with `+` or `%` works both ways.
+#[tokio::test]
+async fn basic_secrets_with_plus_or_percent_work_encoded_or_raw() {
+    let s = start().await;
+    let r = s
+        .http
+        .put(format!("{}/Client/plus-app", s.base))
+        .basic_auth("root", Some(ROOT_SECRET))
+        .json(&json!({"resourceType": "Client", "secret": "a+b%41c", "grant_types": ["basic"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let introspect = |secret: &'static str| {
+        let s = &s;
+        async move {
+            s.form_post("/auth/introspect", &[("token", "x")], ("plus-app", secret))
+                .await
+                .0
+        }
+    };
+    assert_eq!(introspect("a+b%41c").await, 200, "sent raw");
+    assert_eq!(introspect("a%2Bb%2541c").await, 200, "form-encoded");
+    assert_eq!(introspect("a b%41c").await, 401);
+    assert_eq!(introspect("a+bAc").await, 401);
+}

@@ -249,7 +249,7 @@ pub async fn openid_configuration(State(s): State<Arc<AuthServer>>) -> Json<Valu
         "id_token_signing_alg_values_supported": ["RS256"],
         "scopes_supported": SCOPES_SUPPORTED,
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "fhirUser", "name", "email"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "code_challenge_methods_supported": ["S256"],
         "prompt_values_supported": ["none", "login", "consent"],

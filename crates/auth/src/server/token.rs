@@ -54,8 +54,9 @@ pub(crate) fn form(headers: &HeaderMap, body: &Bytes) -> Result<Params, Response
     Params::parse(body).map_err(|e| invalid_request(&e.to_string()))
 }
 
-/// `Authorization: Basic` → (client_id, secret), both form-url-decoded (RFC 6749 §2.3.1).
-fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
+/// `Authorization: Basic` → (client_id, secret), both form-url-decoded (RFC 6749 §2.3.1), and
+/// the secret as sent (many clients, e.g. Authlib and `requests`, do not encode it).
+fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String, String), ()>> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, b64) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -77,7 +78,7 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default()
     };
-    Some(Ok((decode(id), decode(secret))))
+    Some(Ok((decode(id), decode(secret), secret.to_string())))
 }
 
 /// The unverified `iss` of a JWT (only to find which client's keys verify it).
@@ -125,18 +126,20 @@ impl AuthServer {
             ));
         }
         enum Presented {
-            Secret(String),
+            /// The secret form-decoded, and as sent when that differs.
+            Secret(String, Option<String>),
             Assertion(String),
             Nothing,
         }
         let (id, presented) = if let Some(b) = basic {
-            let (id, secret) = b.map_err(|_| invalid_client("malformed Basic credentials"))?;
+            let (id, secret, raw) = b.map_err(|_| invalid_client("malformed Basic credentials"))?;
             if form_id.is_some_and(|f| f != id) {
                 return Err(invalid_client(
                     "client_id differs from the Basic credentials",
                 ));
             }
-            (id, Presented::Secret(secret))
+            let raw = (raw != secret).then_some(raw);
+            (id, Presented::Secret(secret, raw))
         } else if let Some(a) = assertion {
             if assertion_type != Some(JWT_BEARER) {
                 return Err(invalid_client(
@@ -151,7 +154,7 @@ impl AuthServer {
             (iss, Presented::Assertion(a.to_string()))
         } else if let Some(secret) = form_secret {
             let id = form_id.ok_or_else(|| invalid_client("client_id is missing"))?;
-            (id.to_string(), Presented::Secret(secret.to_string()))
+            (id.to_string(), Presented::Secret(secret.to_string(), None))
         } else {
             let id = form_id
                 .or(fallback)
@@ -167,8 +170,14 @@ impl AuthServer {
             return Err(invalid_client("the client is not active"));
         }
         match (&client.auth, presented) {
-            (ClientAuth::Secret(hash), Presented::Secret(secret)) => {
-                if !self.secrets.verify(&client.id, &secret, hash).await {
+            (ClientAuth::Secret(hash), Presented::Secret(secret, raw)) => {
+                let ok = self.secrets.verify(&client.id, &secret, hash).await
+                    || match raw {
+                        // a client that did not form-encode a secret with `+` or `%` in it
+                        Some(raw) => self.secrets.verify(&client.id, &raw, hash).await,
+                        None => false,
+                    };
+                if !ok {
                     return Err(invalid_client("wrong client secret"));
                 }
             }
@@ -629,7 +638,11 @@ mod tests {
         );
         assert_eq!(
             basic_credentials(&h),
-            Some(Ok(("my app".to_string(), "s:cret".to_string())))
+            Some(Ok((
+                "my app".to_string(),
+                "s:cret".to_string(),
+                "s%3Acret".to_string()
+            )))
         );
         h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
         assert_eq!(basic_credentials(&h), Some(Err(())));
