@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// app at /demo, and print how to try a launch. Never with real data.
     #[arg(long, env = "FHIRGATE_DEMO")]
     pub demo: bool,
+    /// Also store every data access decision as a FHIR AuditEvent resource (the
+    /// `fhirgate::audit` log has them always).
+    #[arg(long, env = "FHIRGATE_AUDIT_EVENTS")]
+    pub audit_events: bool,
 }
 
 /// Check a base URL: absolute http(s), a host, no trailing slash, no query or fragment.

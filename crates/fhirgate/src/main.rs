@@ -209,6 +209,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             root_secret: std::env::var("FHIRGATE_ROOT_SECRET").ok().filter(|s| !s.is_empty()),
             seeds: args.seeds.clone(),
             demo: args.demo,
+            audit_events: args.audit_events,
         };
         let prepared = match fhirgate::server::prepare(&project, store, &options).await {
             Ok(p) => p,

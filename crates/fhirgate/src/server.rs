@@ -23,6 +23,8 @@ pub struct ServeOptions {
     pub seeds: Vec<std::path::PathBuf>,
     /// `--demo`: seed the demo data set (before the `--seed` files) and serve `/demo`.
     pub demo: bool,
+    /// `--audit-events`: store each data access decision as an AuditEvent resource.
+    pub audit_events: bool,
 }
 
 impl ServeOptions {
@@ -34,6 +36,7 @@ impl ServeOptions {
             root_secret: None,
             seeds: Vec::new(),
             demo: false,
+            audit_events: false,
         }
     }
 }
@@ -99,6 +102,9 @@ pub async fn prepare(
         store: Some(store.clone()),
         base_url: options.base_url.clone(),
         access: Some(access.clone()),
+        audit: options
+            .audit_events
+            .then(|| fhirgate_smart::audit::AuditSink::start(store.clone())),
     });
     let admin = Admin::new(store.clone());
     admin.set_access_control(access);

@@ -58,6 +58,7 @@ async fn start() -> Fixture {
         base_url: BASE.into(),
         // the SMART layer alone; tests/oauth.rs covers AccessPolicies through `serve`'s wiring
         access: None,
+        audit: None,
     });
     for kw in [
         "smart.fhir/search",

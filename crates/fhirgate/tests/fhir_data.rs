@@ -52,6 +52,7 @@ async fn start() -> Fixture {
         base_url: BASE.into(),
         // the SMART layer alone; tests/oauth.rs covers AccessPolicies through `serve`'s wiring
         access: None,
+        audit: None,
     });
     let core = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../core.edn");
     let project = fhirgate::load_project(&core, &registry).unwrap();
@@ -309,6 +310,7 @@ async fn a_data_action_without_a_smart_middleware_fails_closed() {
         base_url: BASE.into(),
         // the SMART layer alone; tests/oauth.rs covers AccessPolicies through `serve`'s wiring
         access: None,
+        audit: None,
     });
     let src = r#"{ns core import #{zenbox} root-api {:zen/tags #{zenbox/api} "open" {"Patient" {[:id] {:GET {:action :smart.fhir/read :resource/type "Patient"}}}}}}"#;
     let sources = fhirgate_config::MemorySources::new([("core.edn", src)]);

@@ -28,6 +28,8 @@ pub struct DataAccess {
     /// The AccessPolicy check every data request passes (decisions §10); `None` only for an
     /// embedding that does not use AccessPolicies.
     pub access: Option<Arc<crate::access::AccessControl>>,
+    /// AuditEvent resources (none: the log only).
+    pub audit: Option<Arc<crate::audit::AuditSink>>,
 }
 
 impl DataAccess {
@@ -167,14 +169,22 @@ pub async fn handle(kind: Kind, access: DataAccess, route: Arc<Route>, req: Requ
             ) {
                 Ok(id) => Some(id),
                 Err(resp) => {
-                    audit(&auth, &resource_type, kind, "deny-policy", None);
+                    audit(&access, &auth, &resource_type, kind, &m, &parts.uri, None);
                     return resp;
                 }
             }
         }
         None => None,
     };
-    audit(&auth, &resource_type, kind, "allow", policy.as_deref());
+    audit(
+        &access,
+        &auth,
+        &resource_type,
+        kind,
+        &m,
+        &parts.uri,
+        Some(policy.as_deref().unwrap_or("-")),
+    );
     match kind {
         Kind::Read | Kind::History => {
             let id = m.param("id").unwrap_or_default().to_string();
@@ -184,9 +194,23 @@ pub async fn handle(kind: Kind, access: DataAccess, route: Arc<Route>, req: Requ
     }
 }
 
-/// One structured audit event per decision on PHI (target `fhirgate::audit`).
-fn audit(auth: &Authorized, resource_type: &str, kind: Kind, outcome: &str, policy: Option<&str>) {
+/// One structured audit event per decision on PHI (target `fhirgate::audit`), and an AuditEvent
+/// resource when enabled. `allowed_by`: the allowing policy (`-` without policies); `None`: denied.
+fn audit(
+    access: &DataAccess,
+    auth: &Authorized,
+    resource_type: &str,
+    kind: Kind,
+    m: &RouteMatch,
+    uri: &http::Uri,
+    allowed_by: Option<&str>,
+) {
     let p = &auth.principal;
+    let outcome = if allowed_by.is_some() {
+        "allow"
+    } else {
+        "deny-policy"
+    };
     tracing::info!(
         target: "fhirgate::audit",
         who = %p.subject,
@@ -195,9 +219,29 @@ fn audit(auth: &Authorized, resource_type: &str, kind: Kind, outcome: &str, poli
         resource_type,
         interaction = ?kind,
         outcome,
-        policy = policy.unwrap_or("-"),
+        policy = allowed_by.unwrap_or("-"),
         "data access"
     );
+    if let Some(sink) = &access.audit {
+        sink.record(crate::audit::AccessRecord {
+            who: p.subject.clone(),
+            client: p.client_id.clone(),
+            patient: p.patient.clone(),
+            resource_type: resource_type.to_string(),
+            interaction: match kind {
+                Kind::Read => "read",
+                Kind::Search => "search-type",
+                Kind::History => "history-instance",
+            },
+            id: m.param("id").map(str::to_string),
+            query: uri.to_string(),
+            allowed: allowed_by.is_some(),
+            detail: match allowed_by {
+                Some(policy) => format!("allowed by AccessPolicy {policy}"),
+                None => "no AccessPolicy allows this request".into(),
+            },
+        });
+    }
 }
 
 /// The live resource `id` of `resource_type`, if it is within the compartment and one of the

@@ -49,6 +49,8 @@ pub struct SmartAuthorizer {
     route: Arc<Route>,
     /// The `aud` tokens must carry here: the public base URL + the FHIR base's mount.
     audience: Arc<str>,
+    /// Where refusals are recorded as AuditEvents (the `fhirgate::audit` log always).
+    audit: Option<Arc<crate::audit::AuditSink>>,
 }
 
 impl SmartAuthorizer {
@@ -69,7 +71,14 @@ impl SmartAuthorizer {
             verifier,
             route,
             audience: audience.into(),
+            audit: None,
         }
+    }
+
+    /// Also record refusals as AuditEvent resources.
+    pub fn with_audit(mut self, sink: Option<Arc<crate::audit::AuditSink>>) -> Self {
+        self.audit = sink;
+        self
     }
 
     pub fn audience(&self) -> &str {
@@ -124,7 +133,40 @@ impl AuthorizeRequest for SmartAuthorizer {
             }
         } else {
             let grant = enforce::decide(self.mode, &principal, &resource_type, interaction)
-                .map_err(|d| forbidden(d.to_string()))?;
+                .map_err(|d| {
+                    let why = d.to_string();
+                    tracing::info!(
+                        target: "fhirgate::audit",
+                        who = %principal.subject,
+                        client = %principal.client_id,
+                        patient = principal.patient.as_deref().unwrap_or("-"),
+                        resource_type,
+                        interaction = ?interaction,
+                        outcome = "deny-scope",
+                        reason = %why,
+                        "data access"
+                    );
+                    if let Some(sink) = &self.audit {
+                        sink.record(crate::audit::AccessRecord {
+                            who: principal.subject.clone(),
+                            client: principal.client_id.clone(),
+                            patient: principal.patient.clone(),
+                            resource_type: resource_type.clone(),
+                            interaction: match interaction {
+                                crate::scopes::Interaction::Search => "search-type",
+                                _ => "read",
+                            },
+                            id: req
+                                .extensions()
+                                .get::<RouteMatch>()
+                                .and_then(|m| m.param("id").map(str::to_string)),
+                            query: req.uri().to_string(),
+                            allowed: false,
+                            detail: why.clone(),
+                        });
+                    }
+                    forbidden(why)
+                })?;
             Authorized {
                 context: grant.context,
                 compartment: grant.compartment.map(str::to_string),

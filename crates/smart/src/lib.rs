@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod actions;
+pub mod audit;
 pub mod authorize;
 pub mod discovery;
 pub mod enforce;
@@ -60,6 +61,8 @@ pub struct Setup {
     pub base_url: String,
     /// The AccessPolicy check of data requests (none: policies are not applied).
     pub access: Option<Arc<access::AccessControl>>,
+    /// Where AuditEvent resources go (none: the `fhirgate::audit` log only).
+    pub audit: Option<Arc<audit::AuditSink>>,
 }
 
 impl Default for Setup {
@@ -69,6 +72,7 @@ impl Default for Setup {
             store: None,
             base_url: DEFAULT_BASE_URL.to_string(),
             access: None,
+            audit: None,
         }
     }
 }
@@ -98,6 +102,7 @@ pub fn register(registry: &mut Registry, setup: &Setup) {
                     store: store.clone(),
                     base_url: setup.base_url.as_str().into(),
                     access: setup.access.clone(),
+                    audit: setup.audit.clone(),
                 };
                 registry
                     .action(keyword, spec, move |route: &Arc<Route>| {
@@ -122,14 +127,12 @@ pub fn register(registry: &mut Registry, setup: &Setup) {
     ] {
         match &setup.verifier {
             Some(v) => {
-                let (v, base) = (v.clone(), setup.base_url.clone());
+                let (v, base, sink) = (v.clone(), setup.base_url.clone(), setup.audit.clone());
                 registry.authentication_with(keyword, move |route: &Arc<Route>| {
-                    middleware::SmartAuthLayer::new(authorize::SmartAuthorizer::new(
-                        mode,
-                        v.clone(),
-                        route.clone(),
-                        &base,
-                    ))
+                    middleware::SmartAuthLayer::new(
+                        authorize::SmartAuthorizer::new(mode, v.clone(), route.clone(), &base)
+                            .with_audit(sink.clone()),
+                    )
                 });
             }
             None => {
