@@ -111,6 +111,12 @@ pub struct ServeArgs {
     /// `fhirgate::audit` log has them always).
     #[arg(long, env = "FHIRGATE_AUDIT_EVENTS")]
     pub audit_events: bool,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, env = "FHIRGATE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, RSA or EC) of --tls-cert.
+    #[arg(long, env = "FHIRGATE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Check a base URL: absolute http(s), a host, no trailing slash, no query or fragment.
@@ -160,7 +166,8 @@ pub fn base_url_mismatch(base_url: &str, listening: SocketAddr) -> Option<String
     (local && port != listening.port()).then(|| {
         format!(
             "the base URL {base_url} points at port {port} of this machine, but fhirgate listens on {listening}: \
-             links and OAuth redirects will miss it; set --base-url http://localhost:{} (FHIRGATE_BASE_URL)",
+             links and OAuth redirects will miss it; set --base-url {}://localhost:{} (FHIRGATE_BASE_URL)",
+            uri.scheme_str().unwrap_or("http"),
             listening.port()
         )
     })

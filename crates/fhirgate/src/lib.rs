@@ -9,5 +9,6 @@ pub mod load;
 pub mod rpc;
 pub mod seed;
 pub mod server;
+pub mod tls;
 
 pub use app::{Settings, build_app, load_project, registry, registry_with};

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::Parser;
 use fhirgate::cli::{
     Cli, Command, LoadArgs, ProjectArgs, RoutesArgs, ServeArgs, validate_base_url,
@@ -184,6 +185,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let Some(project) = load(&args.config, &registry()) else {
         return Ok(ExitCode::FAILURE);
     };
+    let tls = match fhirgate::tls::server_config(args.tls_cert.as_deref(), args.tls_key.as_deref())
+    {
+        Ok(tls) => tls,
+        Err(msg) => {
+            eprintln!("fhirgate: {msg}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let runtime = runtime()?;
     runtime.block_on(async move {
         // the port first: a busy one stops startup before anything is written (a root secret
@@ -224,7 +233,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let app = prepared.app;
         let local = listener.local_addr()?;
         tracing::info!(
-            "fhirgate listening on http://{local} ({} routes from {}; base URL {})",
+            "fhirgate listening on {}://{local} ({} routes from {}; base URL {})",
+            if tls.is_some() { "https" } else { "http" },
             project.routes.routes.len(),
             project.entry.display(),
             base_url
@@ -233,14 +243,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!("{why}");
         }
         if let Some(demo) = &prepared.demo {
-            demo.set_listen_addr(local);
+            // over TLS the demo app goes through the base URL: its certificate names that host
+            if tls.is_none() {
+                demo.set_listen_addr(local);
+            }
             let bases = fhirgate::server::fhir_bases(&project, &base_url);
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{}", fhirgate::demo::banner(&base_url, &bases));
             let _ = out.flush();
         }
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        match tls {
+            None => axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?,
+            Some(config) => {
+                // `tap_io` makes axum's `ConnectInfo<SocketAddr>` apply to this listener
+                let listener = fhirgate::tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+                axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?
+            }
+        }
         tracing::info!("fhirgate stopped");
         Ok(ExitCode::SUCCESS)
     })
