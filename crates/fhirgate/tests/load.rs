@@ -109,3 +109,87 @@ fn a_bad_file_is_reported_with_its_name_and_nothing_of_it_is_stored() {
         );
     });
 }
+
+fn load_cmd(db: &str, files: &[std::path::PathBuf]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+        .args(["load", "--database-url", db])
+        .args(files)
+        .output()
+        .unwrap()
+}
+
+/// An NDJSON file of several batches streams through (every resource loaded, references
+/// intact), and one bad line anywhere in a file, even past the first batches, loads nothing
+/// of that file: a first pass checks every line before any batch is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ndjson_streams_in_batches_and_one_bad_line_loads_nothing_of_its_file() {
+    let dir = common::tempdir("load");
+    let n = 2 * fhirgate::load::BATCH + 17;
+    let line = |i: usize| {
+        if i.is_multiple_of(10) {
+            json!({"resourceType": "Patient", "id": format!("p{i}"), "gender": "female"})
+        } else {
+            json!({"resourceType": "Observation", "id": format!("o{i}"), "status": "final",
+                   "subject": {"reference": format!("Patient/p{}", i - i % 10)}})
+        }
+        .to_string()
+    };
+    let good: Vec<String> = (0..n).map(line).collect();
+    std::fs::write(dir.join("good.ndjson"), good.join("\n") + "\n").unwrap();
+    let mut broken = good.clone();
+    broken[n - 3] = "{\"resourceType\": \"Observation\", \"id\": \"x\"".into();
+    std::fs::write(dir.join("broken.ndjson"), broken.join("\n")).unwrap();
+    let mut typeless = good.clone();
+    typeless[n - 2] = "{\"id\": \"t\"}".into();
+    std::fs::write(dir.join("typeless.ndjson"), typeless.join("\n")).unwrap();
+
+    let db = format!("sqlite:{}/db.sqlite", dir.display());
+    for (file, line_no, what) in [
+        ("broken.ndjson", n - 2, "EOF while parsing"),
+        ("typeless.ndjson", n - 1, "no resourceType"),
+    ] {
+        let out = load_cmd(&db, &[dir.join(file)]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{file}: line {line_no}: ")) && err.contains(what),
+            "{err}"
+        );
+    }
+    {
+        let store = fhirgate_store::open(&db).await.unwrap();
+        assert!(
+            store.read("Patient", "p0").await.is_err(),
+            "nothing of a bad file is stored"
+        );
+    }
+
+    let out = load_cmd(&db, &[dir.join("good.ndjson")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("loaded {n} resources from 1 file")),
+        "{stdout}"
+    );
+    let store = fhirgate_store::open(&db).await.unwrap();
+    let mut q = fhirgate_store::SearchQuery::new("Observation");
+    q.count = Some(0);
+    q.total = fhirgate_store::TotalMode::Accurate;
+    assert_eq!(
+        store.search(&q).await.unwrap().total,
+        Some((n - n.div_ceil(10)) as u64)
+    );
+    let q = fhirgate_store::SearchQuery::new("Observation").filter("patient", None, &["p9990"]);
+    assert_eq!(store.search(&q).await.unwrap().matches.len(), 9);
+    assert_eq!(
+        store
+            .read("Observation", &format!("o{}", n - 1))
+            .await
+            .unwrap()["meta"]["versionId"],
+        "1"
+    );
+}

@@ -25,10 +25,11 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::auth_state::{AuthState, PgAuthState, PgEvents, SqliteAuthState};
+use crate::checkpoint::Checkpointer;
 use crate::error::{Result, StoreError};
 use crate::inline::Readers;
-use crate::search::{self, Bind, Filter, SearchQuery, SearchResult, Sql, TotalMode};
-use crate::write::{self, Current, Op, Stored};
+use crate::search::{self, Bind, Filter, SearchQuery, SearchResult, SharedText, Sql, TotalMode};
+use crate::write::{self, Current, Op, PreparedBatch, Stored};
 use crate::{Backend, HistoryEntry, RawResource, Store};
 
 /// The store on an SQLite file (WAL mode).
@@ -42,6 +43,8 @@ pub struct SqliteStore {
     events: tokio::sync::broadcast::Sender<String>,
     /// Read connections for small reads run inline (`None` for an in-memory database).
     readers: Option<Arc<Readers>>,
+    /// Runs the WAL checkpoints (`None` for an in-memory database).
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 /// The store on a PostgreSQL database (bodies as JSONB).
@@ -71,7 +74,16 @@ impl SqliteStore {
             // only an OS crash or power loss can drop the last transactions.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
-            .pragma("cache_size", "-65536");
+            .pragma("cache_size", "-65536")
+            // Statement journals (a multi-row INSERT's undo pages) in memory, not temp files.
+            .pragma("temp_store", "memory")
+            // Checkpoints run on a thread of their own (crate::checkpoint). A writer
+            // checkpoints too once the WAL holds 128 MB: the other thread has copied most of it
+            // back by then, and only a WAL copied back entirely can start over instead of
+            // growing. The file is kept (not cut back and grown again at every restart)
+            // unless a transaction made it bigger than 256 MB.
+            .pragma("wal_autocheckpoint", "32768")
+            .pragma("journal_size_limit", "268435456");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts)
@@ -81,16 +93,19 @@ impl SqliteStore {
             || path.as_os_str() == ":memory:"
             || path.to_string_lossy().starts_with("file:");
         // the file exists now: later changes of the working directory do not matter
-        let readers = (!in_memory).then(|| {
-            Arc::new(Readers::new(
-                std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
-            ))
-        });
+        let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let checkpointer = if in_memory {
+            None
+        } else {
+            Checkpointer::start(&file).map(Arc::new)
+        };
+        let readers = (!in_memory).then(|| Arc::new(Readers::new(file)));
         let store = SqliteStore {
             pool,
             write_lock: Some(Arc::default()),
             events: crate::auth_state::sqlite_events(path),
             readers,
+            checkpointer,
         };
         store.reindex_queued().await?;
         Ok(store)
@@ -99,6 +114,13 @@ impl SqliteStore {
     /// The connection pool, for other tables that live in the same database.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// A write transaction committed.
+    fn committed(&self) {
+        if let Some(c) = &self.checkpointer {
+            c.poke();
+        }
     }
 
     /// `(version_id, deleted, body)` of the resource row, read inline; `None` when that could
@@ -160,7 +182,7 @@ fn read_sql(resource_type: &str, id: &str) -> Sql {
     let (rt, id) = (sql.text(resource_type), sql.text(id));
     sql.text = format!(
         "SELECT r.version_id, r.deleted, h.body FROM resource r \
-         JOIN resource_history h ON h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id \
+         JOIN resource_history h ON h.rid = r.rid AND h.version_id = r.version_id \
          WHERE r.resource_type = {rt} AND r.id = {id}"
     );
     sql
@@ -209,6 +231,8 @@ impl PostgresStore {
         &self.pool
     }
 
+    fn committed(&self) {}
+
     /// PostgreSQL reads always take the pool.
     fn inline_current(&self, _: &Sql) -> Option<Option<CurrentRow>> {
         None
@@ -225,10 +249,20 @@ impl PostgresStore {
 /// parameters, bound in order of appearance, avoid that.
 trait Placeholders {
     fn placeholders(sql: Sql) -> Sql;
+
+    /// A shared statement's text in this backend's style.
+    fn shared(text: SharedText) -> Arc<str>;
 }
 
 impl Placeholders for Sqlite {
+    fn shared(text: SharedText) -> Arc<str> {
+        text.question
+    }
+
     fn placeholders(sql: Sql) -> Sql {
+        if sql.shared.is_some() {
+            return sql;
+        }
         let bytes = sql.text.as_bytes();
         let mut text = String::with_capacity(sql.text.len());
         let mut order: Vec<usize> = Vec::with_capacity(sql.binds.len());
@@ -270,11 +304,19 @@ impl Placeholders for Sqlite {
             };
             binds.extend(b);
         }
-        Sql { text, binds }
+        Sql {
+            text,
+            binds,
+            shared: None,
+        }
     }
 }
 
 impl Placeholders for Postgres {
+    fn shared(text: SharedText) -> Arc<str> {
+        text.dollar
+    }
+
     fn placeholders(sql: Sql) -> Sql {
         sql
     }
@@ -318,7 +360,12 @@ macro_rules! bind_all {
 macro_rules! bind_ready {
     ($db:ty, $sql:expr) => {{
         let sql: Sql = $sql;
-        let mut q = sqlx::query::<$db>(AssertSqlSafe(sql.text));
+        let mut q = match sql.shared {
+            Some(shared) => {
+                sqlx::query::<$db>(AssertSqlSafe(<$db as Placeholders>::shared(shared)))
+            }
+            None => sqlx::query::<$db>(AssertSqlSafe(sql.text)),
+        };
         for b in sql.binds {
             q = match b {
                 Bind::Text(s) => q.bind(s),
@@ -340,12 +387,17 @@ macro_rules! store_impl {
                 // Validation and index extraction are CPU work: keep big batches off the
                 // async workers (and let a loader prepare one batch while another is written).
                 let prepared = if ops.len() > 64 {
-                    tokio::task::spawn_blocking(move || write::prepare(ops))
+                    tokio::task::spawn_blocking(move || write::prepare(ops, true))
                         .await
                         .map_err(|e| StoreError::Backend(format!("prepare task failed: {e}")))??
                 } else {
-                    write::prepare(ops)?
+                    write::prepare(ops, true)?
                 };
+                self.write_planned(prepared).await
+            }
+
+            /// Run prepared writes in one transaction.
+            async fn write_planned(&self, prepared: Vec<write::Prepared>) -> Result<Vec<Option<Stored>>> {
                 let keys = write::keys(&prepared);
                 let lock = self.write_lock.clone();
                 let _guard = match &lock {
@@ -366,14 +418,21 @@ macro_rules! store_impl {
                 for sql in write::current_sql(&keys, $for_update) {
                     for row in bind_all!($db, sql).fetch_all(&mut *tx).await? {
                         let key = (row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
-                        current.insert(key, Current { version: row.try_get(2)?, deleted: row.try_get(3)? });
+                        current.insert(key, Current { version: row.try_get(2)?, deleted: row.try_get(3)?, rid: row.try_get(4)? });
                     }
                 }
-                let (statements, outcomes) = write::plan(prepared, current)?;
+                // PostgreSQL has claimed a row, with its rid, for every key.
+                let next_rid = if $claim {
+                    None
+                } else {
+                    Some(sqlx::query::<$db>(write::NEXT_RID_SQL).fetch_one(&mut *tx).await?.try_get::<i64, _>(0)?)
+                };
+                let (statements, outcomes) = write::plan(prepared, current, next_rid)?;
                 for sql in statements {
                     bind_all!($db, sql).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
+                self.committed();
                 Ok(outcomes)
             }
 
@@ -406,7 +465,7 @@ macro_rules! store_impl {
                 // Another process opening the same database at the same time waits here, then
                 // finds the queue empty.
                 let mut types = Vec::new();
-                let list = Sql { text: format!("SELECT resource_type FROM search_reindex ORDER BY resource_type{}", $for_update), binds: Vec::new() };
+                let list = Sql { text: format!("SELECT resource_type FROM search_reindex ORDER BY resource_type{}", $for_update), ..Sql::default() };
                 for row in bind_all!($db, list).fetch_all(&mut *tx).await? {
                     types.push(row.try_get::<String, _>(0)?);
                 }
@@ -425,7 +484,7 @@ macro_rules! store_impl {
                         let mut bodies = Vec::with_capacity(ids.len());
                         for row in bind_all!($db, write::current_bodies_sql(rt, &ids)).fetch_all(&mut *tx).await? {
                             if let Some(body) = row.try_get::<Option<Json<Value>>, _>(1)? {
-                                bodies.push((row.try_get::<String, _>(0)?, body.0));
+                                bodies.push((row.try_get::<i64, _>(0)?, body.0));
                             }
                         }
                         for sql in write::reindex_sql(rt, bodies) {
@@ -513,7 +572,8 @@ macro_rules! store_impl {
             async fn vread(&self, resource_type: &str, id: &str, version_id: &str) -> Result<Value> {
                 let not_found = || StoreError::NotFound { resource_type: resource_type.into(), id: format!("{id}/_history/{version_id}") };
                 let version: i64 = version_id.parse().map_err(|_| not_found())?;
-                let row = sqlx::query::<$db>("SELECT deleted, body FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3")
+                let row = sqlx::query::<$db>("SELECT h.deleted, h.body FROM resource r JOIN resource_history h ON h.rid = r.rid \
+                     WHERE r.resource_type = $1 AND r.id = $2 AND h.version_id = $3")
                     .bind(resource_type)
                     .bind(id)
                     .bind(version)
@@ -538,7 +598,8 @@ macro_rules! store_impl {
 
             async fn history(&self, resource_type: &str, id: &str) -> Result<Vec<HistoryEntry>> {
                 let rows = sqlx::query::<$db>(
-                    "SELECT version_id, last_updated, deleted, body FROM resource_history WHERE resource_type = $1 AND id = $2 ORDER BY version_id DESC",
+                    "SELECT h.version_id, h.last_updated, h.deleted, h.body FROM resource r JOIN resource_history h ON h.rid = r.rid \
+                     WHERE r.resource_type = $1 AND r.id = $2 ORDER BY h.version_id DESC",
                 )
                 .bind(resource_type)
                 .bind(id)
@@ -562,6 +623,10 @@ macro_rules! store_impl {
             async fn upsert_all(&self, resources: Vec<Value>) -> Result<Vec<Stored>> {
                 let ops = resources.into_iter().map(|resource| Op::Put { resource, if_match: None }).collect();
                 Ok(self.write(ops).await?.into_iter().flatten().collect())
+            }
+
+            async fn write_prepared(&self, batch: PreparedBatch) -> Result<usize> {
+                Ok(self.write_planned(batch.prepared).await?.iter().flatten().count())
             }
 
             async fn search(&self, q: &SearchQuery) -> Result<SearchResult> {
@@ -734,7 +799,7 @@ mod tests {
             .unwrap();
         let sql = Sql {
             text: "DELETE FROM resource RETURNING id".into(),
-            binds: Vec::new(),
+            ..Sql::default()
         };
         let readers = store.readers.as_ref().unwrap();
         assert!(readers.first_row(&sql, |r| r.get::<_, String>(0)).is_none());

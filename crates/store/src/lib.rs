@@ -17,6 +17,7 @@
 
 mod auth_state;
 mod backend;
+mod checkpoint;
 mod date;
 mod error;
 mod fhirpath;
@@ -37,7 +38,7 @@ pub use error::{Result, StoreError};
 pub use index::{UnsupportedParam, unsupported_params};
 pub use refs::enrich_references;
 pub use search::{DEFAULT_COUNT, Filter, Include, SearchQuery, SearchResult, SortKey, TotalMode};
-pub use write::Stored;
+pub use write::{PreparedBatch, Stored, prepare_upserts};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +126,11 @@ pub trait Store: Send + Sync {
 
     /// Create or replace all of `resources` in one transaction: all of them or none.
     async fn upsert_all(&self, resources: Vec<Value>) -> Result<Vec<Stored>>;
+
+    /// [`Store::upsert_all`] for a batch that [`prepare_upserts`] made ahead of time (bulk
+    /// loads prepare the next batch while this one is written): one transaction, all or none.
+    /// Returns the number of resources written; the stored resources are not returned.
+    async fn write_prepared(&self, batch: PreparedBatch) -> Result<usize>;
 
     /// Run a FHIR search.
     async fn search(&self, query: &SearchQuery) -> Result<SearchResult>;

@@ -3,7 +3,7 @@
 //!
 //! Every value from the request is bound as a parameter (`$n`); the SQL text only ever contains
 //! table and column names chosen here. The first selective condition drives the query
-//! (`r.id IN (SELECT id FROM index WHERE resource_type, param, value …)`, an index range scan)
+//! (`r.rid IN (SELECT rid FROM index WHERE resource_type, param, value …)`, an index range scan)
 //! and the others are checked per candidate with correlated `EXISTS` on the per-resource index,
 //! so `Observation?patient=X&category=laboratory` reads the patient's rows, not every lab result.
 
@@ -289,6 +289,16 @@ pub(crate) enum Bind {
 pub(crate) struct Sql {
     pub text: String,
     pub binds: Vec<Bind>,
+    /// A statement made once and shared (the bulk INSERTs), instead of `text`.
+    pub shared: Option<SharedText>,
+}
+
+/// One statement's text in both placeholder styles: `$n`, and SQLite's anonymous `?`, whose
+/// binds are in order.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedText {
+    pub dollar: Arc<str>,
+    pub question: Arc<str>,
 }
 
 impl Sql {
@@ -370,7 +380,7 @@ fn conditions(
     Ok(conds)
 }
 
-/// One SQL clause per condition over resource row `r`: the `driver` as an `r.id IN (…)` range
+/// One SQL clause per condition over resource row `r`: the `driver` as an `r.rid IN (…)` range
 /// of its index, the others as correlated `EXISTS` per candidate. `rt` is the placeholder of the
 /// resource type.
 fn render(conds: &[Cond], driver: Option<usize>, rt: &str) -> Vec<String> {
@@ -391,12 +401,12 @@ fn render(conds: &[Cond], driver: Option<usize>, rt: &str) -> Vec<String> {
         };
         if Some(i) == driver {
             clauses.push(format!(
-                "r.id IN (SELECT s.id FROM {table} s WHERE s.resource_type = {rt}{param_filter} AND ({}))",
+                "r.rid IN (SELECT s.rid FROM {table} s WHERE s.resource_type = {rt}{param_filter} AND ({}))",
                 c.pred
             ));
         } else {
             clauses.push(format!(
-                "{}EXISTS (SELECT 1 FROM {table} s WHERE s.resource_type = r.resource_type AND s.id = r.id{param_filter} AND ({}))",
+                "{}EXISTS (SELECT 1 FROM {table} s WHERE s.rid = r.rid{param_filter} AND ({}))",
                 if c.negated { "NOT " } else { "" },
                 c.pred
             ));
@@ -770,7 +780,7 @@ pub(crate) fn sort_expr(resource_type: &str, k: &SortKey, sql: &mut Sql) -> Resu
         name => {
             let p = param_of(resource_type, name)?;
             let param = sql.text(p.code);
-            let corr = "s.resource_type = r.resource_type AND s.id = r.id AND s.param =";
+            let corr = "s.rid = r.rid AND s.param =";
             match p.kind {
                 IndexKind::Date if k.descending => {
                     format!(
@@ -802,8 +812,7 @@ pub(crate) fn sort_expr(resource_type: &str, k: &SortKey, sql: &mut Sql) -> Resu
 }
 
 /// The current body of resource row `r`.
-const HISTORY_JOIN: &str =
-    "h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id";
+const HISTORY_JOIN: &str = "h.rid = r.rid AND h.version_id = r.version_id";
 
 /// The page query: `SELECT h.body …` with sort, limit (one more than the page, to tell
 /// whether a next page exists) and offset.
@@ -859,10 +868,11 @@ fn include_chunk(q: &SearchQuery, ids: &[String]) -> Result<Vec<Sql>> {
             None => String::new(),
         };
         sql.text = format!(
-            "SELECT t.resource_type, t.id, h.body FROM search_reference s \
+            "SELECT t.resource_type, t.id, h.body FROM resource m \
+             JOIN search_reference s ON s.rid = m.rid \
              JOIN resource t ON t.resource_type = s.ref_type AND t.id = s.ref_id \
-             JOIN resource_history h ON h.resource_type = t.resource_type AND h.id = t.id AND h.version_id = t.version_id \
-             WHERE s.resource_type = {rt} AND s.param = {param} AND s.id IN ({}){target} AND t.deleted = FALSE",
+             JOIN resource_history h ON h.rid = t.rid AND h.version_id = t.version_id \
+             WHERE m.resource_type = {rt} AND m.id IN ({}) AND s.param = {param}{target} AND t.deleted = FALSE",
             list.join(", ")
         );
         out.push(sql);
@@ -885,8 +895,8 @@ fn include_chunk(q: &SearchQuery, ids: &[String]) -> Result<Vec<Sql>> {
         let list: Vec<String> = ids.iter().map(|id| sql.text(id.as_str())).collect();
         sql.text = format!(
             "SELECT t.resource_type, t.id, h.body FROM search_reference s \
-             JOIN resource t ON t.resource_type = s.resource_type AND t.id = s.id \
-             JOIN resource_history h ON h.resource_type = t.resource_type AND h.id = t.id AND h.version_id = t.version_id \
+             JOIN resource t ON t.rid = s.rid \
+             JOIN resource_history h ON h.rid = t.rid AND h.version_id = t.version_id \
              WHERE s.resource_type = {src} AND s.param = {param} AND s.ref_type = {target} AND s.ref_id IN ({}) AND t.deleted = FALSE",
             list.join(", ")
         );

@@ -1,17 +1,21 @@
-//! Writes as plans: validate and index outside the transaction, then turn the batch and the
-//! current versions into a few multi-row statements.
+//! Writes as plans: validate, index and serialize outside the transaction, then turn the batch
+//! and the current versions into a few multi-row statements.
 //!
 //! Both backends run the same plan; batching many rows per statement is what makes bulk loads
-//! fast (one statement per table per chunk instead of one per index row).
+//! fast (one statement per table per chunk instead of one per index row). Versions and index
+//! rows name their resource by `resource.rid`, an integer that grows with each new resource,
+//! so that new rows go at the end of their indexes rather than at random places (ids are often
+//! random UUIDs). The text of a full chunk's INSERT is made once per table and shared.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value};
 
 use crate::error::{Result, StoreError};
 use crate::index::{self, IndexRows};
-use crate::search::{Bind, Sql};
+use crate::search::{Bind, SharedText, Sql};
 
 /// Rows per multi-row statement: keeps binds under SQLite's 32,766 and PostgreSQL's 65,535.
 const CHUNK_ROWS: usize = 1000;
@@ -39,9 +43,78 @@ pub(crate) type Key = (String, String);
 pub(crate) struct Prepared {
     key: Key,
     kind: Kind,
-    /// The resource as given, with `id` set (not yet stamped with meta).
+    /// The resource as JSON text, serialized before the transaction (`None` for a delete).
+    doc: Option<Doc>,
+    /// The resource as given, with `id` set (not yet stamped with meta), when the caller wants
+    /// the stored resource back.
     body: Option<Value>,
     rows: IndexRows,
+}
+
+/// A resource serialized ahead of its write, but for `meta`: `meta.versionId` and
+/// `meta.lastUpdated` are only known inside the transaction, which then writes
+/// `{"meta":{…},` followed by the rest.
+#[derive(Debug)]
+struct Doc {
+    meta: Map<String, Value>,
+    /// The resource without `meta`, as a JSON object's text.
+    rest: String,
+}
+
+impl Doc {
+    /// The stored text, with `meta.versionId` and `meta.lastUpdated` set.
+    fn stamped(mut self, version: &str, now: &str) -> Result<String> {
+        self.meta
+            .insert("versionId".into(), Value::String(version.to_string()));
+        self.meta
+            .insert("lastUpdated".into(), Value::String(now.to_string()));
+        let meta = serde_json::to_string(&self.meta)
+            .map_err(|e| StoreError::Invalid(format!("unserializable meta: {e}")))?;
+        let rest = self.rest.strip_prefix('{').unwrap_or("}");
+        let mut out = String::with_capacity(10 + meta.len() + rest.len());
+        out.push_str("{\"meta\":");
+        out.push_str(&meta);
+        if rest != "}" {
+            out.push(',');
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+/// A batch of upserts validated, indexed and serialized before its transaction: the CPU part
+/// of a write, which a loader runs on another thread while the previous batch is written.
+/// Made by [`prepare_upserts`], written by [`crate::Store::write_prepared`].
+#[derive(Debug)]
+pub struct PreparedBatch {
+    pub(crate) prepared: Vec<Prepared>,
+}
+
+impl PreparedBatch {
+    /// The number of resources in the batch.
+    pub fn len(&self) -> usize {
+        self.prepared.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prepared.is_empty()
+    }
+}
+
+/// Prepare `resources` for [`crate::Store::write_prepared`], which creates or replaces them
+/// all in one transaction as [`crate::Store::upsert_all`] does: each needs a `resourceType`
+/// and an `id`. CPU work (index extraction, serialization): run it off the async workers.
+pub fn prepare_upserts(resources: Vec<Value>) -> Result<PreparedBatch> {
+    let ops = resources
+        .into_iter()
+        .map(|resource| Op::Put {
+            resource,
+            if_match: None,
+        })
+        .collect();
+    Ok(PreparedBatch {
+        prepared: prepare(ops, false)?,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +130,8 @@ pub(crate) struct Current {
     /// 0 for a row this transaction only claimed (PostgreSQL): no resource yet.
     pub version: i64,
     pub deleted: bool,
+    /// The row's `resource.rid`, which its versions and index rows name it by.
+    pub rid: i64,
 }
 
 /// What a write did.
@@ -72,8 +147,9 @@ pub struct Stored {
     pub resource: Option<Value>,
 }
 
-/// Validate, assign ids and extract index rows: the CPU work, done before the transaction.
-pub(crate) fn prepare(ops: Vec<Op>) -> Result<Vec<Prepared>> {
+/// Validate, assign ids, extract index rows and serialize: the CPU work, done before the
+/// transaction. With `keep`, each resource is kept to be returned in [`Stored::resource`].
+pub(crate) fn prepare(ops: Vec<Op>, keep: bool) -> Result<Vec<Prepared>> {
     ops.into_iter()
         .map(|op| match op {
             Op::Delete { resource_type, id } => {
@@ -82,24 +158,25 @@ pub(crate) fn prepare(ops: Vec<Op>) -> Result<Vec<Prepared>> {
                 Ok(Prepared {
                     key: (resource_type, id),
                     kind: Kind::Delete,
+                    doc: None,
                     body: None,
                     rows: IndexRows::default(),
                 })
             }
-            Op::Create(v) => with_body(v, Kind::Create),
+            Op::Create(v) => with_body(v, Kind::Create, keep),
             Op::Put { resource, if_match } => {
                 if resource.get("id").is_none() {
                     return Err(StoreError::Invalid(
                         "an update needs the resource's id".into(),
                     ));
                 }
-                with_body(resource, Kind::Put(if_match))
+                with_body(resource, Kind::Put(if_match), keep)
             }
         })
         .collect()
 }
 
-fn with_body(mut v: Value, kind: Kind) -> Result<Prepared> {
+fn with_body(mut v: Value, kind: Kind, keep: bool) -> Result<Prepared> {
     let Value::Object(map) = &mut v else {
         return Err(StoreError::Invalid(
             "a resource must be a JSON object".into(),
@@ -127,10 +204,21 @@ fn with_body(mut v: Value, kind: Kind) -> Result<Prepared> {
         return Err(StoreError::Invalid("meta must be an object".into()));
     }
     let rows = index::extract(&rt, &v);
+    let body = keep.then(|| v.clone());
+    let Value::Object(map) = &mut v else {
+        unreachable!("checked above")
+    };
+    let meta = match map.remove("meta") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let rest = serde_json::to_string(&v)
+        .map_err(|e| StoreError::Invalid(format!("unserializable resource: {e}")))?;
     Ok(Prepared {
         key: (rt, id),
         kind,
-        body: Some(v),
+        doc: Some(Doc { meta, rest }),
+        body,
         rows,
     })
 }
@@ -184,7 +272,7 @@ pub(crate) fn claim_sql(keys: &BTreeSet<Key>) -> Vec<Sql> {
         .collect()
 }
 
-/// `SELECT resource_type, id, version_id, deleted` of the keys, per type and chunk.
+/// `SELECT resource_type, id, version_id, deleted, rid` of the keys, per type and chunk.
 pub(crate) fn current_sql(keys: &BTreeSet<Key>, for_update: &str) -> Vec<Sql> {
     let mut by_type: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (t, id) in keys {
@@ -197,7 +285,7 @@ pub(crate) fn current_sql(keys: &BTreeSet<Key>, for_update: &str) -> Vec<Sql> {
             let rt = sql.text(t);
             let ids: Vec<String> = chunk.iter().map(|id| sql.text(*id)).collect();
             sql.text = format!(
-                "SELECT resource_type, id, version_id, deleted FROM resource WHERE resource_type = {rt} AND id IN ({}) ORDER BY id{for_update}",
+                "SELECT resource_type, id, version_id, deleted, rid FROM resource WHERE resource_type = {rt} AND id IN ({}) ORDER BY id{for_update}",
                 ids.join(", ")
             );
             out.push(sql);
@@ -206,10 +294,15 @@ pub(crate) fn current_sql(keys: &BTreeSet<Key>, for_update: &str) -> Vec<Sql> {
     out
 }
 
+/// SQLite: the first `rid` after every row's, for the new resources of a write transaction
+/// (which holds the database's only write lock, so nobody else takes these).
+pub(crate) const NEXT_RID_SQL: &str = "SELECT COALESCE(MAX(rid), 0) + 1 FROM resource";
+
 /// The final state of one key after the batch.
 struct Final {
     rt: Arc<str>,
     id: Arc<str>,
+    rid: i64,
     version: i64,
     deleted: bool,
     /// Index rows of the final version (none when deleted).
@@ -218,20 +311,24 @@ struct Final {
     had_rows: bool,
 }
 
-/// Apply the batch to `current` (as read under lock) and return the statements to run and
-/// what each op did (`None` for a delete that found nothing to delete).
+/// Apply the batch to `current` (as read under lock: every key that has a resource row, with
+/// its `rid`) and return the statements to run and what each op did (`None` for a delete that
+/// found nothing to delete). New resources get `rid`s from `next_rid` on; without it (on
+/// PostgreSQL, whose writers claim a row for every key first) every key must have a row.
 pub(crate) fn plan(
     prepared: Vec<Prepared>,
     mut current: HashMap<Key, Current>,
+    mut next_rid: Option<i64>,
 ) -> Result<(Vec<Sql>, Vec<Option<Stored>>)> {
     let (now, now_us) = crate::date::now();
     let now_arc: Arc<str> = Arc::from(now.as_str());
     let mut finals: BTreeMap<Key, Final> = BTreeMap::new();
-    let mut history: Vec<Vec<Bind>> = Vec::new();
+    let mut history: Vec<Bind> = Vec::with_capacity(prepared.len() * HISTORY_COLS);
     let mut outcomes = Vec::with_capacity(prepared.len());
     for p in prepared {
         let (rt, id) = p.key.clone();
-        let cur = current.get(&p.key).copied().filter(|c| c.version > 0);
+        let row = current.get(&p.key).copied();
+        let cur = row.filter(|c| c.version > 0);
         let live = cur.filter(|c| !c.deleted);
         match &p.kind {
             Kind::Create if live.is_some() => {
@@ -256,29 +353,40 @@ pub(crate) fn plan(
             }
             _ => {}
         }
+        let rid = match (row, next_rid.as_mut()) {
+            (Some(c), _) => c.rid,
+            (None, Some(next)) => {
+                *next += 1;
+                *next - 1
+            }
+            (None, None) => {
+                return Err(StoreError::Backend(format!(
+                    "no resource row was claimed for {rt}/{id}"
+                )));
+            }
+        };
         let version = cur.map_or(1, |c| c.version + 1);
         let vid = version.to_string();
         let deleted = matches!(p.kind, Kind::Delete);
-        let mut body = p
-            .body
-            .unwrap_or_else(|| serde_json::json!({"resourceType": rt, "id": id}));
-        stamp(&mut body, &vid, &now);
-        let text: Arc<str> = Arc::from(
-            serde_json::to_string(&body)
-                .map_err(|e| StoreError::Invalid(format!("unserializable resource: {e}")))?,
-        );
-        let (rt_arc, id_arc): (Arc<str>, Arc<str>) =
-            (Arc::from(rt.as_str()), Arc::from(id.as_str()));
-        history.push(vec![
-            Bind::Text(rt_arc.clone()),
-            Bind::Text(id_arc.clone()),
+        let body = match (deleted, p.body) {
+            (false, Some(mut body)) => {
+                stamp(&mut body, &vid, &now);
+                Some(body)
+            }
+            _ => None,
+        };
+        let text: Option<Arc<str>> = match p.doc {
+            Some(doc) if !deleted => Some(Arc::from(doc.stamped(&vid, &now)?)),
+            _ => None,
+        };
+        history.extend([
+            Bind::Int(rid),
             Bind::Int(version),
             Bind::Text(now_arc.clone()),
             Bind::Bool(deleted),
-            if deleted {
-                Bind::NullJson
-            } else {
-                Bind::Json(text)
+            match text {
+                Some(text) => Bind::Json(text),
+                None => Bind::NullJson,
             },
         ]);
         outcomes.push(Some(Stored {
@@ -287,9 +395,16 @@ pub(crate) fn plan(
             version_id: vid,
             last_updated: now.clone(),
             created: live.is_none(),
-            resource: (!deleted).then_some(body),
+            resource: body,
         }));
-        current.insert(p.key.clone(), Current { version, deleted });
+        current.insert(
+            p.key.clone(),
+            Current {
+                version,
+                deleted,
+                rid,
+            },
+        );
         let had_rows = finals
             .get(&p.key)
             .map_or(cur.is_some_and(|c| !c.deleted), |f| f.had_rows);
@@ -298,11 +413,16 @@ pub(crate) fn plan(
         } else {
             p.rows
         };
+        let (rt_arc, id_arc): (Arc<str>, Arc<str>) = match finals.get(&p.key) {
+            Some(f) => (f.rt.clone(), f.id.clone()),
+            None => (Arc::from(p.key.0.as_str()), Arc::from(p.key.1.as_str())),
+        };
         finals.insert(
             p.key,
             Final {
                 rt: rt_arc,
                 id: id_arc,
+                rid,
                 version,
                 deleted,
                 rows,
@@ -310,7 +430,32 @@ pub(crate) fn plan(
             },
         );
     }
-    Ok((statements(finals, history, now_arc, now_us), outcomes))
+    let mut out = Vec::new();
+    let mut resources = Vec::with_capacity(finals.len() * RESOURCE_COLS);
+    for f in finals.values() {
+        resources.extend([
+            Bind::Int(f.rid),
+            Bind::Text(f.rt.clone()),
+            Bind::Text(f.id.clone()),
+            Bind::Int(f.version),
+            Bind::Text(now_arc.clone()),
+            Bind::Int(now_us),
+            Bind::Bool(f.deleted),
+        ]);
+    }
+    insert_rows(&mut out, &RESOURCE_INSERT, resources);
+    insert_rows(&mut out, &HISTORY_INSERT, history);
+    let stale: Vec<i64> = finals
+        .values()
+        .filter(|f| f.had_rows)
+        .map(|f| f.rid)
+        .collect();
+    delete_index_rows(&mut out, &stale);
+    insert_index_rows(
+        &mut out,
+        finals.into_values().map(|f| (f.rt, f.rid, f.rows)),
+    );
+    Ok((out, outcomes))
 }
 
 /// Set `meta.versionId` and `meta.lastUpdated`, keeping the rest of `meta`.
@@ -322,48 +467,6 @@ fn stamp(body: &mut Value, version: &str, now: &str) {
             meta.insert("lastUpdated".into(), Value::String(now.to_string()));
         }
     }
-}
-
-fn statements(
-    finals: BTreeMap<Key, Final>,
-    history: Vec<Vec<Bind>>,
-    now: Arc<str>,
-    now_us: i64,
-) -> Vec<Sql> {
-    let mut out = Vec::new();
-    let resource_rows = finals.values().map(|f| {
-        vec![
-            Bind::Text(f.rt.clone()),
-            Bind::Text(f.id.clone()),
-            Bind::Int(f.version),
-            Bind::Text(now.clone()),
-            Bind::Int(now_us),
-            Bind::Bool(f.deleted),
-        ]
-    });
-    insert_rows(
-        &mut out,
-        "INSERT INTO resource (resource_type, id, version_id, last_updated, lu, deleted) VALUES",
-        " ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, last_updated = excluded.last_updated, \
-         lu = excluded.lu, deleted = excluded.deleted",
-        resource_rows,
-    );
-    insert_rows(
-        &mut out,
-        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, body) VALUES",
-        "",
-        history.into_iter(),
-    );
-    // Old index rows of resources that had any, per type.
-    let mut stale: BTreeMap<&str, Vec<&Arc<str>>> = BTreeMap::new();
-    for ((t, _), f) in &finals {
-        if f.had_rows {
-            stale.entry(t).or_default().push(&f.id);
-        }
-    }
-    delete_index_rows(&mut out, stale);
-    insert_index_rows(&mut out, finals.into_values().map(|f| (f.rt, f.id, f.rows)));
-    out
 }
 
 /// Live resources of one type locked per reindex step: bounds the memory a reindex needs.
@@ -380,14 +483,14 @@ pub(crate) fn reindex_ids_sql(rt: &str, after: &str, for_update: &str) -> Sql {
     sql
 }
 
-/// `SELECT id, body` of the current versions of resources `ids` of type `rt`.
+/// `SELECT rid, body` of the current versions of resources `ids` of type `rt`.
 pub(crate) fn current_bodies_sql(rt: &str, ids: &[String]) -> Sql {
     let mut sql = Sql::default();
     let rt = sql.text(rt);
     let ids: Vec<String> = ids.iter().map(|id| sql.text(id.as_str())).collect();
     sql.text = format!(
-        "SELECT r.id, h.body FROM resource r \
-         JOIN resource_history h ON h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id \
+        "SELECT r.rid, h.body FROM resource r \
+         JOIN resource_history h ON h.rid = r.rid AND h.version_id = r.version_id \
          WHERE r.resource_type = {rt} AND r.deleted = FALSE AND r.id IN ({})",
         ids.join(", ")
     );
@@ -395,54 +498,41 @@ pub(crate) fn current_bodies_sql(rt: &str, ids: &[String]) -> Sql {
 }
 
 /// Statements that rebuild the index rows of live resources of type `rt` from their current
-/// bodies (`(id, body)`), writing no new version: for [`crate::own_params`] changes.
-pub(crate) fn reindex_sql(rt: &str, bodies: Vec<(String, Value)>) -> Vec<Sql> {
+/// bodies (`(rid, body)`), writing no new version: for changes of search parameters.
+pub(crate) fn reindex_sql(rt: &str, bodies: Vec<(i64, Value)>) -> Vec<Sql> {
     let rt_arc: Arc<str> = Arc::from(rt);
-    let rows: Vec<(Arc<str>, Arc<str>, IndexRows)> = bodies
+    let rows: Vec<(Arc<str>, i64, IndexRows)> = bodies
         .into_iter()
-        .map(|(id, body)| {
-            let rows = index::extract(rt, &body);
-            (rt_arc.clone(), Arc::from(id.as_str()), rows)
-        })
+        .map(|(rid, body)| (rt_arc.clone(), rid, index::extract(rt, &body)))
         .collect();
     let mut out = Vec::new();
-    let mut stale: BTreeMap<&str, Vec<&Arc<str>>> = BTreeMap::new();
-    stale.insert(rt, rows.iter().map(|r| &r.1).collect());
-    delete_index_rows(&mut out, stale);
+    let stale: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    delete_index_rows(&mut out, &stale);
     insert_index_rows(&mut out, rows.into_iter());
     out
 }
 
-/// DELETE every index row of the given resources (ids per type).
-fn delete_index_rows(out: &mut Vec<Sql>, stale: BTreeMap<&str, Vec<&Arc<str>>>) {
-    for (t, ids) in stale {
-        for chunk in ids.chunks(CHUNK_ROWS) {
-            for table in [
-                "search_token",
-                "search_string",
-                "search_reference",
-                "search_date",
-            ] {
-                let mut sql = Sql::default();
-                let rt = sql.text(t);
-                let ids: Vec<String> = chunk
-                    .iter()
-                    .map(|id| sql.bind(Bind::Text(Arc::clone(id))))
-                    .collect();
-                sql.text = format!(
-                    "DELETE FROM {table} WHERE resource_type = {rt} AND id IN ({})",
-                    ids.join(", ")
-                );
-                out.push(sql);
-            }
+/// DELETE every index row of the resources `rids`.
+fn delete_index_rows(out: &mut Vec<Sql>, rids: &[i64]) {
+    for chunk in rids.chunks(CHUNK_ROWS) {
+        for table in [
+            "search_token",
+            "search_string",
+            "search_reference",
+            "search_date",
+        ] {
+            let mut sql = Sql::default();
+            let list: Vec<String> = chunk.iter().map(|&rid| sql.int(rid)).collect();
+            sql.text = format!("DELETE FROM {table} WHERE rid IN ({})", list.join(", "));
+            out.push(sql);
         }
     }
 }
 
-/// INSERT the index rows of resources `(type, id, rows)`.
+/// INSERT the index rows of resources `(type, rid, rows)`.
 fn insert_index_rows(
     out: &mut Vec<Sql>,
-    resources: impl Iterator<Item = (Arc<str>, Arc<str>, IndexRows)>,
+    resources: impl Iterator<Item = (Arc<str>, i64, IndexRows)>,
 ) {
     // Parameter names repeat on every row: share one allocation per name.
     let mut names: HashMap<&'static str, Arc<str>> = HashMap::new();
@@ -452,87 +542,182 @@ fn insert_index_rows(
     let mut strings = Vec::new();
     let mut refs = Vec::new();
     let mut dates = Vec::new();
-    for (rt, id, rows) in resources {
-        let key = || [Bind::Text(rt.clone()), Bind::Text(id.clone())];
+    for (rt, rid, rows) in resources {
         for (p, system, code) in rows.tokens {
-            tokens.push(
-                [
-                    key().as_slice(),
-                    &[name(p), Bind::Text(system.into()), Bind::Text(code.into())],
-                ]
-                .concat(),
-            );
+            tokens.extend([
+                Bind::Text(rt.clone()),
+                Bind::Int(rid),
+                name(p),
+                Bind::Text(system.into()),
+                Bind::Text(code.into()),
+            ]);
         }
         for (p, value, raw) in rows.strings {
-            strings.push(
-                [
-                    key().as_slice(),
-                    &[name(p), Bind::Text(value.into()), Bind::Text(raw.into())],
-                ]
-                .concat(),
-            );
+            strings.extend([
+                Bind::Text(rt.clone()),
+                Bind::Int(rid),
+                name(p),
+                Bind::Text(value.into()),
+                Bind::Text(raw.into()),
+            ]);
         }
-        for (p, ref_type, rid, url) in rows.references {
-            refs.push(
-                [
-                    key().as_slice(),
-                    &[
-                        name(p),
-                        Bind::Text(ref_type.into()),
-                        Bind::Text(rid.into()),
-                        Bind::Text(url.into()),
-                    ],
-                ]
-                .concat(),
-            );
+        for (p, ref_type, ref_id, url) in rows.references {
+            refs.extend([
+                Bind::Text(rt.clone()),
+                Bind::Int(rid),
+                name(p),
+                Bind::Text(ref_type.into()),
+                Bind::Text(ref_id.into()),
+                Bind::Text(url.into()),
+            ]);
         }
         for (p, lo, hi) in rows.dates {
-            dates.push([key().as_slice(), &[name(p), Bind::Int(lo), Bind::Int(hi)]].concat());
+            dates.extend([
+                Bind::Text(rt.clone()),
+                Bind::Int(rid),
+                name(p),
+                Bind::Int(lo),
+                Bind::Int(hi),
+            ]);
         }
     }
-    let tables = [
-        (
-            "INSERT INTO search_token (resource_type, id, param, system, code) VALUES",
-            tokens,
-        ),
-        (
-            "INSERT INTO search_string (resource_type, id, param, value, raw) VALUES",
-            strings,
-        ),
-        (
-            "INSERT INTO search_reference (resource_type, id, param, ref_type, ref_id, ref_url) VALUES",
-            refs,
-        ),
-        (
-            "INSERT INTO search_date (resource_type, id, param, lo, hi) VALUES",
-            dates,
-        ),
-    ];
-    for (head, rows) in tables {
-        insert_rows(out, head, "", rows.into_iter());
+    insert_rows(out, &TOKEN_INSERT, tokens);
+    insert_rows(out, &STRING_INSERT, strings);
+    insert_rows(out, &REFERENCE_INSERT, refs);
+    insert_rows(out, &DATE_INSERT, dates);
+}
+
+/// A multi-row `INSERT … VALUES (…), (…) …` of one table.
+struct Insert {
+    /// `INSERT INTO table (columns)`.
+    head: &'static str,
+    /// SQLite's head, when it differs: `INSERT OR IGNORE` for the index tables. A statement
+    /// that may fail half-way makes SQLite journal every page it changes, to undo just that
+    /// statement (some 6% of a bulk load); index rows cannot conflict (each has its
+    /// resource's rid and is deduplicated) and are never NULL, so IGNORE changes nothing but
+    /// that. Any other failure fails the whole transaction anyway.
+    sqlite_head: &'static str,
+    /// After the VALUES: `ON CONFLICT …`, or nothing.
+    tail: &'static str,
+    cols: usize,
+    /// The text of a full chunk ([`CHUNK_ROWS`] rows), made once.
+    full: OnceLock<SharedText>,
+}
+
+impl Insert {
+    const fn new(head: &'static str, tail: &'static str, cols: usize) -> Self {
+        Insert {
+            head,
+            sqlite_head: head,
+            tail,
+            cols,
+            full: OnceLock::new(),
+        }
+    }
+
+    /// An index table's INSERT: `sqlite_head` is the same with `OR IGNORE`.
+    const fn index(head: &'static str, sqlite_head: &'static str, cols: usize) -> Self {
+        Insert {
+            head,
+            sqlite_head,
+            tail: "",
+            cols,
+            full: OnceLock::new(),
+        }
+    }
+
+    /// The statement for `rows` rows.
+    fn text(&self, rows: usize) -> SharedText {
+        if rows == CHUNK_ROWS {
+            self.full.get_or_init(|| self.make(rows)).clone()
+        } else {
+            self.make(rows)
+        }
+    }
+
+    /// The text with `$n` placeholders and with SQLite's `?` (bound in order).
+    fn make(&self, rows: usize) -> SharedText {
+        let mut dollar = String::with_capacity(self.head.len() + rows * self.cols * 8);
+        let mut question = String::with_capacity(self.sqlite_head.len() + rows * self.cols * 3);
+        for (s, head) in [(&mut dollar, self.head), (&mut question, self.sqlite_head)] {
+            s.push_str(head);
+            s.push_str(" VALUES ");
+        }
+        let mut n = 0;
+        for r in 0..rows {
+            let sep = if r == 0 { "(" } else { ", (" };
+            dollar.push_str(sep);
+            question.push_str(sep);
+            for c in 0..self.cols {
+                n += 1;
+                let sep = if c == 0 { "" } else { ", " };
+                let _ = write!(dollar, "{sep}${n}");
+                question.push_str(sep);
+                question.push('?');
+            }
+            dollar.push(')');
+            question.push(')');
+        }
+        dollar.push_str(self.tail);
+        question.push_str(self.tail);
+        SharedText {
+            dollar: Arc::from(dollar),
+            question: Arc::from(question),
+        }
     }
 }
 
-/// Multi-row INSERTs of `rows`, [`CHUNK_ROWS`] at a time.
-fn insert_rows(out: &mut Vec<Sql>, head: &str, tail: &str, rows: impl Iterator<Item = Vec<Bind>>) {
-    let mut sql = Sql::default();
-    let mut tuples: Vec<String> = Vec::new();
-    let flush = |sql: &mut Sql, tuples: &mut Vec<String>, out: &mut Vec<Sql>| {
-        if !tuples.is_empty() {
-            let mut done = std::mem::take(sql);
-            done.text = format!("{head} {}{tail}", tuples.join(", "));
-            tuples.clear();
-            out.push(done);
+const HISTORY_COLS: usize = 5;
+const RESOURCE_COLS: usize = 7;
+
+static RESOURCE_INSERT: Insert = Insert::new(
+    "INSERT INTO resource (rid, resource_type, id, version_id, last_updated, lu, deleted)",
+    " ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, \
+     last_updated = excluded.last_updated, lu = excluded.lu, deleted = excluded.deleted",
+    RESOURCE_COLS,
+);
+static HISTORY_INSERT: Insert = Insert::new(
+    "INSERT INTO resource_history (rid, version_id, last_updated, deleted, body)",
+    "",
+    HISTORY_COLS,
+);
+static TOKEN_INSERT: Insert = Insert::index(
+    "INSERT INTO search_token (resource_type, rid, param, system, code)",
+    "INSERT OR IGNORE INTO search_token (resource_type, rid, param, system, code)",
+    5,
+);
+static STRING_INSERT: Insert = Insert::index(
+    "INSERT INTO search_string (resource_type, rid, param, value, raw)",
+    "INSERT OR IGNORE INTO search_string (resource_type, rid, param, value, raw)",
+    5,
+);
+static REFERENCE_INSERT: Insert = Insert::index(
+    "INSERT INTO search_reference (resource_type, rid, param, ref_type, ref_id, ref_url)",
+    "INSERT OR IGNORE INTO search_reference (resource_type, rid, param, ref_type, ref_id, ref_url)",
+    6,
+);
+static DATE_INSERT: Insert = Insert::index(
+    "INSERT INTO search_date (resource_type, rid, param, lo, hi)",
+    "INSERT OR IGNORE INTO search_date (resource_type, rid, param, lo, hi)",
+    5,
+);
+
+/// Multi-row INSERTs of the rows in `binds` (`insert.cols` values each), [`CHUNK_ROWS`] rows
+/// at a time.
+fn insert_rows(out: &mut Vec<Sql>, insert: &Insert, binds: Vec<Bind>) {
+    let per_chunk = insert.cols * CHUNK_ROWS;
+    let mut binds = binds.into_iter();
+    loop {
+        let chunk: Vec<Bind> = binds.by_ref().take(per_chunk).collect();
+        if chunk.is_empty() {
+            break;
         }
-    };
-    for row in rows {
-        let ph: Vec<String> = row.into_iter().map(|b| sql.bind(b)).collect();
-        tuples.push(format!("({})", ph.join(", ")));
-        if tuples.len() >= CHUNK_ROWS {
-            flush(&mut sql, &mut tuples, out);
-        }
+        out.push(Sql {
+            text: String::new(),
+            shared: Some(insert.text(chunk.len() / insert.cols)),
+            binds: chunk,
+        });
     }
-    flush(&mut sql, &mut tuples, out);
 }
 
 fn chunks<T: Clone>(it: impl Iterator<Item = T>, n: usize) -> impl Iterator<Item = Vec<T>> {

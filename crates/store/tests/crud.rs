@@ -20,6 +20,8 @@ suite!(
     concurrent_conditional_updates_let_exactly_one_win,
     concurrent_creates_of_one_id_serialize,
     meta_is_kept_and_stamped,
+    prepared_batches_store_what_upsert_all_stores,
+    one_id_in_two_types_is_two_resources,
 );
 
 fn meta<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -447,6 +449,112 @@ async fn meta_is_kept_and_stamped(s: Arc<dyn Store>) {
     );
     assert_ne!(meta(&body, "lastUpdated"), "1999-01-01T00:00:00Z");
     assert_eq!(body["meta"]["tag"][0]["code"], "x");
+}
+
+/// `prepare_upserts` + `write_prepared` (the bulk loader's path, which serializes resources
+/// before the transaction and stamps `meta` into the text) store exactly what `upsert_all`
+/// stores, `meta` included.
+async fn prepared_batches_store_what_upsert_all_stores(s: Arc<dyn Store>) {
+    let resources = vec![
+        json!({"resourceType": "Patient", "id": "p1", "gender": "female",
+               "meta": {"versionId": "99", "lastUpdated": "1999-01-01T00:00:00Z", "profile": ["http://x/p"], "tag": [{"system": "urn:t", "code": "x"}]}}),
+        json!({"resourceType": "Patient", "id": "p2"}),
+        json!({"resourceType": "Observation", "id": "o1", "status": "final", "meta": {},
+               "subject": {"reference": "Patient/p1"}, "valueString": "a \"quoted\" {value}"}),
+    ];
+    let batch = fhirgate_store::prepare_upserts(resources.clone()).expect("prepare");
+    assert_eq!(batch.len(), 3);
+    assert_eq!(s.write_prepared(batch).await.expect("write"), 3);
+    let twin = s
+        .upsert_all(
+            resources
+                .iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    r["id"] = json!(format!("{}-twin", r["id"].as_str().expect("id")));
+                    r
+                })
+                .collect(),
+        )
+        .await
+        .expect("upsert_all");
+    assert_eq!(twin.len(), 3);
+    for r in &resources {
+        let (t, id) = (
+            r["resourceType"].as_str().expect("type"),
+            r["id"].as_str().expect("id"),
+        );
+        let stored = s.read(t, id).await.expect("read");
+        let raw = s.read_raw(t, id).await.expect("read_raw");
+        assert_eq!(raw.parse().expect("stored JSON"), stored);
+        assert_eq!(raw.version_id, "1");
+        assert_eq!(meta(&stored, "versionId"), "1");
+        assert_ne!(meta(&stored, "lastUpdated"), "1999-01-01T00:00:00Z");
+        let mut twin = s.read(t, &format!("{id}-twin")).await.expect("twin");
+        twin["id"] = json!(id);
+        twin["meta"]["lastUpdated"] = stored["meta"]["lastUpdated"].clone();
+        assert_eq!(stored, twin, "{t}/{id}");
+        let mut expected = r.clone();
+        expected["meta"]["versionId"] = json!("1");
+        expected["meta"]["lastUpdated"] = stored["meta"]["lastUpdated"].clone();
+        assert_eq!(stored, expected, "{t}/{id}");
+    }
+    let q = fhirgate_store::SearchQuery::new("Patient").filter("_tag", None, &["urn:t|x"]);
+    let found = s.search(&q).await.expect("search");
+    let mut ids: Vec<&str> = found
+        .matches
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["p1", "p1-twin"]);
+    let q = fhirgate_store::SearchQuery::new("Observation").filter("patient", None, &["p1"]);
+    assert_eq!(
+        s.search(&q).await.expect("search").matches.len(),
+        2,
+        "o1 and its twin"
+    );
+}
+
+/// Index rows belong to one resource, not to an id: changing `Patient/x` leaves
+/// `Observation/x`'s rows alone.
+async fn one_id_in_two_types_is_two_resources(s: Arc<dyn Store>) {
+    s.upsert_all(vec![
+        json!({"resourceType": "Patient", "id": "x", "gender": "male"}),
+        json!({"resourceType": "Observation", "id": "x", "status": "final", "subject": {"reference": "Patient/x"}}),
+    ])
+    .await
+    .expect("seed");
+    s.update(
+        json!({"resourceType": "Patient", "id": "x", "gender": "female"}),
+        None,
+    )
+    .await
+    .expect("update");
+    s.delete("Patient", "x").await.expect("delete");
+    let count = |t: &'static str, k: &'static str, v: &'static str| {
+        let s = s.clone();
+        async move {
+            let q = fhirgate_store::SearchQuery::new(t).filter(k, None, &[v]);
+            s.search(&q).await.expect("search").matches.len()
+        }
+    };
+    assert_eq!(count("Observation", "status", "final").await, 1);
+    assert_eq!(count("Observation", "patient", "x").await, 1);
+    assert_eq!(count("Patient", "gender", "female").await, 0);
+    s.update(
+        json!({"resourceType": "Patient", "id": "x", "gender": "other"}),
+        None,
+    )
+    .await
+    .expect("re-create");
+    assert_eq!(count("Patient", "gender", "other").await, 1);
+    assert_eq!(count("Observation", "status", "final").await, 1);
+    assert_eq!(s.history("Patient", "x").await.expect("history").len(), 4);
+    assert_eq!(
+        s.history("Observation", "x").await.expect("history").len(),
+        1
+    );
 }
 
 #[tokio::test]
