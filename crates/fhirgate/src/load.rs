@@ -1,12 +1,20 @@
 //! `fhirgate load`: bulk-load resources into the store.
 //!
-//! Accepted files: JSON (one resource, an array, or a FHIR Bundle — transaction, batch,
-//! collection or searchset), NDJSON (one resource per line), YAML (like JSON), and EDN seeds
-//! (a vector of resources, one resource, or `{ResourceType {id {…}}}`, as in a project's seed
-//! service). Bundle entries whose `fullUrl` is `urn:uuid:…` get a real id and every reference
-//! to that urn is rewritten to `Type/id`. Resources are upserted in batches, each batch one
-//! transaction: a batch the command reported as loaded is committed; an interrupted load leaves
-//! no partial batch.
+//! Accepted files: JSON (one resource, an array, or a FHIR Bundle), NDJSON (one resource per
+//! line), YAML (like JSON), and EDN seeds (a vector of resources, one resource, or
+//! `{ResourceType {id {…}}}`, as in a project's seed service). Resources are upserted in
+//! batches, each batch one transaction: a batch the command reported as loaded is committed; an
+//! interrupted load leaves no partial batch.
+//!
+//! Bundles: a `document` or a `message` is a resource in its own right (a document is attested
+//! as a whole, a message is one exchange) and is stored as one Bundle. Every other type
+//! (`transaction`, `batch`, `collection`, `searchset`, `history`, and the responses) is a
+//! container: its entries' resources are loaded, in order (entries without a resource, such
+//! as a batch's GETs and DELETEs, and a searchset's `outcome` entries, are skipped; a Bundle
+//! entry of a container is stored as that Bundle). An entry whose `fullUrl` is `urn:uuid:…`
+//! (or `urn:oid:…`) and whose resource has no id takes the urn's value as its id, so that
+//! loading the file again updates the same resources, and every reference to that urn is
+//! rewritten to `Type/id`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
@@ -65,7 +73,8 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// What to do with a resource that has no id.
+/// What to do with a resource that has no id (a Bundle entry's `urn:uuid:`/`urn:oid:`
+/// `fullUrl` always names it, when there is one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ids {
     /// Give it a random one (`fhirgate load`).
@@ -141,7 +150,10 @@ fn read(path: &Path, ids: Ids) -> Result<Vec<Value>, LoadError> {
 fn flatten(v: Value, out: &mut Vec<Value>, ids: Ids) -> Result<(), String> {
     match v {
         Value::Array(items) => items.into_iter().try_for_each(|i| flatten(i, out, ids)),
-        Value::Object(_) if v["resourceType"] == "Bundle" && v["type"] != "document" => {
+        Value::Object(_)
+            if v["resourceType"] == "Bundle"
+                && !matches!(v["type"].as_str(), Some("document" | "message")) =>
+        {
             let Value::Object(mut bundle) = v else {
                 return Ok(());
             };
@@ -152,6 +164,9 @@ fn flatten(v: Value, out: &mut Vec<Value>, ids: Ids) -> Result<(), String> {
             let mut urns: HashMap<String, String> = HashMap::new();
             let mut resources = Vec::with_capacity(entries.len());
             for mut e in entries {
+                if e["search"]["mode"] == "outcome" {
+                    continue; // a searchset's warnings about the search, not data
+                }
                 let Some(mut r) = e.get_mut("resource").map(Value::take) else {
                     continue;
                 };
@@ -165,8 +180,8 @@ fn flatten(v: Value, out: &mut Vec<Value>, ids: Ids) -> Result<(), String> {
                 });
                 if r["id"].as_str().is_none() {
                     let id = match (ids, urn) {
-                        (Ids::Assign, _) => uuid::Uuid::new_v4().to_string(),
-                        (Ids::Required, Some(urn)) => urn.to_string(),
+                        (_, Some(urn)) => urn.to_string(),
+                        (Ids::Assign, None) => uuid::Uuid::new_v4().to_string(),
                         (Ids::Required, None) => {
                             return Err(format!(
                                 "a {rt} in the Bundle has neither an id nor a urn:uuid fullUrl; a seed needs one, so that restarts update it rather than add another"

@@ -193,3 +193,87 @@ async fn ndjson_streams_in_batches_and_one_bad_line_loads_nothing_of_its_file() 
         "1"
     );
 }
+
+/// Documents and messages are stored whole; other Bundles are containers (a searchset's
+/// `outcome` entries are not data); an entry known only by its `urn:uuid:` takes the uuid as
+/// its id, so that loading the file again updates the same resources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_types_and_urn_ids() {
+    let dir = common::tempdir("load");
+    let urn = "urn:uuid:5a0b3c1e-7f6d-4a43-9b1e-2f1c2e3d4a5b";
+    let files = [
+        (
+            "message.json",
+            json!({"resourceType": "Bundle", "id": "msg", "type": "message", "entry": [
+            {"fullUrl": "urn:uuid:0e1d2c3b-0000-4000-8000-000000000001", "resource": {"resourceType": "MessageHeader", "eventCoding": {"code": "admin-notify"}, "source": {"endpoint": "http://x"}}},
+            {"fullUrl": "http://x/Patient/m1", "resource": {"resourceType": "Patient", "id": "m1"}}]}),
+        ),
+        (
+            "document.json",
+            json!({"resourceType": "Bundle", "id": "doc", "type": "document", "entry": [
+            {"fullUrl": "http://x/Composition/c1", "resource": {"resourceType": "Composition", "id": "c1"}}]}),
+        ),
+        (
+            "search.json",
+            json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+            {"resource": {"resourceType": "Patient", "id": "s1"}, "search": {"mode": "match"}},
+            {"resource": {"resourceType": "OperationOutcome", "id": "warn", "issue": []}, "search": {"mode": "outcome"}}]}),
+        ),
+        (
+            "tx.json",
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": urn, "resource": {"resourceType": "Patient", "gender": "male"}, "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {"resourceType": "Observation", "status": "final", "subject": {"reference": urn}}, "request": {"method": "POST", "url": "Observation"}},
+            {"request": {"method": "DELETE", "url": "Patient/nobody"}}]}),
+        ),
+    ];
+    let mut paths = Vec::new();
+    for (name, body) in &files {
+        std::fs::write(dir.join(name), body.to_string()).unwrap();
+        paths.push(dir.join(name));
+    }
+    let db = format!("sqlite:{}/db.sqlite", dir.display());
+    for _ in 0..2 {
+        let out = load_cmd(&db, &paths);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("loaded 5 resources from 4 files"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let store = fhirgate_store::open(&db).await.unwrap();
+    let msg = store.read("Bundle", "msg").await.unwrap();
+    assert_eq!(
+        msg["entry"].as_array().unwrap().len(),
+        2,
+        "the message is one Bundle"
+    );
+    assert!(
+        store.read("Patient", "m1").await.is_err(),
+        "not loaded out of the message"
+    );
+    assert!(store.read("Bundle", "doc").await.is_ok());
+    assert!(store.read("Patient", "s1").await.is_ok());
+    assert!(store.read("OperationOutcome", "warn").await.is_err());
+    let id = urn.strip_prefix("urn:uuid:").unwrap();
+    let p = store.read("Patient", id).await.unwrap();
+    assert_eq!(
+        p["meta"]["versionId"], "2",
+        "loaded twice: the same resource, updated"
+    );
+    let q = fhirgate_store::SearchQuery::new("Observation").filter(
+        "subject",
+        None,
+        &[&format!("Patient/{id}")],
+    );
+    assert_eq!(
+        store.search(&q).await.unwrap().matches.len(),
+        2,
+        "an id-less Observation is a new resource each time"
+    );
+}
