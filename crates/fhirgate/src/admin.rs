@@ -113,24 +113,8 @@ impl Admin {
 
     /// The client a Basic `Authorization` header authenticates, if the secret is right.
     pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
-        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-        let (scheme, b64) = value.split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("basic") {
-            return None;
-        }
-        use base64::Engine;
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .ok()?;
-        let raw = String::from_utf8(raw).ok()?;
-        let (id, secret) = raw.split_once(':')?;
-        // RFC 6749 §2.3.1: both parts are form-url-encoded
-        let decode = |s: &str| {
-            form_urlencoded::parse(format!("x={s}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-        };
-        let (id, secret) = (decode(id)?, decode(secret)?);
+        // RFC 6749 §2.3.1: both parts form-url-encoded (admin REST does not accept a raw secret)
+        let (id, secret, _raw) = fhirgate_auth::server::basic_credentials(headers)?.ok()?;
         let client = self.store.read("Client", &id).await.ok()?;
         if client["active"] == json!(false) {
             return None;

@@ -45,7 +45,7 @@ pub struct AccessControl {
 }
 
 /// The id a reference names: `u1`, `User/u1`, `{"id": "u1"}`, `{"reference": "User/u1"}`.
-fn referenced_id(v: &Value) -> Option<&str> {
+pub fn referenced_id(v: &Value) -> Option<&str> {
     let s = match v {
         Value::String(s) => s.as_str(),
         Value::Object(o) => o

@@ -46,33 +46,41 @@ impl AuthServer {
     }
 }
 
+/// The common start of introspection and revocation (RFC 7662 §2.1, RFC 7009 §2.1): a form
+/// body, an authenticated client, exactly one non-empty `token`.
+async fn token_request(
+    s: &AuthServer,
+    headers: &HeaderMap,
+    body: &Bytes,
+    endpoint: &str,
+) -> Result<(super::clients::ClientInfo, super::web::Params), Response> {
+    let p = form(headers, body)?;
+    let client = s.authenticate_client(headers, &p, endpoint, None).await?;
+    match p.one("token") {
+        Ok(Some(_)) => Ok((client, p)),
+        Ok(None) => Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "token is missing",
+        )),
+        Err(e) => Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &e.to_string(),
+        )),
+    }
+}
+
 pub async fn introspect(
     State(s): State<Arc<AuthServer>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let p = match form(&headers, &body) {
-        Ok(p) => p,
+    let (client, p) = match token_request(&s, &headers, &body, "/auth/introspect").await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let client = match s
-        .authenticate_client(&headers, &p, "/auth/introspect", None)
-        .await
-    {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let token = match p.one("token") {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "token is missing",
-            );
-        }
-        Err(e) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
-    };
+    let token = p.get("token").unwrap_or_default();
     // a client sees its own tokens; root sees all (contract §6)
     let may_see = |owner: &str| client.id == owner || client.id == "root";
     if looks_like_jwt(token) {
@@ -120,28 +128,11 @@ pub async fn introspect(
 }
 
 pub async fn revoke(State(s): State<Arc<AuthServer>>, headers: HeaderMap, body: Bytes) -> Response {
-    let p = match form(&headers, &body) {
-        Ok(p) => p,
+    let (client, p) = match token_request(&s, &headers, &body, "/auth/revoke").await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let client = match s
-        .authenticate_client(&headers, &p, "/auth/revoke", None)
-        .await
-    {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let token = match p.one("token") {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "token is missing",
-            );
-        }
-        Err(e) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
-    };
+    let token = p.get("token").unwrap_or_default();
     let grant = if looks_like_jwt(token) {
         s.verifier
             .verify_any(token, &s.config.fhir_bases)

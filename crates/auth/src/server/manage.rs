@@ -44,12 +44,7 @@ pub struct Launch {
 
 /// `pt-1`, `Patient/pt-1`, `{"id": "pt-1"}`, `{"reference": "User/u"}` → the id.
 pub fn id_of(v: &Value) -> Option<String> {
-    let s = match v {
-        Value::String(s) => s.as_str(),
-        Value::Object(_) => v["id"].as_str().or(v["reference"].as_str())?,
-        _ => return None,
-    };
-    Some(s.rsplit('/').next().unwrap_or(s).to_string()).filter(|s| !s.is_empty())
+    fhirgate_smart::access::referenced_id(v).map(str::to_string)
 }
 
 impl AuthServer {

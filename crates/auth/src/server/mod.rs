@@ -29,6 +29,7 @@ use records::{KEY, NODE, REVOKED, Records};
 
 pub use manage::{Launch, LaunchError, id_of};
 pub use records::LaunchContext;
+pub use web::basic_credentials;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

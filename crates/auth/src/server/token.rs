@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::response::Response;
 use base64::Engine;
 use fhirgate_smart::scopes::{Context, Scope, ScopeSet, intersect};
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::AuthServer;
@@ -17,7 +17,7 @@ use super::clients::{ClientAuth, ClientInfo};
 use super::records::{
     CODE, CodeRecord, GRANT, GrantRecord, REFRESH, RefreshRecord, Use, hashed, unix_now,
 };
-use super::web::{Params, json_no_store, oauth_error};
+use super::web::{Params, basic_credentials, json_no_store, oauth_error};
 use crate::keys::Algorithm;
 use crate::tokens::{AccessClaims, random_id};
 
@@ -52,33 +52,6 @@ pub(crate) fn form(headers: &HeaderMap, body: &Bytes) -> Result<Params, Response
         ));
     }
     Params::parse(body).map_err(|e| invalid_request(&e.to_string()))
-}
-
-/// `Authorization: Basic` → (client_id, secret), both form-url-decoded (RFC 6749 §2.3.1), and
-/// the secret as sent (many clients, e.g. Authlib and `requests`, do not encode it).
-fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String, String), ()>> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, b64) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .ok()
-        .and_then(|raw| String::from_utf8(raw).ok());
-    let Some(raw) = decoded else {
-        return Some(Err(()));
-    };
-    let Some((id, secret)) = raw.split_once(':') else {
-        return Some(Err(()));
-    };
-    let decode = |s: &str| {
-        form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    Some(Ok((decode(id), decode(secret), secret.to_string())))
 }
 
 /// The unverified `iss` of a JWT (only to find which client's keys verify it).
@@ -626,27 +599,5 @@ mod tests {
         assert!(!pkce_ok(challenge, challenge));
         assert!(!pkce_ok("", challenge));
         assert!(!pkce_ok(&"a".repeat(129), challenge));
-    }
-
-    #[test]
-    fn basic_credentials_are_form_decoded() {
-        let mut h = HeaderMap::new();
-        let raw = base64::engine::general_purpose::STANDARD.encode("my%20app:s%3Acret");
-        h.insert(
-            header::AUTHORIZATION,
-            format!("Basic {raw}").parse().unwrap(),
-        );
-        assert_eq!(
-            basic_credentials(&h),
-            Some(Ok((
-                "my app".to_string(),
-                "s:cret".to_string(),
-                "s%3Acret".to_string()
-            )))
-        );
-        h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
-        assert_eq!(basic_credentials(&h), Some(Err(())));
-        h.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
-        assert_eq!(basic_credentials(&h), None);
     }
 }

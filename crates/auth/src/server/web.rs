@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::json;
@@ -73,6 +74,33 @@ impl Params {
     pub fn has(&self, name: &str) -> bool {
         self.pairs.iter().any(|(k, _)| k == name)
     }
+}
+
+/// `Authorization: Basic` → (client_id, secret), both form-url-decoded (RFC 6749 §2.3.1), and
+/// the secret as sent (many clients, e.g. Authlib and `requests`, do not encode it).
+pub fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String, String), ()>> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, b64) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let Some(raw) = decoded else {
+        return Some(Err(()));
+    };
+    let Some((id, secret)) = raw.split_once(':') else {
+        return Some(Err(()));
+    };
+    let decode = |s: &str| {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Some(Ok((decode(id), decode(secret), secret.to_string())))
 }
 
 /// An RFC 6749 §5.2 error response.
@@ -230,6 +258,28 @@ impl LoginLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let mut h = HeaderMap::new();
+        let raw = base64::engine::general_purpose::STANDARD.encode("my%20app:s%3Acret");
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {raw}").parse().unwrap(),
+        );
+        assert_eq!(
+            basic_credentials(&h),
+            Some(Ok((
+                "my app".to_string(),
+                "s:cret".to_string(),
+                "s%3Acret".to_string()
+            )))
+        );
+        h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
+        assert_eq!(basic_credentials(&h), Some(Err(())));
+        h.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        assert_eq!(basic_credentials(&h), None);
+    }
 
     #[test]
     fn params_refuse_repeats_and_oversize() {
