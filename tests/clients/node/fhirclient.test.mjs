@@ -144,7 +144,7 @@ test('fhirclient (Node adapter) + Chromium: standalone launch, public app with P
   assert.equal(after.scope, STANDALONE_SCOPE);
   assert.equal(after.patient, 'pt-1');
   assert.equal((await client.patient.read()).id, 'pt-1');
-  // the old access token stays valid until it expires; the old refresh token is spent
+  // the old refresh token is spent
   const stale = await fetch(`${fg.base}/auth/token`, {
     method: 'POST',
     headers: { 'content-type': 'application/x-www-form-urlencoded' },
