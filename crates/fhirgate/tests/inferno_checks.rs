@@ -147,15 +147,21 @@ struct Kit {
 }
 
 async fn start() -> Kit {
-    let store = common::sqlite_store("inferno").await;
-    let s = start_project(store, &common::root_core_edn()).await;
+    let s = start_conformance("inferno").await;
     let kit = Kit {
         s,
         asym: ClientKey::es384("asym-1"),
         bs_rs: ClientKey::rs384("bs-rs-1"),
         bs_es: ClientKey::es384("bs-es-1"),
     };
-    kit.s.put(&seed(&kit.asym, &kit.bs_rs, &kit.bs_es)).await;
+    let mut seed = seed(&kit.asym, &kit.bs_rs, &kit.bs_es);
+    if external_target().is_some() {
+        // a deployment keeps its own AccessPolicies (the root core.edn seeds this one)
+        if let Some(all) = seed.as_array_mut() {
+            all.retain(|r| r["resourceType"] != "AccessPolicy");
+        }
+    }
+    kit.s.put(&seed).await;
     kit
 }
 
@@ -337,7 +343,18 @@ async fn standalone_patient_app_public_client_v2_scopes_and_refresh() {
     let mut b = Browser::new(&k.s.base);
     let url =
         k.s.authorize_url("inferno-public", &requested, Some(&challenge), &[]);
-    let code = authorize_code(&mut b, &url, "amy", "amy-pass", None).await;
+    let consent = consent_page(&mut b, &url, "amy", "amy-pass").await;
+    // (g)(10) attestation: the patient is told what `offline_access` means before granting it
+    assert!(
+        consent
+            .body
+            .contains("keep access when you are not using the app, until you revoke it"),
+        "{}",
+        consent.body
+    );
+    let back = b.consent(&consent, "allow", None, false).await;
+    assert_eq!(back.status, 302, "{}", back.body);
+    let code = back.redirect_params()["code"].clone();
     let origin = "https://inferno.example";
     let (st, headers, t) = k
         .token_as(
@@ -851,7 +868,7 @@ async fn ehr_launch(k: &Kit, client: &str, user: &str) -> String {
     let r =
         k.s.http
             .post(format!("{}/rpc", k.s.base))
-            .basic_auth("root", Some(ROOT_SECRET))
+            .basic_auth("root", Some(root_secret()))
             .json(&json!({"method": "aidbox.smart/get-launch-uri", "params": {
             "user": user, "iss": k.s.fhir, "client": client,
             "ctx": {"patient": "pt-1", "encounter": "enc-1"}}}))
@@ -1368,7 +1385,7 @@ async fn introspection_as_a_resource_server() {
                 .http
                 .post(format!("{}/auth/introspect", s.base))
                 .header("accept", "application/json")
-                .basic_auth("root", Some(ROOT_SECRET))
+                .basic_auth("root", Some(root_secret()))
                 .form(&[("token", token)])
                 .send()
                 .await
@@ -1724,5 +1741,158 @@ async fn capability_statement_and_well_known_urls_agree() {
     assert_eq!(
         wk["jwks_uri"],
         format!("{}/.well-known/jwks.json", k.s.base)
+    );
+}
+
+/// The kits' discovery tests on the server under test: `well_known_endpoint` (200, JSON,
+/// `Content-Type: application/json`), `well_known_capabilities_stu1` (endpoint strings,
+/// `capabilities` an array of strings), `well_known_capabilities_stu2` (`grant_types_supported`
+/// with `authorization_code`, `code_challenge_methods_supported` with `S256` and without
+/// `plain`, `issuer` and `jwks_uri` with `sso-openid-connect`), (g)(10)'s
+/// `g10_smart_well_known_capabilities` (every scenario's list), and the 2.2 suite's optional
+/// `smart_cors_well_known_endpoint` / `smart_cors_metadata_request`.
+#[tokio::test]
+async fn well_known_configuration_as_the_kits_read_it() {
+    let k = start().await;
+    let get = |path: &'static str| {
+        let s = &k.s;
+        async move {
+            let r = s
+                .http
+                .get(format!("{}/{path}", s.fhir))
+                .header("accept", "application/json")
+                .header("origin", "https://inferno.example")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            let origin = r.headers()["access-control-allow-origin"].to_str().unwrap();
+            assert!(
+                origin == "*" || origin == "https://inferno.example",
+                "{path}"
+            );
+            let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+            (ct, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (ct, wk) = get(".well-known/smart-configuration").await;
+    assert!(ct.starts_with("application/json"), "{ct}");
+    for key in [
+        "authorization_endpoint",
+        "token_endpoint",
+        "issuer",
+        "jwks_uri",
+    ] {
+        assert!(wk[key].is_string(), "{key}: {wk}");
+    }
+    let strings = |v: &Value| -> BTreeSet<String> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("not an array: {v}"))
+            .iter()
+            .map(|c| c.as_str().expect("a string").to_string())
+            .collect()
+    };
+    assert!(strings(&wk["grant_types_supported"]).contains("authorization_code"));
+    let pkce = strings(&wk["code_challenge_methods_supported"]);
+    assert!(pkce.contains("S256") && !pkce.contains("plain"), "{pkce:?}");
+    let capabilities = strings(&wk["capabilities"]);
+    for c in [
+        "launch-standalone",
+        "launch-ehr",
+        "client-public",
+        "client-confidential-symmetric",
+        "client-confidential-asymmetric",
+        "sso-openid-connect",
+        "context-standalone-patient",
+        "context-banner",
+        "context-style",
+        "context-ehr-patient",
+        "context-ehr-encounter",
+        "permission-offline",
+        "permission-patient",
+        "permission-user",
+        "authorize-post",
+        "permission-v1",
+        "permission-v2",
+    ] {
+        assert!(capabilities.contains(c), "capability {c} missing");
+    }
+    let (ct, cs) = get("metadata").await;
+    assert!(ct.contains("json"), "{ct}");
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+}
+
+/// (g)(10) `g10_token_revocation`: the patient revokes the app on the server's own page
+/// (`/auth/grants`, in the session that authorized it); afterwards the old access token reads no
+/// Patient (401, 403 or 404) and its refresh token is refused (400 or 401).
+#[tokio::test]
+async fn token_revocation_by_the_patient() {
+    let k = start().await;
+    let auth = Auth::Public("inferno-public");
+    let (verifier, challenge) = pkce();
+    let mut b = Browser::new(&k.s.base);
+    let url = k.s.authorize_url(
+        "inferno-public",
+        "launch/patient openid fhirUser offline_access patient/Patient.rs",
+        Some(&challenge),
+        &[],
+    );
+    let code = authorize_code(&mut b, &url, "amy", "amy-pass", None).await;
+    let (st, _, t) = k
+        .token_as(
+            auth,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", &verifier),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{t}");
+    let access = t["access_token"].as_str().unwrap();
+    let refresh = t["refresh_token"]
+        .as_str()
+        .expect("offline_access: a refresh token");
+    let read = format!("Patient/{}", t["patient"].as_str().unwrap());
+    assert_eq!(k.s.fhir_get(&read, access).await.0, 200);
+
+    // every grant the page lists (a deployment may hold earlier runs' grants too)
+    let mut revoked = 0;
+    loop {
+        let page = b.get("/auth/grants").await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let Some(grant) = page.input("grant") else {
+            break;
+        };
+        let csrf = page.input("csrf").expect("csrf");
+        let r = b
+            .post(
+                "/auth/grants",
+                &[("csrf", &csrf), ("grant", &grant), ("decision", "revoke")],
+            )
+            .await;
+        assert_eq!(r.status, 302, "{}", r.body);
+        revoked += 1;
+        assert!(revoked < 200, "the grants page keeps listing grants");
+    }
+    assert!(revoked >= 1, "the app's grant was listed");
+
+    let st = k.s.fhir_get(&read, access).await.0;
+    assert!(
+        [401, 403, 404].contains(&st),
+        "old token after revocation: {st}"
+    );
+    let (st, _, body) = k
+        .token_as(
+            auth,
+            &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
+            None,
+        )
+        .await;
+    assert!(
+        st == 400 || st == 401,
+        "refresh after revocation: {st} {body}"
     );
 }

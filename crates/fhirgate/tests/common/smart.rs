@@ -26,6 +26,68 @@ pub struct Server {
     pub http: reqwest::Client,
 }
 
+/// A deployment the conformance suite runs against instead of an in-process server
+/// (`tests/conformance/run --base-url …`): `FHIRGATE_CONFORMANCE_BASE_URL` (the deployment's
+/// `--base-url`, its OIDC issuer), `FHIRGATE_CONFORMANCE_ROOT_SECRET` (its `root` Client's
+/// secret: the suite registers its clients, users and data through the admin API) and optionally
+/// `FHIRGATE_CONFORMANCE_FHIR_BASE` (default `{base}/smart`, the root `core.edn`'s SMART API).
+pub struct Target {
+    pub base: String,
+    pub fhir: String,
+    pub root_secret: String,
+}
+
+/// The deployment named by the environment, if any; a half-given target is a test failure, not
+/// a silent fallback to the in-process server.
+pub fn external_target() -> Option<Target> {
+    let base = std::env::var("FHIRGATE_CONFORMANCE_BASE_URL")
+        .ok()
+        .filter(|b| !b.is_empty())?;
+    let base = base.trim_end_matches('/').to_string();
+    let root_secret = std::env::var("FHIRGATE_CONFORMANCE_ROOT_SECRET")
+        .expect("FHIRGATE_CONFORMANCE_BASE_URL needs FHIRGATE_CONFORMANCE_ROOT_SECRET");
+    let fhir = std::env::var("FHIRGATE_CONFORMANCE_FHIR_BASE")
+        .ok()
+        .filter(|f| !f.is_empty())
+        .map(|f| f.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| format!("{base}/smart"));
+    Some(Target {
+        base,
+        fhir,
+        root_secret,
+    })
+}
+
+/// `root`'s secret on the server under test.
+pub fn root_secret() -> String {
+    external_target()
+        .map(|t| t.root_secret)
+        .unwrap_or_else(|| ROOT_SECRET.to_string())
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The server the conformance suite checks: the deployment of [`external_target`], or else a
+/// fresh in-process `fhirgate serve` of the root `core.edn` on a new SQLite store.
+pub async fn start_conformance(prefix: &str) -> Server {
+    match external_target() {
+        Some(t) => Server {
+            base: t.base,
+            fhir: t.fhir,
+            http: no_redirects(),
+        },
+        None => {
+            let store = super::sqlite_store(prefix).await;
+            start_project(store, &super::root_core_edn()).await
+        }
+    }
+}
+
 /// Serve `config` on `store`, as `fhirgate serve` would, with `root` = [`ROOT_SECRET`].
 pub async fn start_project(
     store: std::sync::Arc<dyn fhirgate_store::Store>,
@@ -45,10 +107,7 @@ pub async fn start_project(
     Server {
         fhir: format!("{base}/smart"),
         base,
-        http: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
+        http: no_redirects(),
     }
 }
 
@@ -58,7 +117,7 @@ impl Server {
         let resp = self
             .http
             .put(format!("{}/", self.base))
-            .basic_auth("root", Some(ROOT_SECRET))
+            .basic_auth("root", Some(root_secret()))
             .json(resources)
             .send()
             .await
@@ -166,7 +225,22 @@ impl Server {
 /// Log in on `page` if it is the login form, follow our redirects; the page reached.
 pub async fn login_if_asked(b: &mut Browser, page: Page, user: &str, password: &str) -> Page {
     if page.body.contains("name=\"password\"") {
-        let after = b.login(&page, user, password).await;
+        let mut after = b.login(&page, user, password).await;
+        // A deployment's login rate limits (10/min per user, 60/min per address) hold for the
+        // whole suite there: wait as a person would, then sign in again on the form it shows.
+        let mut waits = 0;
+        while after.status == 429 && waits < 3 && external_target().is_some() {
+            let secs: u64 = after
+                .headers
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10);
+            tokio::time::sleep(std::time::Duration::from_secs(secs.min(65))).await;
+            let form = after;
+            after = b.login(&form, user, password).await;
+            waits += 1;
+        }
         assert_eq!(after.status, 302, "login: {}", after.body);
         b.follow(after).await
     } else {
