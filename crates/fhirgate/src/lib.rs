@@ -6,6 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod demo;
 pub mod load;
+pub mod policy_lint;
 pub mod rpc;
 pub mod seed;
 pub mod server;

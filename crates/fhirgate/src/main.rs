@@ -63,6 +63,20 @@ fn check(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
     let Some(project) = load(args.path(), &registry) else {
         return Ok(ExitCode::FAILURE);
     };
+    let seeds = match fhirgate::seed::read_seeds(&project, &[]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let lint = fhirgate::policy_lint::policy_warnings(
+        &project,
+        &registry,
+        seeds.iter().flat_map(|s| &s.resources),
+    );
+    print_diagnostics(&lint);
+    let warnings = project.warnings.len() + lint.len();
     let apis: std::collections::BTreeSet<&str> = project
         .routes
         .routes
@@ -82,8 +96,8 @@ fn check(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         plural(apis.len()),
         project.seeds.len(),
         plural(project.seeds.len()),
-        project.warnings.len(),
-        plural(project.warnings.len()),
+        warnings,
+        plural(warnings),
     );
     Ok(ExitCode::SUCCESS)
 }

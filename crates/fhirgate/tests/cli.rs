@@ -362,3 +362,64 @@ fn serve_explains_an_unusable_database() {
         "{err}"
     );
 }
+
+/// decisions §11: `check` warns (exit 0) when protected routes exist and the project seeds no
+/// AccessPolicy — every request to them would be refused — and is quiet once a seed has one.
+#[test]
+fn check_warns_when_no_seeded_access_policy_can_allow_the_protected_routes() {
+    let out = run(
+        &["check", "project-samples/patient-access/core.edn"],
+        &repo(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("no AccessPolicy among the project's seeds"))
+        .unwrap_or_else(|| panic!("no warning: {err}"));
+    assert!(
+        line.starts_with("project-samples/patient-access/core.edn:")
+            && line
+                .contains(": warning: 10 protected routes (the first: GET /patient/fhir/Patient)"),
+        "{line}"
+    );
+    assert!(
+        text(&out.stdout).ends_with("1 warning\n"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // the same project seeding a policy: no warning
+    let dir = tempdir();
+    let project =
+        std::fs::read_to_string(repo().join("project-samples/patient-access/core.edn")).unwrap();
+    let seeded = project.replacen(
+        "import #{zenbox hl7-fhir-r4-core}",
+        "import #{zenbox aidbox hl7-fhir-r4-core}
+ seed {:zen/tags #{aidbox/service} :engine aidbox/seed
+       :resources {:AccessPolicy {:any-token {:engine :matcho :matcho {:jwt {:scope \"present?\"}}}}}}",
+        1,
+    );
+    assert_ne!(seeded, project);
+    std::fs::write(dir.join("core.edn"), &seeded).unwrap();
+    let out = run(&["check", "core.edn"], &dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("no AccessPolicy"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("1 seed resource, 0 warnings"),
+        "{}",
+        text(&out.stdout)
+    );
+    // the root core.edn seeds one
+    let out = run(&["check", "core.edn"], &repo());
+    assert!(out.status.success());
+    assert!(
+        !text(&out.stderr).contains("no AccessPolicy"),
+        "{}",
+        text(&out.stderr)
+    );
+}
