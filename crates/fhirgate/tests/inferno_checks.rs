@@ -220,6 +220,25 @@ impl Kit {
         (status, headers, body)
     }
 
+    /// The authorization code exchange (`smart_token_exchange`) for `code` with PKCE `verifier`;
+    /// the response body, asserted 200.
+    async fn exchange(&self, auth: Auth<'_>, code: &str, verifier: &str) -> Value {
+        let (st, _, t) = self
+            .token_as(
+                auth,
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", code),
+                    ("redirect_uri", REDIRECT),
+                    ("code_verifier", verifier),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{t}");
+        t
+    }
+
     /// A standalone launch as `user` with `ticked` scopes on the consent page (None: as offered);
     /// the code exchange's response (asserted 200).
     async fn standalone(
@@ -235,20 +254,7 @@ impl Kit {
             .s
             .authorize_url(auth.client_id(), scope, Some(&challenge), &[]);
         let code = authorize_code(&mut b, &url, user.0, user.1, ticked).await;
-        let (st, _, t) = self
-            .token_as(
-                auth,
-                &[
-                    ("grant_type", "authorization_code"),
-                    ("code", &code),
-                    ("redirect_uri", REDIRECT),
-                    ("code_verifier", &verifier),
-                ],
-                None,
-            )
-            .await;
-        assert_eq!(st, 200, "{t}");
-        t
+        self.exchange(auth, &code, &verifier).await
     }
 }
 
@@ -607,19 +613,13 @@ async fn granular_scope_selection_is_offered_for_condition_and_observation() {
     ticked.extend(alternatives.iter().map(String::as_str));
     let back = b.consent(&consent, "allow", Some(&ticked), false).await;
     let code = back.redirect_params()["code"].clone();
-    let (st, _, t) = k
-        .token_as(
+    let t = k
+        .exchange(
             Auth::Symmetric("inferno-conf", "conf-secret"),
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT),
-                ("code_verifier", &verifier),
-            ],
-            None,
+            &code,
+            &verifier,
         )
         .await;
-    assert_eq!(st, 200, "{t}");
     let received = t["scope"].as_str().unwrap();
     let resource_level =
         regex::Regex::new(r"(Condition|Observation)\.(\*|read|c?ru?d?s?)$").unwrap();
@@ -918,19 +918,7 @@ async fn ehr_practitioner_launch_by_post() {
     assert_eq!(back.status, 302, "{}", back.body);
     let code = back.redirect_params()["code"].clone();
     let auth = Auth::Symmetric("inferno-conf", "conf-secret");
-    let (st, _, t) = k
-        .token_as(
-            auth,
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT),
-                ("code_verifier", &verifier),
-            ],
-            None,
-        )
-        .await;
-    assert_eq!(st, 200, "{t}");
+    let t = k.exchange(auth, &code, &verifier).await;
     assert_token_response(&t);
     let received = t["scope"].as_str().unwrap().to_string();
     for required in ["openid", "fhirUser", "launch", "offline_access"] {
@@ -1168,19 +1156,7 @@ async fn openid_connect_and_the_fhir_user_resource() {
     );
     let code = authorize_code(&mut b, &url, "drwho", "doc-pass", None).await;
     let auth = Auth::Symmetric("inferno-conf", "conf-secret");
-    let (st, _, t) = k
-        .token_as(
-            auth,
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT),
-                ("code_verifier", &verifier),
-            ],
-            None,
-        )
-        .await;
-    assert_eq!(st, 200, "{t}");
+    let t = k.exchange(auth, &code, &verifier).await;
     // g10_patient_scope: a patient-level Patient read/search scope was granted
     assert!(scope_set(t["scope"].as_str().unwrap()).contains("patient/Patient.rs"));
     let access = t["access_token"].as_str().unwrap();
@@ -1209,19 +1185,7 @@ async fn openid_connect_and_the_fhir_user_resource() {
         &[("launch", &launch)],
     );
     let code = authorize_code(&mut b, &url, "drwho", "doc-pass", None).await;
-    let (st, _, t) = k
-        .token_as(
-            auth,
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT),
-                ("code_verifier", &verifier),
-            ],
-            None,
-        )
-        .await;
-    assert_eq!(st, 200, "{t}");
+    let t = k.exchange(auth, &code, &verifier).await;
     assert_eq!(
         k.s.fhir_get("Practitioner/pr-1", t["access_token"].as_str().unwrap())
             .await
@@ -1838,19 +1802,7 @@ async fn token_revocation_by_the_patient() {
         &[],
     );
     let code = authorize_code(&mut b, &url, "amy", "amy-pass", None).await;
-    let (st, _, t) = k
-        .token_as(
-            auth,
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT),
-                ("code_verifier", &verifier),
-            ],
-            None,
-        )
-        .await;
-    assert_eq!(st, 200, "{t}");
+    let t = k.exchange(auth, &code, &verifier).await;
     let access = t["access_token"].as_str().unwrap();
     let refresh = t["refresh_token"]
         .as_str()

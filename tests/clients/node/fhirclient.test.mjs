@@ -8,7 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
-import { startFhirgate, ROOT_SECRET } from './fhirgate.mjs';
+import { startFhirgate, withServerLog, ROOT_SECRET } from './fhirgate.mjs';
 import { startFhirclientApp } from './fhirclient-app.mjs';
 
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -63,15 +63,8 @@ after(async () => {
   await fg?.stop();
 });
 
-async function withServerLog(fn) {
-  try {
-    await fn();
-  } catch (e) {
-    console.error('--- fhirgate serve log (last 60 lines) ---\n' + fg.log().split('\n').slice(-60).join('\n'));
-    if (app.errors.length) console.error('--- app errors ---\n' + app.errors.map((x) => x.stack).join('\n'));
-    throw e;
-  }
-}
+const withLog = (fn) => withServerLog(fg, fn, () =>
+  app.errors.length ? '--- app errors ---\n' + app.errors.map((x) => x.stack).join('\n') : '');
 
 // Chromium opens `url`, signs in, allows on the consent page; resolves with the fhirclient Client
 // that the app's /redirect built, and the authorization requests the browser sent.
@@ -99,7 +92,7 @@ async function launchInBrowser(url, username, password) {
   return { client, authorizeRequests };
 }
 
-test('fhirclient (Node adapter) + Chromium: standalone launch, public app with PKCE, reads, refresh', () => withServerLog(async () => {
+test('fhirclient (Node adapter) + Chromium: standalone launch, public app with PKCE, reads, refresh', () => withLog(async () => {
   app.authorizeOptions = { iss: fg.fhir, clientId: 'fhirclient-js', scope: STANDALONE_SCOPE };
   const { client, authorizeRequests } = await launchInBrowser(`${app.origin}/launch`, 'amy', 'amy-pass');
 
@@ -154,7 +147,7 @@ test('fhirclient (Node adapter) + Chromium: standalone launch, public app with P
   assert.equal((await stale.json()).error, 'invalid_grant');
 }));
 
-test('fhirclient (Node adapter) + Chromium: EHR launch via aidbox.smart/get-launch-uri, private_key_jwt ES384, patient and encounter context', () => withServerLog(async () => {
+test('fhirclient (Node adapter) + Chromium: EHR launch via aidbox.smart/get-launch-uri, private_key_jwt ES384, patient and encounter context', () => withLog(async () => {
   const rpc = await fetch(`${fg.base}/rpc`, {
     method: 'POST',
     headers: {

@@ -100,3 +100,16 @@ export async function startApp() {
   const origin = `http://127.0.0.1:${server.address().port}`;
   return { origin, hits, stop: () => new Promise((ok) => server.close(ok)) };
 }
+
+// Run `fn`; when it throws, print the tail of `fg`'s server log (and `moreOnError()`'s text, if
+// any) before rethrowing, so that a failed test shows what the server said.
+export async function withServerLog(fg, fn, moreOnError) {
+  try {
+    await fn();
+  } catch (e) {
+    console.error('--- fhirgate serve log (last 60 lines) ---\n' + fg.log().split('\n').slice(-60).join('\n'));
+    const more = moreOnError?.();
+    if (more) console.error(more);
+    throw e;
+  }
+}

@@ -7,7 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as client from 'openid-client';
 import { chromium } from 'playwright-core';
-import { startFhirgate, startApp } from './fhirgate.mjs';
+import { startFhirgate, startApp, withServerLog } from './fhirgate.mjs';
 
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
   '--no-first-run', '--disable-component-update', '--disable-sync', '--disable-quic'];
@@ -59,17 +59,6 @@ after(async () => {
   await fg?.stop();
 });
 
-// On failure, show what the server said.
-async function withServerLog(fn) {
-  try {
-    await fn();
-  } catch (e) {
-    console.error('--- fhirgate serve log (last 60 lines) ---\n'
-      + fg.log().split('\n').slice(-60).join('\n'));
-    throw e;
-  }
-}
-
 // Every HTML page fhirgate serves refuses to be framed.
 function watchPages(page) {
   const pages = [];
@@ -98,7 +87,7 @@ async function authorizationRequest(config, extra = {}) {
   return { url, checks: { pkceCodeVerifier: verifier, expectedState: state, expectedNonce: nonce, idTokenExpected: true } };
 }
 
-test('openid-client + Chromium: confidential app (client_secret_post), partial consent, refresh, revocation', () => withServerLog(async () => {
+test('openid-client + Chromium: confidential app (client_secret_post), partial consent, refresh, revocation', () => withServerLog(fg, async () => {
   const config = await client.discovery(new URL(fg.base), 'node-app', undefined,
     client.ClientSecretPost('node-secret'),
     { execute: [client.allowInsecureRequests, client.enableNonRepudiationChecks] });
@@ -209,7 +198,7 @@ test('openid-client + Chromium: confidential app (client_secret_post), partial c
     'the revoked access token is refused with a Bearer challenge');
 }));
 
-test('openid-client + Chromium: asymmetric app (private_key_jwt ES384), signed-in session, remembered consent, max_age', () => withServerLog(async () => {
+test('openid-client + Chromium: asymmetric app (private_key_jwt ES384), signed-in session, remembered consent, max_age', () => withServerLog(fg, async () => {
   const config = await client.discovery(new URL(fg.base), 'node-jwt-app', undefined,
     client.PrivateKeyJwt({ key: jwtKey, kid: 'node-k1' }), // assertion aud = the issuer
     { execute: [client.allowInsecureRequests, client.enableNonRepudiationChecks] });
