@@ -358,6 +358,12 @@ async fn standalone_patient_app_public_client_v2_scopes_and_refresh() {
         "{}",
         consent.body
     );
+    // the patient in context is named, not only numbered
+    assert!(
+        consent.body.contains("Amy Shaw (id pt-1)"),
+        "{}",
+        consent.body
+    );
     let back = b.consent(&consent, "allow", None, false).await;
     assert_eq!(back.status, 302, "{}", back.body);
     let code = back.redirect_params()["code"].clone();

@@ -517,6 +517,7 @@ impl AuthServer {
             match self.encounters_of(&patient).await {
                 Ok(list) if list.is_empty() => {}
                 Ok(list) => {
+                    let patient = self.patient_named(&patient).await;
                     return self.page_with_csrf(headers, "encounters", |csrf| {
                         context! { base => &self.base_path, csrf => csrf, req => req,
                         client_name => &client.name, patient => &patient, encounters => &list }
@@ -539,6 +540,7 @@ impl AuthServer {
             return ret.error("consent_required", "the user has not approved this app");
         }
         self.consent_page(headers, req, &pending, &client, &user_id, &offered)
+            .await
     }
 
     async fn remembered_grant(
@@ -682,20 +684,8 @@ impl AuthServer {
                     .matches
                     .iter()
                     .map(|p| {
-                        let id = p["id"].as_str().unwrap_or_default();
-                        let name = &p["name"][0];
-                        let given = name["given"]
-                            .as_array()
-                            .map(|g| {
-                                g.iter()
-                                    .filter_map(Value::as_str)
-                                    .collect::<Vec<_>>()
-                                    .join(" ")
-                            })
-                            .unwrap_or_default();
-                        let family = name["family"].as_str().unwrap_or_default();
-                        let born = p["birthDate"].as_str().unwrap_or("?");
-                        serde_json::json!({"id": id, "label": format!("{given} {family} (born {born}; id {id})")})
+                        serde_json::json!({"id": p["id"].as_str().unwrap_or_default(),
+                            "label": patient_label(p)})
                     })
                     .collect(),
                 Err(e) => return internal(self, e),
@@ -708,7 +698,16 @@ impl AuthServer {
         })
     }
 
-    fn consent_page(
+    /// How the pages name the patient with id `id`: [`patient_label`] of the stored Patient,
+    /// or the bare id when there is none to read.
+    async fn patient_named(&self, id: &str) -> String {
+        match self.store.read("Patient", id).await {
+            Ok(p) => patient_label(&p),
+            Err(_) => format!("id {id}"),
+        }
+    }
+
+    async fn consent_page(
         &self,
         headers: &HeaderMap,
         req: &str,
@@ -726,11 +725,41 @@ impl AuthServer {
             .into_iter()
             .map(|(scope, text)| serde_json::json!({"scope": scope, "text": text}))
             .collect();
+        let patient = match &pending.context.patient {
+            Some(id) => Some(self.patient_named(id).await),
+            None => None,
+        };
         self.page_with_csrf(headers, "consent", |csrf| {
             context! { base => &self.base_path, csrf => csrf, req => req,
-            client_name => &client.name, user => user, patient => &pending.context.patient,
+            client_name => &client.name, user => user, patient => &patient,
             requested => &requested, granular => &granular }
         })
+    }
+}
+
+/// A Patient as the pages name it: "Amy Shaw (born 1987-02-20; id pt-1)" — the id too, since
+/// names repeat.
+fn patient_label(p: &Value) -> String {
+    let id = p["id"].as_str().unwrap_or_default();
+    let name = &p["name"][0];
+    let given = name["given"]
+        .as_array()
+        .map(|g| {
+            g.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let family = name["family"].as_str().unwrap_or_default();
+    let details = match p["birthDate"].as_str() {
+        Some(born) => format!("born {born}; id {id}"),
+        None => format!("id {id}"),
+    };
+    let full = format!("{given} {family}");
+    match full.trim() {
+        "" => details,
+        full => format!("{full} ({details})"),
     }
 }
 
@@ -1211,6 +1240,16 @@ pub async fn consent_submit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patients_are_named_with_their_id() {
+        let p = serde_json::json!({"id": "pt-1", "birthDate": "1987-02-20",
+            "name": [{"given": ["Amy", "Lee"], "family": "Shaw"}]});
+        assert_eq!(patient_label(&p), "Amy Lee Shaw (born 1987-02-20; id pt-1)");
+        let p = serde_json::json!({"id": "pt-2", "name": [{"family": "Shaw"}]});
+        assert_eq!(patient_label(&p), "Shaw (id pt-2)");
+        assert_eq!(patient_label(&serde_json::json!({"id": "pt-3"})), "id pt-3");
+    }
 
     #[test]
     fn granular_alternatives_for_observation_and_condition() {
