@@ -96,6 +96,20 @@ pub async fn prepare(
     let access = fhirgate_smart::access::AccessControl::load(store.clone(), options.dev)
         .await
         .map_err(|e| format!("cannot load the AccessPolicies: {e}"))?;
+    if access.policy_count() == 0
+        && let Some(warning) = crate::policy_lint::policy_warnings(
+            project,
+            &crate::app::registry(),
+            std::iter::empty(),
+        )
+        .first()
+    {
+        // decisions §11: say so at start, not only as 403s later
+        tracing::warn!(
+            "{} (the store holds no valid AccessPolicy either)",
+            warning.message
+        );
+    }
     tokio::spawn(access.clone().follow());
     let registry = registry_with(&fhirgate_smart::Setup {
         verifier: Some(auth.verifier()),

@@ -184,8 +184,14 @@ struct Server {
 
 impl Server {
     fn start(config: &Path) -> Server {
+        Server::start_in(Path::new("."), config)
+    }
+
+    /// [`Server::start`] with `dir` as the working directory (where `data/` goes).
+    fn start_in(dir: &Path, config: &Path) -> Server {
         let port = free_port();
         let child = bin()
+            .current_dir(dir)
             .args([
                 "serve",
                 "--config",
@@ -218,18 +224,29 @@ impl Server {
     }
 
     /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
+    fn stop(self) -> std::process::ExitStatus {
+        self.stop_with_log().0
+    }
+
+    /// SIGTERM, then the exit status and what the server wrote on stderr.
+    fn stop_with_log(mut self) -> (std::process::ExitStatus, String) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
+                break s;
             }
             assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut log = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = err.read_to_string(&mut log);
         }
+        (status, log)
     }
 }
 
@@ -421,5 +438,22 @@ fn check_warns_when_no_seeded_access_policy_can_allow_the_protected_routes() {
         !text(&out.stderr).contains("no AccessPolicy"),
         "{}",
         text(&out.stderr)
+    );
+    // serve says it at start too, when the store has none either
+    let dir = tempdir();
+    std::fs::copy(
+        repo().join("project-samples/patient-access/core.edn"),
+        dir.join("core.edn"),
+    )
+    .unwrap();
+    let server = Server::start_in(&dir, &dir.join("core.edn"));
+    assert_eq!(server.get("/health").0, 200, "serving");
+    let (status, log) = server.stop_with_log();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(
+        log.contains(
+            "10 protected routes (the first: GET /patient/fhir/Patient) and no AccessPolicy"
+        ) && log.contains("the store holds no valid AccessPolicy either"),
+        "{log}"
     );
 }

@@ -128,6 +128,14 @@ impl AccessControl {
         Ok(())
     }
 
+    /// How many AccessPolicies the current snapshot holds (invalid ones are left out).
+    pub fn policy_count(&self) -> usize {
+        self.snapshot
+            .read()
+            .map(|s| s.policies.policies().len())
+            .unwrap_or(0)
+    }
+
     /// Reload whenever another process (or admin REST here) publishes a change, and every
     /// 60 s; runs until the store's event channel closes.
     pub async fn follow(self: Arc<Self>) {
