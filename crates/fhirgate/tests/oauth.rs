@@ -521,6 +521,88 @@ async fn client_secret_post_and_public_refresh_without_client_id() {
     assert_eq!((st, e["error"].as_str()), (401, Some("invalid_client")));
 }
 
+/// SMART `online_access`: a refresh token usable "for as long as the end-user remains online" —
+/// it works while the sign-in session that issued it lasts, and is refused after the user signs
+/// out; `offline_access` outlives the session.
+#[tokio::test]
+async fn online_access_refresh_tokens_end_with_the_session() {
+    let s = start().await;
+    let refresh = |token: String| {
+        let s = &s;
+        async move {
+            s.token(
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", token.as_str()),
+                ],
+                Some(("conf-app", "conf-secret")),
+            )
+            .await
+        }
+    };
+    let mut tokens = Vec::new();
+    let mut browser = Browser::new(&s.base);
+    for scope in [
+        "launch/patient online_access patient/*.rs",
+        "launch/patient offline_access patient/*.rs",
+    ] {
+        let (verifier, challenge) = pkce();
+        let b = &mut browser;
+        let page = b
+            .open(&authorize_url(&s, "conf-app", scope, &challenge, &[]))
+            .await;
+        // the second launch reuses the session of the first: no login form
+        let page = if page.body.contains("name=\"password\"") {
+            b.login_follow(&page, "amy", "amy-pass").await
+        } else {
+            page
+        };
+        let back = b.consent(&page, "allow", None, false).await;
+        let code = back.redirect_params()["code"].clone();
+        let (st, t) = s
+            .token(
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", &code),
+                    ("redirect_uri", REDIRECT),
+                    ("code_verifier", &verifier),
+                ],
+                Some(("conf-app", "conf-secret")),
+            )
+            .await;
+        assert_eq!(st, 200, "{t}");
+        tokens.push(
+            t["refresh_token"]
+                .as_str()
+                .expect("a refresh token")
+                .to_string(),
+        );
+    }
+    // signed in: the online token refreshes, and its successor stays bound to the session
+    let (st, t) = refresh(tokens[0].clone()).await;
+    assert_eq!(st, 200, "{t}");
+    let online = t["refresh_token"].as_str().unwrap().to_string();
+
+    let out = browser.get("/auth/logout").await;
+    assert!(out.status < 400, "{}", out.body);
+    let (st, e) = refresh(online).await;
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{e}"
+    );
+    assert!(
+        e["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("session has ended"),
+        "{e}"
+    );
+    // offline_access does not depend on the session
+    let (st, t) = refresh(tokens[1].clone()).await;
+    assert_eq!(st, 200, "{t}");
+}
+
 #[tokio::test]
 async fn asymmetric_client_code_flow_and_backend_services() {
     let s = start().await;

@@ -533,7 +533,7 @@ impl AuthServer {
         {
             let granted = offered.to_string();
             return self
-                .finish(req, &pending, &user, &grant, &granted, None)
+                .finish(headers, req, &pending, &user, &grant, &granted, None)
                 .await;
         }
         if prompt_none {
@@ -570,8 +570,17 @@ impl AuthServer {
 
     /// Issue the code under `grant` (creating the grant when `new_grant` is given) and send
     /// the browser back to the app.
+    /// The key under which the sign-in session of `headers` is stored, if there is one.
+    fn session_key(headers: &HeaderMap) -> Option<String> {
+        web::cookies(headers)
+            .remove(SESSION_COOKIE)
+            .map(|c| hashed(&c))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
+        headers: &HeaderMap,
         req: &str,
         pending: &Pending,
         user: &Value,
@@ -615,6 +624,7 @@ impl AuthServer {
             // when the user signed in (OIDC Core: auth_time), not when the code was issued
             auth_time: pending.auth_time.unwrap_or_else(unix_now),
             fhir_user: fhir_user_reference(user),
+            session: Self::session_key(headers),
         };
         if let Err(e) = self
             .records
@@ -1233,8 +1243,16 @@ pub async fn consent_submit(
         created: unix_now(),
         revoked: false,
     };
-    s.finish(&req, &pending, &user, &grant_id, &granted, Some(grant))
-        .await
+    s.finish(
+        &headers,
+        &req,
+        &pending,
+        &user,
+        &grant_id,
+        &granted,
+        Some(grant),
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -111,6 +111,10 @@ pub struct CodeRecord {
     /// The user's `fhirUser` reference (`Patient/pt-1`), if any.
     #[serde(default)]
     pub fhir_user: Option<String>,
+    /// The key of the sign-in session the code was issued in: `online_access` refresh tokens
+    /// live only as long as it does.
+    #[serde(default)]
+    pub session: Option<String>,
 }
 
 /// What a user allowed a client: every token issued from it carries its id, so revoking it
@@ -144,6 +148,10 @@ pub struct RefreshRecord {
     pub fhir_user: Option<String>,
     /// Absolute expiry, carried across rotations when the client does not renew.
     pub expires_at: i64,
+    /// `online_access` without `offline_access`: the key of the sign-in session it is bound
+    /// to; the token is refused once that session ends (sign-out or expiry).
+    #[serde(default)]
+    pub session: Option<String>,
 }
 
 /// A browser session after login.

@@ -223,6 +223,8 @@ struct Issue<'a> {
     auth_time: i64,
     /// Issue a refresh token when the scopes ask for one.
     refresh: bool,
+    /// The sign-in session an `online_access` refresh token is bound to.
+    session: Option<&'a str>,
 }
 
 fn pkce_ok(verifier: &str, challenge: &str) -> bool {
@@ -310,6 +312,7 @@ impl AuthServer {
             nonce: record.nonce.as_deref(),
             auth_time: record.auth_time,
             refresh: true,
+            session: record.session.as_deref(),
         })
         .await
     }
@@ -360,6 +363,22 @@ impl AuthServer {
         if self.verifier.is_grant_revoked(&record.grant) {
             return invalid_grant("the grant was revoked");
         }
+        // online_access: usable while the user stays signed in
+        if let Some(session) = &record.session {
+            match self
+                .records
+                .get::<super::records::SessionRecord>(super::records::SESSION, session)
+                .await
+            {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return invalid_grant(
+                        "the user's session has ended (online_access lasts while the user is signed in)",
+                    );
+                }
+                Err(e) => return server_error(e),
+            }
+        }
         // a narrower scope may be asked for, never a wider one
         let granted = match scope {
             None => record.scope.clone(),
@@ -391,6 +410,7 @@ impl AuthServer {
             nonce: None,
             auth_time: record.auth_time,
             refresh: true,
+            session: record.session.as_deref(),
         })
         .await
     }
@@ -510,8 +530,11 @@ impl AuthServer {
             "scope": i.scope,
         });
         let has = |s: &str| scopes.has(s);
-        if i.refresh && i.client.refresh_allowed && (has("offline_access") || has("online_access"))
-        {
+        let offline = has("offline_access");
+        // online_access alone binds the refresh token to the sign-in session; without one to
+        // bind to, there is no refresh token
+        let online = !offline && has("online_access") && i.session.is_some();
+        if i.refresh && i.client.refresh_allowed && (offline || online) {
             let token = random_id();
             let record = RefreshRecord {
                 grant: i.grant.to_string(),
@@ -523,6 +546,11 @@ impl AuthServer {
                 auth_time: i.auth_time,
                 fhir_user: i.fhir_user.map(str::to_string),
                 expires_at: now + i.client.refresh_ttl,
+                session: if offline {
+                    None
+                } else {
+                    i.session.map(str::to_string)
+                },
             };
             if let Err(e) = self
                 .records
