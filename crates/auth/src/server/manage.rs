@@ -110,18 +110,9 @@ impl AuthServer {
 }
 
 fn date(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    // civil-from-days (Howard Hinnant's algorithm), to print a date without a time crate
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "?".into())
 }
 
 pub async fn grants_page(State(s): State<Arc<AuthServer>>, headers: HeaderMap) -> Response {
