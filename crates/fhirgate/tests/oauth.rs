@@ -4,62 +4,25 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use common::browser::{Browser, Page, pkce};
-use fhirgate::server::{ServeOptions, prepare};
+use common::smart::{ClientKey, REDIRECT, ROOT_SECRET, consent_page};
 use serde_json::{Value, json};
 
-const ROOT_SECRET: &str = "root-secret-for-tests";
-const REDIRECT: &str = "http://app.test/cb";
-
+/// A whole fhirgate on the root `core.edn` with this file's clients and users, and the key of
+/// its `private_key_jwt` client `jwt-app`.
 pub struct Server {
-    pub base: String,
-    pub fhir: String,
-    pub http: reqwest::Client,
-    pub es384: EcKey,
+    s: common::smart::Server,
+    pub es384: ClientKey,
 }
 
-/// An EC P-384 key pair for `private_key_jwt`.
-pub struct EcKey {
-    pkcs8: Vec<u8>,
-    pub jwk: Value,
-}
-
-impl EcKey {
-    pub fn generate(kid: &str) -> EcKey {
-        use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, doc.as_ref()).unwrap();
-        let point = pair.public_key().as_ref();
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        EcKey {
-            pkcs8: doc.as_ref().to_vec(),
-            jwk: json!({"kty": "EC", "crv": "P-384", "kid": kid, "alg": "ES384", "use": "sig",
-                        "x": b64.encode(&point[1..49]), "y": b64.encode(&point[49..])}),
-        }
-    }
-
-    /// A client assertion for `client` at `aud`.
-    pub fn assertion(&self, client: &str, aud: &str) -> String {
-        let now = fhirgate_auth::tokens::now();
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
-        header.kid = self.jwk["kid"].as_str().map(str::to_string);
-        let claims = json!({"iss": client, "sub": client, "aud": aud, "exp": now + 240,
-                            "iat": now, "jti": fhirgate_auth::tokens::random_id()});
-        jsonwebtoken::encode(
-            &header,
-            &claims,
-            &jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8),
-        )
-        .unwrap()
+impl std::ops::Deref for Server {
+    type Target = common::smart::Server;
+    fn deref(&self) -> &common::smart::Server {
+        &self.s
     }
 }
 
-pub fn seed(es384: &EcKey) -> Value {
+pub fn seed(es384: &ClientKey) -> Value {
     json!([
         // what the root project seeds: any valid SMART token may reach the SMART API
         {"resourceType": "AccessPolicy", "id": "fhirgate-smart-api", "engine": "matcho",
@@ -88,7 +51,7 @@ pub fn seed(es384: &EcKey) -> Value {
          "auth": {"authorization_code": {"redirect_uri": [REDIRECT, "http://app.test/other"], "refresh_token": true,
                                          "secret_required": true, "access_token_expiration": 600}},
          "smart": {"launch_uri": "http://app.test/launch?x=1"}},
-        {"resourceType": "Client", "id": "jwt-app", "jwks": {"keys": [es384.jwk]},
+        {"resourceType": "Client", "id": "jwt-app", "jwks": {"keys": [es384.jwk()]},
          "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
          "auth": {"authorization_code": {"redirect_uri": REDIRECT}}, "scope": "openid fhirUser launch/patient offline_access patient/*.rs system/Observation.rs"},
     ])
@@ -115,37 +78,10 @@ pub async fn start_with(
     config: &std::path::Path,
     dev: bool,
 ) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let registry = fhirgate::registry();
-    let project = fhirgate::load_project(config, &registry).unwrap();
-    let mut options = ServeOptions::new(&base);
-    options.root_secret = Some(ROOT_SECRET.into());
-    options.dev = dev;
-    let prepared = prepare(&project, store, &options).await.unwrap();
-    let app = prepared
-        .app
-        .into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let es384 = EcKey::generate("k1");
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let resp = http
-        .put(format!("{base}/"))
-        .basic_auth("root", Some(ROOT_SECRET))
-        .json(&seed(&es384))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    Server {
-        fhir: format!("{base}/smart"),
-        base,
-        http,
-        es384,
-    }
+    let s = common::smart::start_project_with(store, config, |o| o.dev = dev).await;
+    let es384 = ClientKey::es384("k1");
+    s.put(&seed(&es384)).await;
+    Server { s, es384 }
 }
 
 pub fn authorize_url(
@@ -155,68 +91,7 @@ pub fn authorize_url(
     challenge: &str,
     extra: &[(&str, &str)],
 ) -> String {
-    let mut q = form_urlencoded::Serializer::new(String::new());
-    q.append_pair("response_type", "code")
-        .append_pair("client_id", client)
-        .append_pair("redirect_uri", REDIRECT)
-        .append_pair("scope", scope)
-        .append_pair("state", "st-123")
-        .append_pair("aud", &s.fhir)
-        .append_pair("code_challenge", challenge)
-        .append_pair("code_challenge_method", "S256");
-    for (k, v) in extra {
-        q.append_pair(k, v);
-    }
-    format!("{}/auth/authorize?{}", s.base, q.finish())
-}
-
-impl Server {
-    pub async fn token(&self, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .post(format!("{}/auth/token", self.base))
-            .form(form);
-        if let Some((u, p)) = basic {
-            req = req.basic_auth(u, Some(p));
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        if status == 200 {
-            assert_eq!(resp.headers()["cache-control"], "no-store");
-            assert_eq!(resp.headers()["pragma"], "no-cache");
-        }
-        (status, resp.json().await.unwrap())
-    }
-
-    pub async fn fhir_get(&self, path: &str, token: &str) -> (u16, Value) {
-        let resp = self
-            .http
-            .get(format!("{}/{path}", self.fhir))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    pub async fn form_post(
-        &self,
-        path: &str,
-        form: &[(&str, &str)],
-        basic: (&str, &str),
-    ) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .basic_auth(basic.0, Some(basic.1))
-            .form(form)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
+    s.authorize_url(client, scope, Some(challenge), extra)
 }
 
 /// Drive authorize → login → consent and return the redirect to the app.
@@ -227,16 +102,7 @@ pub async fn authorize_as(
     password: &str,
     scopes: Option<&[&str]>,
 ) -> Page {
-    let page = b.open(url).await;
-    let page = if page.input("password").is_some() || page.body.contains("name=\"password\"") {
-        let after = b.login(&page, user, password).await;
-        assert_eq!(after.status, 302, "login: {}", after.body);
-        b.follow(after).await
-    } else {
-        page
-    };
-    assert_eq!(page.status, 200, "consent page: {}", page.body);
-    assert!(page.body.contains("name=\"decision\""), "{}", page.body);
+    let page = consent_page(b, url, user, password).await;
     b.consent(&page, "allow", scopes, false).await
 }
 
@@ -678,7 +544,7 @@ async fn asymmetric_client_code_flow_and_backend_services() {
     let (st, e) = cc(a).await;
     assert_eq!((st, e["error"].as_str()), (401, Some("invalid_client")));
     // an assertion from another key
-    let other = EcKey::generate("k1");
+    let other = ClientKey::es384("k1");
     let (st, e) = cc(other.assertion("jwt-app", &token_url)).await;
     assert_eq!((st, e["error"].as_str()), (401, Some("invalid_client")));
     // wrong audience

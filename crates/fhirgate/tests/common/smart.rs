@@ -93,12 +93,22 @@ pub async fn start_project(
     store: std::sync::Arc<dyn fhirgate_store::Store>,
     config: &std::path::Path,
 ) -> Server {
+    start_project_with(store, config, |_| {}).await
+}
+
+/// [`start_project`] with `adjust` applied to the options (`dev`, …) first.
+pub async fn start_project_with(
+    store: std::sync::Arc<dyn fhirgate_store::Store>,
+    config: &std::path::Path,
+    adjust: impl FnOnce(&mut ServeOptions),
+) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let registry = fhirgate::registry();
     let project = fhirgate::load_project(config, &registry).unwrap();
     let mut options = ServeOptions::new(&base);
     options.root_secret = Some(ROOT_SECRET.into());
+    adjust(&mut options);
     let prepared = prepare(&project, store, &options).await.unwrap();
     let app = prepared
         .app
@@ -354,6 +364,17 @@ impl ClientKey {
             }
         };
         format!("{input}.{}", B64.encode(signature))
+    }
+
+    /// A client assertion as most libraries build one: `iss` = `sub` = the client, `aud`,
+    /// `iat`, `exp` four minutes ahead, a random `jti`.
+    pub fn assertion(&self, client: &str, aud: &str) -> String {
+        use fhirgate_auth::tokens::{now, random_id};
+        self.sign(
+            json!({"typ": "JWT"}),
+            &json!({"iss": client, "sub": client, "aud": aud, "iat": now(),
+                    "exp": now() + 240, "jti": random_id()}),
+        )
     }
 
     /// A client assertion built the way Inferno's `ClientAssertionBuilder` builds one:
