@@ -106,6 +106,28 @@ pub async fn authorize_as(
     b.consent(&page, "allow", scopes, false).await
 }
 
+/// The code exchange, authenticated with `basic`; the token response, asserted 200.
+pub async fn exchange(
+    s: &Server,
+    code: &str,
+    verifier: &str,
+    basic: Option<(&str, &str)>,
+) -> Value {
+    let (st, t) = s
+        .token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", verifier),
+            ],
+            basic,
+        )
+        .await;
+    assert_eq!(st, 200, "{t}");
+    t
+}
+
 /// A full standalone launch; the token response.
 pub async fn launch(
     s: &Server,
@@ -425,18 +447,7 @@ async fn online_access_refresh_tokens_end_with_the_session() {
         };
         let back = b.consent(&page, "allow", None, false).await;
         let code = back.redirect_params()["code"].clone();
-        let (st, t) = s
-            .token(
-                &[
-                    ("grant_type", "authorization_code"),
-                    ("code", &code),
-                    ("redirect_uri", REDIRECT),
-                    ("code_verifier", &verifier),
-                ],
-                Some(("conf-app", "conf-secret")),
-            )
-            .await;
-        assert_eq!(st, 200, "{t}");
+        let t = exchange(&s, &code, &verifier, Some(("conf-app", "conf-secret"))).await;
         tokens.push(
             t["refresh_token"]
                 .as_str()
@@ -608,18 +619,7 @@ async fn ehr_launch_through_the_rpc() {
     let back = authorize_as(&mut b, &url, "drwho", "doc-pass", None).await;
     assert_eq!(back.status, 302, "{}", back.body);
     let code = back.redirect_params()["code"].clone();
-    let (st, t) = s
-        .token(
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT),
-                ("code_verifier", &verifier),
-            ],
-            Some(("conf-app", "conf-secret")),
-        )
-        .await;
-    assert_eq!(st, 200, "{t}");
+    let t = exchange(&s, &code, &verifier, Some(("conf-app", "conf-secret"))).await;
     assert_eq!(t["patient"], "pt-1");
     assert_eq!(t["encounter"], "enc-1");
     assert_eq!(t["fhirContext"], json!([{"reference": "Encounter/enc-1"}]));
