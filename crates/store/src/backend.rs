@@ -69,6 +69,14 @@ impl SqliteStore {
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
+            // 16 KiB pages for a new database (an existing one keeps its own; this runs before
+            // `journal_mode`, which fixes it): a bulk load writes every page it changes to the
+            // WAL at each commit, and with random ids (UUIDs) a batch changes a few rows on
+            // each of many index pages; per page, SQLite's cost (two writes per WAL frame, a
+            // checksum, a B-tree page to find and balance) matters more than its size. Loading
+            // 300,000 resources, the writer thread's CPU time fell from 13-14 s to 10-11 s with
+            // UUID ids (9-10 s to 7-7.5 s with readable ones), though it wrote more bytes.
+            .page_size(16384)
             .journal_mode(SqliteJournalMode::Wal)
             // NORMAL in WAL mode: a committed write survives a crash of the process (kill -9);
             // only an OS crash or power loss can drop the last transactions.
@@ -393,11 +401,11 @@ macro_rules! store_impl {
                 } else {
                     write::prepare(ops, true)?
                 };
-                self.write_planned(prepared).await
+                self.write_planned(prepared, None).await
             }
 
             /// Run prepared writes in one transaction.
-            async fn write_planned(&self, prepared: Vec<write::Prepared>) -> Result<Vec<Option<Stored>>> {
+            async fn write_planned(&self, prepared: Vec<write::Prepared>, sorted: Option<write::SortedRows>) -> Result<Vec<Option<Stored>>> {
                 let keys = write::keys(&prepared);
                 let lock = self.write_lock.clone();
                 let _guard = match &lock {
@@ -427,7 +435,7 @@ macro_rules! store_impl {
                 } else {
                     Some(sqlx::query::<$db>(write::NEXT_RID_SQL).fetch_one(&mut *tx).await?.try_get::<i64, _>(0)?)
                 };
-                let (statements, outcomes) = write::plan(prepared, current, next_rid)?;
+                let (statements, outcomes) = write::plan(prepared, current, next_rid, sorted)?;
                 for sql in statements {
                     bind_all!($db, sql).execute(&mut *tx).await?;
                 }
@@ -626,7 +634,7 @@ macro_rules! store_impl {
             }
 
             async fn write_prepared(&self, batch: PreparedBatch) -> Result<usize> {
-                Ok(self.write_planned(batch.prepared).await?.iter().flatten().count())
+                Ok(self.write_planned(batch.prepared, Some(batch.sorted)).await?.iter().flatten().count())
             }
 
             async fn search(&self, q: &SearchQuery) -> Result<SearchResult> {

@@ -38,7 +38,7 @@ pub use error::{Result, StoreError};
 pub use index::{UnsupportedParam, unsupported_params};
 pub use refs::enrich_references;
 pub use search::{DEFAULT_COUNT, Filter, Include, SearchQuery, SearchResult, SortKey, TotalMode};
-pub use write::{PreparedBatch, Stored, prepare_upserts};
+pub use write::{PreparedBatch, Stored, check_upsert, prepare_upserts};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

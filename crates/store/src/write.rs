@@ -88,6 +88,8 @@ impl Doc {
 #[derive(Debug)]
 pub struct PreparedBatch {
     pub(crate) prepared: Vec<Prepared>,
+    /// The batch's index rows, taken out of `prepared` and sorted.
+    pub(crate) sorted: SortedRows,
 }
 
 impl PreparedBatch {
@@ -112,9 +114,102 @@ pub fn prepare_upserts(resources: Vec<Value>) -> Result<PreparedBatch> {
             if_match: None,
         })
         .collect();
-    Ok(PreparedBatch {
-        prepared: prepare(ops, false)?,
-    })
+    let mut prepared = prepare(ops, false)?;
+    let sorted = SortedRows::take(&mut prepared);
+    Ok(PreparedBatch { prepared, sorted })
+}
+
+/// Check one resource as [`prepare_upserts`] does, without preparing it: a JSON object whose
+/// `resourceType` is a type name, whose `id`, if any, is a FHIR id (1 to 64 letters, digits,
+/// `-` and `.`; a missing one is assigned), and whose `meta`, if any, is an object. A loader
+/// that skips invalid resources checks each one with this before batching it.
+pub fn check_upsert(resource: &Value) -> Result<()> {
+    let Value::Object(map) = resource else {
+        return Err(StoreError::Invalid(
+            "a resource must be a JSON object".into(),
+        ));
+    };
+    match map.get("resourceType") {
+        Some(Value::String(rt)) => check_type(rt)?,
+        _ => {
+            return Err(StoreError::Invalid(
+                "the resource has no resourceType".into(),
+            ));
+        }
+    }
+    match map.get("id") {
+        Some(Value::String(id)) => check_id(id)?,
+        None | Some(Value::Null) => {}
+        Some(_) => return Err(StoreError::Invalid("id must be a string".into())),
+    }
+    if map.get("meta").is_some_and(|m| !m.is_object()) {
+        return Err(StoreError::Invalid("meta must be an object".into()));
+    }
+    Ok(())
+}
+
+/// The index rows of a whole batch, per table, sorted in the order of the table's primary key
+/// (but for the rid, which the transaction assigns), each tagged with the position of its
+/// resource in the batch.
+///
+/// Rows inserted in key order go into the index B-trees page after page, instead of one
+/// random page after another (with random ids, a reference's target or a date lands anywhere
+/// in its index): SQLite finds each row's place and splits pages with the pages it just used
+/// at hand. Sorting is the loader's reading thread's work, beside the writer's transaction.
+#[derive(Debug, Default)]
+pub(crate) struct SortedRows {
+    /// (type, param, system, code, position)
+    tokens: Vec<(Arc<str>, &'static str, String, String, usize)>,
+    /// (type, param, normalized, raw, position)
+    strings: Vec<(Arc<str>, &'static str, String, String, usize)>,
+    /// (type, param, ref_type, ref_id, ref_url, position)
+    references: Vec<(Arc<str>, &'static str, String, String, String, usize)>,
+    /// (type, param, lo, hi, position)
+    dates: Vec<(Arc<str>, &'static str, i64, i64, usize)>,
+}
+
+impl SortedRows {
+    /// Move the index rows out of `prepared` and sort them.
+    fn take(prepared: &mut [Prepared]) -> Self {
+        let mut out = SortedRows::default();
+        for (pos, p) in prepared.iter_mut().enumerate() {
+            let rows = std::mem::take(&mut p.rows);
+            let rt: Arc<str> = Arc::from(p.key.0.as_str());
+            out.tokens.extend(
+                rows.tokens
+                    .into_iter()
+                    .map(|(param, system, code)| (rt.clone(), param, system, code, pos)),
+            );
+            out.strings.extend(
+                rows.strings
+                    .into_iter()
+                    .map(|(param, value, raw)| (rt.clone(), param, value, raw, pos)),
+            );
+            out.references.extend(rows.references.into_iter().map(
+                |(param, ref_type, ref_id, url)| (rt.clone(), param, ref_type, ref_id, url, pos),
+            ));
+            out.dates.extend(
+                rows.dates
+                    .into_iter()
+                    .map(|(param, lo, hi)| (rt.clone(), param, lo, hi, pos)),
+            );
+        }
+        // Each table's primary key order: search_token (resource_type, param, code, system),
+        // search_string (resource_type, param, value, raw), search_reference (resource_type,
+        // param, ref_id, ref_type, ref_url), search_date (resource_type, param, lo, hi); then
+        // the batch position, in which new rids grow. Text compares bytewise, as SQLite's
+        // BINARY collation does (PostgreSQL's may order text otherwise: there the order
+        // is only close to the index's).
+        out.tokens.sort_unstable_by(|a, b| {
+            (&a.0, a.1, &a.3, &a.2, a.4).cmp(&(&b.0, b.1, &b.3, &b.2, b.4))
+        });
+        out.strings.sort_unstable();
+        out.references.sort_unstable_by(|a, b| {
+            (&a.0, a.1, &a.3, &a.2, &a.4, a.5).cmp(&(&b.0, b.1, &b.3, &b.2, &b.4, b.5))
+        });
+        out.dates.sort_unstable();
+        out
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -309,23 +404,28 @@ struct Final {
     rows: IndexRows,
     /// Whether index rows from before the batch must go.
     had_rows: bool,
+    /// The position in the batch of the op that wrote the final version.
+    pos: usize,
 }
 
 /// Apply the batch to `current` (as read under lock: every key that has a resource row, with
 /// its `rid`) and return the statements to run and what each op did (`None` for a delete that
 /// found nothing to delete). New resources get `rid`s from `next_rid` on; without it (on
 /// PostgreSQL, whose writers claim a row for every key first) every key must have a row.
+/// With `sorted` (a [`PreparedBatch`]'s), the index rows come from there, not from `prepared`.
 pub(crate) fn plan(
     prepared: Vec<Prepared>,
     mut current: HashMap<Key, Current>,
     mut next_rid: Option<i64>,
+    sorted: Option<SortedRows>,
 ) -> Result<(Vec<Sql>, Vec<Option<Stored>>)> {
+    let batch_len = prepared.len();
     let (now, now_us) = crate::date::now();
     let now_arc: Arc<str> = Arc::from(now.as_str());
     let mut finals: BTreeMap<Key, Final> = BTreeMap::new();
     let mut history: Vec<Bind> = Vec::with_capacity(prepared.len() * HISTORY_COLS);
     let mut outcomes = Vec::with_capacity(prepared.len());
-    for p in prepared {
+    for (pos, p) in prepared.into_iter().enumerate() {
         let (rt, id) = p.key.clone();
         let row = current.get(&p.key).copied();
         let cur = row.filter(|c| c.version > 0);
@@ -427,6 +527,7 @@ pub(crate) fn plan(
                 deleted,
                 rows,
                 had_rows,
+                pos,
             },
         );
     }
@@ -451,10 +552,20 @@ pub(crate) fn plan(
         .map(|f| f.rid)
         .collect();
     delete_index_rows(&mut out, &stale);
-    insert_index_rows(
-        &mut out,
-        finals.into_values().map(|f| (f.rt, f.rid, f.rows)),
-    );
+    match sorted {
+        None => insert_index_rows(
+            &mut out,
+            finals.into_values().map(|f| (f.rt, f.rid, f.rows)),
+        ),
+        Some(sorted) => {
+            // the rows of the op that wrote a key's final version, unless it deleted it
+            let mut rid_at: Vec<Option<i64>> = vec![None; batch_len];
+            for f in finals.values().filter(|f| !f.deleted) {
+                rid_at[f.pos] = Some(f.rid);
+            }
+            insert_sorted_rows(&mut out, sorted, &rid_at);
+        }
+    }
     Ok((out, outcomes))
 }
 
@@ -585,6 +696,106 @@ fn insert_index_rows(
     insert_rows(out, &STRING_INSERT, strings);
     insert_rows(out, &REFERENCE_INSERT, refs);
     insert_rows(out, &DATE_INSERT, dates);
+}
+
+/// INSERT the rows of `sorted` whose resource's position has a rid in `rid_at`, in order.
+fn insert_sorted_rows(out: &mut Vec<Sql>, sorted: SortedRows, rid_at: &[Option<i64>]) {
+    let mut names: HashMap<&'static str, Arc<str>> = HashMap::new();
+    let mut name =
+        |p: &'static str| Bind::Text(names.entry(p).or_insert_with(|| Arc::from(p)).clone());
+    let SortedRows {
+        tokens,
+        strings,
+        references,
+        dates,
+    } = sorted;
+    push_chunks(
+        out,
+        &TOKEN_INSERT,
+        tokens.into_iter().filter_map(|(rt, p, system, code, pos)| {
+            let rid = rid_at[pos]?;
+            Some([
+                Bind::Text(rt),
+                Bind::Int(rid),
+                name(p),
+                Bind::Text(system.into()),
+                Bind::Text(code.into()),
+            ])
+        }),
+    );
+    push_chunks(
+        out,
+        &STRING_INSERT,
+        strings.into_iter().filter_map(|(rt, p, value, raw, pos)| {
+            let rid = rid_at[pos]?;
+            Some([
+                Bind::Text(rt),
+                Bind::Int(rid),
+                name(p),
+                Bind::Text(value.into()),
+                Bind::Text(raw.into()),
+            ])
+        }),
+    );
+    push_chunks(
+        out,
+        &REFERENCE_INSERT,
+        references
+            .into_iter()
+            .filter_map(|(rt, p, ref_type, ref_id, url, pos)| {
+                let rid = rid_at[pos]?;
+                Some([
+                    Bind::Text(rt),
+                    Bind::Int(rid),
+                    name(p),
+                    Bind::Text(ref_type.into()),
+                    Bind::Text(ref_id.into()),
+                    Bind::Text(url.into()),
+                ])
+            }),
+    );
+    push_chunks(
+        out,
+        &DATE_INSERT,
+        dates.into_iter().filter_map(|(rt, p, lo, hi, pos)| {
+            let rid = rid_at[pos]?;
+            Some([
+                Bind::Text(rt),
+                Bind::Int(rid),
+                name(p),
+                Bind::Int(lo),
+                Bind::Int(hi),
+            ])
+        }),
+    );
+}
+
+/// Multi-row INSERTs of `rows` ([`CHUNK_ROWS`] at a time), each chunk's binds gathered once.
+fn push_chunks<const C: usize>(
+    out: &mut Vec<Sql>,
+    insert: &Insert,
+    rows: impl Iterator<Item = [Bind; C]>,
+) {
+    debug_assert_eq!(insert.cols, C);
+    let mut chunk: Vec<Bind> = Vec::with_capacity(C * CHUNK_ROWS);
+    for row in rows {
+        chunk.extend(row);
+        if chunk.len() == C * CHUNK_ROWS {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(C * CHUNK_ROWS));
+            out.push(Sql {
+                text: String::new(),
+                shared: Some(insert.text(CHUNK_ROWS)),
+                binds: full,
+            });
+        }
+    }
+    if !chunk.is_empty() {
+        out.push(Sql {
+            text: String::new(),
+            shared: Some(insert.text(chunk.len() / C)),
+            binds: chunk,
+        });
+    }
 }
 
 /// A multi-row `INSERT … VALUES (…), (…) …` of one table.

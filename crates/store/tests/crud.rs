@@ -21,6 +21,7 @@ suite!(
     concurrent_creates_of_one_id_serialize,
     meta_is_kept_and_stamped,
     prepared_batches_store_what_upsert_all_stores,
+    prepared_batches_index_the_last_version_of_each_resource,
     one_id_in_two_types_is_two_resources,
 );
 
@@ -514,6 +515,69 @@ async fn prepared_batches_store_what_upsert_all_stores(s: Arc<dyn Store>) {
         2,
         "o1 and its twin"
     );
+}
+
+/// A prepared batch's index rows are sorted across the batch (`SortedRows`): a resource given
+/// twice in one batch is indexed as its last version only, a resource updated by a later batch
+/// loses its earlier rows, and every other resource keeps its own.
+async fn prepared_batches_index_the_last_version_of_each_resource(s: Arc<dyn Store>) {
+    let patient = |id: &str, family: &str| json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]});
+    let obs = |id: &str, p: &str| json!({"resourceType": "Observation", "id": id, "status": "final", "subject": {"reference": format!("Patient/{p}")}});
+    let batch = fhirgate_store::prepare_upserts(vec![
+        patient("b", "Zed"),
+        patient("a", "Young"),
+        obs("o1", "a"),
+        patient("b", "Xavier"),
+        obs("o2", "b"),
+        obs("o1", "b"),
+    ])
+    .expect("prepare");
+    assert_eq!(s.write_prepared(batch).await.expect("write"), 6);
+    let ids = |found: fhirgate_store::SearchResult| {
+        let mut ids: Vec<String> = found
+            .matches
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(str::to_string))
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let family = |f: &str| fhirgate_store::SearchQuery::new("Patient").filter("family", None, &[f]);
+    let subject =
+        |p: &str| fhirgate_store::SearchQuery::new("Observation").filter("patient", None, &[p]);
+    assert!(ids(s.search(&family("zed")).await.expect("search")).is_empty());
+    assert_eq!(
+        ids(s.search(&family("xavier")).await.expect("search")),
+        ["b"]
+    );
+    assert_eq!(
+        ids(s.search(&family("young")).await.expect("search")),
+        ["a"]
+    );
+    assert!(ids(s.search(&subject("a")).await.expect("search")).is_empty());
+    assert_eq!(
+        ids(s.search(&subject("b")).await.expect("search")),
+        ["o1", "o2"]
+    );
+    assert_eq!(
+        meta(&s.read("Patient", "b").await.expect("b"), "versionId"),
+        "2"
+    );
+
+    let batch = fhirgate_store::prepare_upserts(vec![patient("a", "Walker"), obs("o2", "a")])
+        .expect("prepare");
+    assert_eq!(s.write_prepared(batch).await.expect("write"), 2);
+    assert!(ids(s.search(&family("young")).await.expect("search")).is_empty());
+    assert_eq!(
+        ids(s.search(&family("walker")).await.expect("search")),
+        ["a"]
+    );
+    assert_eq!(
+        ids(s.search(&family("xavier")).await.expect("search")),
+        ["b"]
+    );
+    assert_eq!(ids(s.search(&subject("a")).await.expect("search")), ["o2"]);
+    assert_eq!(ids(s.search(&subject("b")).await.expect("search")), ["o1"]);
 }
 
 /// Index rows belong to one resource, not to an id: changing `Patient/x` leaves
