@@ -40,6 +40,11 @@ pub struct LoadArgs {
         default_value = "sqlite:data/fhirgate.db"
     )]
     pub database_url: String,
+    /// Skip invalid NDJSON lines and resources (bad JSON, no resourceType, a bad id, …) and
+    /// files that do not read, load the rest, and report what was skipped (FILE:LINE: reason);
+    /// the exit status is then 3. Without it, a file with an invalid line loads nothing.
+    #[arg(long, env = "FHIRGATE_LOAD_SKIP_INVALID")]
+    pub skip_invalid: bool,
 }
 
 #[derive(Debug, Args)]

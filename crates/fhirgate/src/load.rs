@@ -15,6 +15,12 @@
 //! (or `urn:oid:…`) and whose resource has no id takes the urn's value as its id, so that
 //! loading the file again updates the same resources, and every reference to that urn is
 //! rewritten to `Type/id`.
+//!
+//! Invalid input: by default a file with an invalid line or resource loads nothing (an NDJSON
+//! file is checked in a first pass before any of it is written). With
+//! [`Options::skip_invalid`], each invalid NDJSON line or resource is skipped instead (a JSON,
+//! YAML or EDN file that does not read is skipped whole), the rest loads, and the
+//! [`Summary`] counts what was skipped, with the first reasons.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
@@ -41,6 +47,17 @@ pub enum LoadError {
     Edn(String),
 }
 
+/// How [`load_with`] treats invalid input.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Skip invalid NDJSON lines and invalid resources (and files that do not read), counting
+    /// them in [`Summary::skipped`], instead of refusing their file.
+    pub skip_invalid: bool,
+}
+
+/// How many skip reasons a [`Summary`] keeps: the first ones.
+pub const SKIP_REASONS: usize = 10;
+
 /// What a load did.
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -48,6 +65,11 @@ pub struct Summary {
     pub resources: usize,
     pub by_type: BTreeMap<String, usize>,
     pub seconds: f64,
+    /// Invalid lines, resources and files skipped ([`Options::skip_invalid`]).
+    pub skipped: usize,
+    /// The first [`SKIP_REASONS`] of them, each `FILE:LINE: what is wrong` (`FILE: …` for a
+    /// file that is not NDJSON).
+    pub skip_reasons: Vec<String>,
 }
 
 impl std::fmt::Display for Summary {
@@ -68,6 +90,25 @@ impl std::fmt::Display for Summary {
         )?;
         for (t, n) in &self.by_type {
             write!(f, "\n  {t:<28} {n}")?;
+        }
+        if self.skipped > 0 {
+            write!(
+                f,
+                "\nskipped {} invalid line{} or resource{}:",
+                self.skipped,
+                if self.skipped == 1 { "" } else { "s" },
+                if self.skipped == 1 { "" } else { "s" },
+            )?;
+            for r in &self.skip_reasons {
+                write!(f, "\n  {r}")?;
+            }
+            if self.skipped > self.skip_reasons.len() {
+                write!(
+                    f,
+                    "\n  … and {} more",
+                    self.skipped - self.skip_reasons.len()
+                )?;
+            }
         }
         Ok(())
     }
@@ -243,6 +284,22 @@ fn rewrite_refs(v: &mut Value, urns: &HashMap<String, String>) {
     }
 }
 
+/// What the reading thread skipped.
+#[derive(Debug, Default)]
+struct Skips {
+    count: usize,
+    reasons: Vec<String>,
+}
+
+impl Skips {
+    fn add(&mut self, reason: String) {
+        self.count += 1;
+        if self.reasons.len() < SKIP_REASONS {
+            self.reasons.push(reason);
+        }
+    }
+}
+
 /// One batch on its way from the reading thread to the writer.
 struct Batch {
     /// Index of its file in the paths.
@@ -261,6 +318,16 @@ struct Batch {
 pub async fn load(
     store: &dyn Store,
     paths: &[impl AsRef<Path>],
+    progress: impl FnMut(usize),
+) -> Result<Summary, LoadError> {
+    load_with(store, paths, Options::default(), progress).await
+}
+
+/// [`load`] with [`Options`].
+pub async fn load_with(
+    store: &dyn Store,
+    paths: &[impl AsRef<Path>],
+    options: Options,
     mut progress: impl FnMut(usize),
 ) -> Result<Summary, LoadError> {
     let started = Instant::now();
@@ -268,7 +335,8 @@ pub async fn load(
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     // One batch written, one prepared and waiting, one being prepared.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Batch, LoadError>>(1);
-    let reader = tokio::task::spawn_blocking(move || read_batches(&paths, BATCH, &tx));
+    let skip = options.skip_invalid;
+    let reader = tokio::task::spawn_blocking(move || read_batches(&paths, BATCH, skip, &tx));
     let mut summary = Summary::default();
     while let Some(batch) = rx.recv().await {
         let batch = batch?;
@@ -282,10 +350,13 @@ pub async fn load(
         summary.resources += n;
         progress(n);
     }
-    summary.by_type = reader.await.map_err(|e| LoadError::File {
+    let (by_type, skips) = reader.await.map_err(|e| LoadError::File {
         path: names.join(", "),
         message: format!("the reading thread failed: {e}"),
     })?;
+    summary.by_type = by_type;
+    summary.skipped = skips.count;
+    summary.skip_reasons = skips.reasons;
     summary.files = names.len();
     // fresh statistics so that searches choose the selective index
     let _ = store.optimize().await;
@@ -294,13 +365,17 @@ pub async fn load(
 }
 
 /// The reading side of [`load`]: every file's resources, prepared in batches of `size`, sent in
-/// order; an error is sent in its place and ends the reading. Returns the resources per type.
+/// order; an error is sent in its place and ends the reading. With `skip`, invalid lines,
+/// resources and unreadable files are skipped instead. Returns the resources per type and what
+/// was skipped.
 fn read_batches(
     paths: &[PathBuf],
     size: usize,
+    skip: bool,
     tx: &tokio::sync::mpsc::Sender<Result<Batch, LoadError>>,
-) -> BTreeMap<String, usize> {
+) -> (BTreeMap<String, usize>, Skips) {
     let mut by_type = BTreeMap::new();
+    let mut skips = Skips::default();
     let mut stop = false;
     for (file, path) in paths.iter().enumerate() {
         let mut send = |resources: Vec<Value>| -> bool {
@@ -321,9 +396,26 @@ fn read_batches(
             !stop
         };
         let outcome = if is_ndjson(path) {
-            stream_ndjson(path, size, &mut send)
+            stream_ndjson(path, size, skip.then_some(&mut skips), &mut send)
         } else {
-            read_file(path).map(|resources| {
+            let read = match read_file(path) {
+                Err(e) if skip => {
+                    skips.add(e.to_string());
+                    Ok(Vec::new())
+                }
+                Ok(resources) if skip => Ok(resources
+                    .into_iter()
+                    .filter(|r| match fhirgate_store::check_upsert(r) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            skips.add(format!("{}: {}{e}", path.display(), type_of(r)));
+                            false
+                        }
+                    })
+                    .collect()),
+                other => other,
+            };
+            read.map(|resources| {
                 let mut it = resources.into_iter();
                 loop {
                     let batch: Vec<Value> = it.by_ref().take(size).collect();
@@ -341,7 +433,15 @@ fn read_batches(
             break;
         }
     }
-    by_type
+    (by_type, skips)
+}
+
+/// `Patient: ` for a resource of type Patient, else nothing (for a skip reason).
+fn type_of(r: &Value) -> String {
+    r["resourceType"]
+        .as_str()
+        .map(|t| format!("{t}: "))
+        .unwrap_or_default()
 }
 
 fn is_ndjson(path: &Path) -> bool {
@@ -351,11 +451,13 @@ fn is_ndjson(path: &Path) -> bool {
 }
 
 /// An NDJSON file in batches of `size`, each handed to `send` (which says whether to go on).
-/// A first pass checks every line (JSON; an object has a string `resourceType`), so that a bad
-/// file sends nothing.
+/// A first pass checks every line (see [`check_line`]), so that a bad file sends nothing; with
+/// `skips`, there is no first pass: each invalid line or resource is skipped and recorded as
+/// `FILE:LINE: what is wrong`.
 fn stream_ndjson(
     path: &Path,
     size: usize,
+    mut skips: Option<&mut Skips>,
     send: &mut impl FnMut(Vec<Value>) -> bool,
 ) -> Result<(), LoadError> {
     let file_err = |message: String| LoadError::File {
@@ -368,22 +470,25 @@ fn stream_ndjson(
             .map_err(|e| file_err(e.to_string()))
     };
     let mut line = String::new();
-    let mut reader = open()?;
-    let mut n = 0;
-    loop {
-        line.clear();
-        n += 1;
-        if reader
-            .read_line(&mut line)
-            .map_err(|e| file_err(format!("line {n}: {e}")))?
-            == 0
-        {
-            break;
-        }
-        if !line.trim().is_empty() {
-            check_line(&line).map_err(|e| file_err(format!("line {n}: {e}")))?;
+    if skips.is_none() {
+        let mut reader = open()?;
+        let mut n = 0;
+        loop {
+            line.clear();
+            n += 1;
+            if reader
+                .read_line(&mut line)
+                .map_err(|e| file_err(format!("line {n}: {e}")))?
+                == 0
+            {
+                break;
+            }
+            if !line.trim().is_empty() {
+                check_line(&line).map_err(|e| file_err(format!("line {n}: {e}")))?;
+            }
         }
     }
+    let mut one = Vec::new();
     let mut reader = open()?;
     let mut n = 0;
     let mut pending = Vec::with_capacity(size);
@@ -400,9 +505,38 @@ fn stream_ndjson(
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value =
-            serde_json::from_str(&line).map_err(|e| file_err(format!("line {n}: {e}")))?;
-        flatten(v, &mut pending, Ids::Assign).map_err(|e| file_err(format!("line {n}: {e}")))?;
+        let Some(skips) = skips.as_deref_mut() else {
+            let v: Value =
+                serde_json::from_str(&line).map_err(|e| file_err(format!("line {n}: {e}")))?;
+            flatten(v, &mut pending, Ids::Assign)
+                .map_err(|e| file_err(format!("line {n}: {e}")))?;
+            while pending.len() >= size {
+                let rest = pending.split_off(size);
+                if !send(std::mem::replace(&mut pending, rest)) {
+                    return Ok(());
+                }
+            }
+            continue;
+        };
+        let at = format!("{}:{n}", path.display());
+        let v: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                skips.add(format!("{at}: {e}"));
+                continue;
+            }
+        };
+        one.clear();
+        if let Err(e) = flatten(v, &mut one, Ids::Assign) {
+            skips.add(format!("{at}: {e}"));
+            continue;
+        }
+        for r in one.drain(..) {
+            match fhirgate_store::check_upsert(&r) {
+                Ok(()) => pending.push(r),
+                Err(e) => skips.add(format!("{at}: {}{e}", type_of(&r))),
+            }
+        }
         while pending.len() >= size {
             let rest = pending.split_off(size);
             if !send(std::mem::replace(&mut pending, rest)) {
@@ -417,11 +551,35 @@ fn stream_ndjson(
 }
 
 /// The first pass's check of one NDJSON line, without building it: JSON, and an object has a
-/// string `resourceType`.
+/// string `resourceType`; a resource that is not a Bundle also passes
+/// [`fhirgate_store::check_upsert`] (its type name, id and `meta`).
 fn check_line(line: &str) -> Result<(), String> {
     match serde_json::from_str::<HashMap<String, &RawValue>>(line) {
         Ok(top) => match top.get("resourceType") {
-            Some(rt) if rt.get().starts_with('"') => Ok(()),
+            Some(rt) if rt.get().starts_with('"') => {
+                let mut head = serde_json::Map::new();
+                for key in ["resourceType", "id"] {
+                    if let Some(raw) = top.get(key) {
+                        let v = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+                        head.insert(key.into(), v);
+                    }
+                }
+                if head["resourceType"] == "Bundle" {
+                    return Ok(()); // its entries are checked as the second pass reads them
+                }
+                if let Some(meta) = top.get("meta") {
+                    let object = meta.get().starts_with('{');
+                    head.insert(
+                        "meta".into(),
+                        if object {
+                            serde_json::json!({})
+                        } else {
+                            Value::Null
+                        },
+                    );
+                }
+                fhirgate_store::check_upsert(&Value::Object(head)).map_err(|e| e.to_string())
+            }
             _ => Err("a resource has no resourceType".into()),
         },
         // not an object (an array of resources, say), or not JSON

@@ -293,9 +293,19 @@ fn load_files(args: LoadArgs) -> anyhow::Result<ExitCode> {
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
         );
-        let result = fhirgate::load::load(store.as_ref(), &args.files, |n| bar.inc(n as u64)).await;
+        let options = fhirgate::load::Options {
+            skip_invalid: args.skip_invalid,
+        };
+        let result =
+            fhirgate::load::load_with(store.as_ref(), &args.files, options, |n| bar.inc(n as u64))
+                .await;
         bar.finish_and_clear();
         match result {
+            // something was skipped (--skip-invalid): the rest is loaded, but say so
+            Ok(summary) if summary.skipped > 0 => {
+                println!("{summary}");
+                Ok(ExitCode::from(3))
+            }
             Ok(summary) => {
                 println!("{summary}");
                 Ok(ExitCode::SUCCESS)

@@ -277,3 +277,127 @@ async fn bundle_types_and_urn_ids() {
         "an id-less Observation is a new resource each time"
     );
 }
+
+/// `--skip-invalid`: every invalid NDJSON line (bad JSON, no resourceType, a bad id or type
+/// name, a `meta` that is not an object), every invalid Bundle entry and every file that does
+/// not read is skipped and reported as `FILE:LINE: reason`, in order; everything else loads,
+/// and the exit status is 3. Without the flag the same file loads nothing, and neither does a
+/// file whose bad id comes after a whole batch of good lines (the first pass checks ids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_invalid_loads_the_rest_and_reports_each_skip() {
+    let dir = common::tempdir("load");
+    let lines = [
+        r#"{"resourceType":"Patient","id":"p1"}"#,
+        r#"{broken"#,
+        r#"{"id":"x"}"#,
+        r#"{"resourceType":"Patient","id":"a b"}"#,
+        "",
+        r#"{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"}}"#,
+        r#"{"resourceType":"Patient","id":"p2","meta":"nope"}"#,
+        r#"{"resourceType":"Bundle","type":"collection","entry":[{"resource":{"resourceType":"Patient","id":"p3"}},{"resource":{"resourceType":"Patient","id":"bad/id"}}]}"#,
+        r#"{"resourceType":"patient","id":"lower"}"#,
+        r#"[1, 2]"#,
+    ];
+    let mixed = dir.join("mixed.ndjson");
+    std::fs::write(&mixed, lines.join("\n") + "\n").unwrap();
+    let broken = dir.join("broken.json");
+    std::fs::write(&broken, "{\"resourceType\": \"Patient\",").unwrap();
+    let org = dir.join("org.yaml");
+    std::fs::write(
+        &org,
+        "- resourceType: Organization\n  id: org-1\n  name: Clinic\n",
+    )
+    .unwrap();
+
+    // without the flag: the NDJSON file is refused whole
+    let plain = format!("sqlite:{}/plain.sqlite", dir.display());
+    let out = load_cmd(&plain, std::slice::from_ref(&mixed));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mixed.ndjson: line 2: "), "{err}");
+    {
+        let store = fhirgate_store::open(&plain).await.unwrap();
+        assert!(store.read("Patient", "p1").await.is_err(), "nothing loaded");
+    }
+
+    let db = format!("sqlite:{}/db.sqlite", dir.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+        .args(["load", "--skip-invalid", "--database-url", &db])
+        .args([&mixed, &broken, &org])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("loaded 4 resources from 3 files"),
+        "{stdout}"
+    );
+    let (_, skipped) = stdout
+        .split_once("skipped 8 invalid lines or resources:\n")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let reasons: Vec<&str> = skipped.lines().map(str::trim).collect();
+    let m = mixed.display().to_string();
+    let expected = [
+        (format!("{m}:2: "), "key must be a string"),
+        (format!("{m}:3: "), "a resource has no resourceType"),
+        (format!("{m}:4: "), "Patient: \"a b\" is not a valid id"),
+        (format!("{m}:7: "), "Patient: meta must be an object"),
+        (format!("{m}:8: "), "Patient: \"bad/id\" is not a valid id"),
+        (
+            format!("{m}:9: "),
+            "\"patient\" is not a resource type name",
+        ),
+        (format!("{m}:10: "), "expected resources, found 1"),
+        (format!("{}: ", broken.display()), "malformed JSON"),
+    ];
+    assert_eq!(reasons.len(), expected.len(), "{stdout}");
+    for (reason, (at, what)) in reasons.iter().zip(&expected) {
+        assert!(
+            reason.starts_with(at.as_str()) && reason.contains(what),
+            "{reason:?} should be {at}…{what}"
+        );
+    }
+
+    let store = fhirgate_store::open(&db).await.unwrap();
+    for (rt, id) in [
+        ("Patient", "p1"),
+        ("Observation", "o1"),
+        ("Patient", "p3"),
+        ("Organization", "org-1"),
+    ] {
+        assert!(store.read(rt, id).await.is_ok(), "{rt}/{id} is loaded");
+    }
+    for (rt, n) in [("Patient", 2), ("Observation", 1), ("Organization", 1)] {
+        let mut q = fhirgate_store::SearchQuery::new(rt);
+        q.count = Some(0);
+        q.total = fhirgate_store::TotalMode::Accurate;
+        assert_eq!(store.search(&q).await.unwrap().total, Some(n), "{rt}");
+    }
+
+    // a bad id after a whole batch of good lines: the first pass refuses the file
+    let mut late: Vec<String> = (0..fhirgate::load::BATCH + 5)
+        .map(|i| format!("{{\"resourceType\":\"Patient\",\"id\":\"late{i}\"}}"))
+        .collect();
+    late.push(r#"{"resourceType":"Patient","id":"no spaces allowed"}"#.into());
+    std::fs::write(dir.join("late.ndjson"), late.join("\n")).unwrap();
+    let out = load_cmd(&plain, &[dir.join("late.ndjson")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "late.ndjson: line {}: ",
+            fhirgate::load::BATCH + 6
+        )) && err.contains("is not a valid id"),
+        "{err}"
+    );
+    let store = fhirgate_store::open(&plain).await.unwrap();
+    assert!(
+        store.read("Patient", "late0").await.is_err(),
+        "nothing of the file is stored"
+    );
+}
