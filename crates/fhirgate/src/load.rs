@@ -33,8 +33,10 @@ use serde_json::value::RawValue;
 
 /// Resources per transaction. Bigger batches write fewer pages per resource (a page of an
 /// index that many rows of a batch change is written once); 5,000 loaded a third faster than
-/// 1,000, and 10,000 no faster than 5,000.
-pub const BATCH: usize = 5000;
+/// 1,000. With 16 KiB pages and index rows inserted in key order, 10,000 load 300,000
+/// resources with random UUID ids 15% faster than 5,000 (the WAL takes 5.4 GB instead of
+/// 7.9 GB), for a peak memory of 500 MB instead of 390 MB.
+pub const BATCH: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
