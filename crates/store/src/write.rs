@@ -148,6 +148,9 @@ pub fn check_upsert(resource: &Value) -> Result<()> {
     Ok(())
 }
 
+/// A reference row of a batch: (type, param, ref_type, ref_id, ref_url, position).
+type SortedReference = (Arc<str>, &'static str, String, String, String, usize);
+
 /// The index rows of a whole batch, per table, sorted in the order of the table's primary key
 /// (but for the rid, which the transaction assigns), each tagged with the position of its
 /// resource in the batch.
@@ -162,8 +165,7 @@ pub(crate) struct SortedRows {
     tokens: Vec<(Arc<str>, &'static str, String, String, usize)>,
     /// (type, param, normalized, raw, position)
     strings: Vec<(Arc<str>, &'static str, String, String, usize)>,
-    /// (type, param, ref_type, ref_id, ref_url, position)
-    references: Vec<(Arc<str>, &'static str, String, String, String, usize)>,
+    references: Vec<SortedReference>,
     /// (type, param, lo, hi, position)
     dates: Vec<(Arc<str>, &'static str, i64, i64, usize)>,
 }
