@@ -96,20 +96,7 @@ pub async fn prepare(
     let access = fhirgate_smart::access::AccessControl::load(store.clone(), options.dev)
         .await
         .map_err(|e| format!("cannot load the AccessPolicies: {e}"))?;
-    if access.policy_count() == 0
-        && let Some(warning) = crate::policy_lint::policy_warnings(
-            project,
-            &crate::app::registry(),
-            std::iter::empty(),
-        )
-        .first()
-    {
-        // decisions §11: say so at start, not only as 403s later
-        tracing::warn!(
-            "{} (the store holds no valid AccessPolicy either)",
-            warning.message
-        );
-    }
+    let no_policies = access.policy_count() == 0;
     tokio::spawn(access.clone().follow());
     let registry = registry_with(&fhirgate_smart::Setup {
         verifier: Some(auth.verifier()),
@@ -120,6 +107,16 @@ pub async fn prepare(
             .audit_events
             .then(|| fhirgate_smart::audit::AuditSink::start(store.clone())),
     });
+    if no_policies
+        && let Some(warning) =
+            crate::policy_lint::policy_warnings(project, &registry, std::iter::empty()).first()
+    {
+        // decisions §11: say so at start, not only as 403s later
+        tracing::warn!(
+            "{} (the store holds no valid AccessPolicy either)",
+            warning.message
+        );
+    }
     let admin = Admin::new(store.clone());
     admin.set_access_control(access);
     let root = admin.bootstrap_root(options.root_secret.as_deref()).await?;

@@ -212,13 +212,16 @@ impl AuthServer {
     }
 
     /// The signed-in user of this browser, if its session is live.
+    /// The key under which the sign-in session of `headers` is stored, if there is one.
+    fn session_key(headers: &HeaderMap) -> Option<String> {
+        web::cookies(headers)
+            .remove(SESSION_COOKIE)
+            .map(|c| hashed(&c))
+    }
+
     pub(crate) async fn session(&self, headers: &HeaderMap) -> Option<SessionRecord> {
-        let cookie = web::cookies(headers).remove(SESSION_COOKIE)?;
-        match self
-            .records
-            .get::<SessionRecord>(SESSION, &hashed(&cookie))
-            .await
-        {
+        let key = Self::session_key(headers)?;
+        match self.records.get::<SessionRecord>(SESSION, &key).await {
             Ok(Some((s, _))) => Some(s),
             Ok(None) => None,
             Err(e) => {
@@ -569,14 +572,7 @@ impl AuthServer {
     }
 
     /// Issue the code under `grant` (creating the grant when `new_grant` is given) and send
-    /// the browser back to the app.
-    /// The key under which the sign-in session of `headers` is stored, if there is one.
-    fn session_key(headers: &HeaderMap) -> Option<String> {
-        web::cookies(headers)
-            .remove(SESSION_COOKIE)
-            .map(|c| hashed(&c))
-    }
-
+    /// the browser back to the app; the code remembers the sign-in session it was issued in.
     #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
@@ -1049,8 +1045,8 @@ pub async fn login_submit(
 }
 
 pub async fn logout(State(s): State<Arc<AuthServer>>, headers: HeaderMap) -> Response {
-    if let Some(cookie) = web::cookies(&headers).remove(SESSION_COOKIE)
-        && let Err(e) = s.records.state.remove(SESSION, &hashed(&cookie)).await
+    if let Some(key) = AuthServer::session_key(&headers)
+        && let Err(e) = s.records.state.remove(SESSION, &key).await
     {
         return internal(&s, e);
     }
