@@ -86,6 +86,11 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, cert: &Path, key: &Path) -> Server {
+        Server::start_with(dir, cert, key, &[])
+    }
+
+    /// [`Server::start`] with `extra` arguments (`--demo`, …).
+    fn start_with(dir: &Path, cert: &Path, key: &Path, extra: &[&str]) -> Server {
         let port = free_port();
         let child = bin()
             .args(["serve", "--config"])
@@ -98,6 +103,7 @@ impl Server {
             .arg(cert)
             .arg("--tls-key")
             .arg(key)
+            .args(extra)
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -230,6 +236,65 @@ fn serves_https_with_tls_12_and_13_only() {
     }
 
     assert!(server.stop().success(), "SIGTERM drains and exits 0");
+}
+
+/// The first-run demo behind fhirgate's own TLS: the demo app and its links use the HTTPS base,
+/// and a demo backend-services client gets a token and reads over HTTPS.
+#[test]
+fn the_demo_runs_over_https() {
+    let (dir, cert, key) = self_signed("ec");
+    let server = Server::start_with(&dir, &cert, &key, &["--demo"]);
+    let base = format!("https://127.0.0.1:{}", server.port);
+    let pem = std::fs::read(&cert).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+            .build()
+            .unwrap();
+        let page = client.get(format!("{base}/demo")).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        let page = page.text().await.unwrap();
+        assert!(page.contains(&format!("{base}/smart")), "{page}");
+        assert!(!page.contains("http://127.0.0.1"), "{page}");
+        let token: serde_json::Value = client
+            .post(format!("{base}/auth/token"))
+            .basic_auth("demo-confidential", Some("demo-confidential-secret"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "system/Patient.rs"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let access = token["access_token"].as_str().expect("a token");
+        let patients = client
+            .get(format!("{base}/smart/Patient"))
+            .bearer_auth(access)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(patients.status(), 200);
+        let bundle: serde_json::Value = patients.json().await.unwrap();
+        assert!(
+            bundle["entry"].as_array().is_some_and(|e| !e.is_empty()),
+            "the demo patients: {bundle}"
+        );
+        assert!(
+            bundle["entry"][0]["fullUrl"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{base}/smart/Patient/")),
+            "{bundle}"
+        );
+    });
+    assert!(server.stop().success());
 }
 
 #[test]
