@@ -314,31 +314,7 @@ async fn demo_mode_from_a_fresh_folder() {
     assert!(result.body.contains("EHR launch"), "{}", result.body);
 
     // the printed backend-services curl works
-    let token: Value = http
-        .post(format!("{base}/auth/token"))
-        .basic_auth("demo-confidential", Some("demo-confidential-secret"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("scope", "system/Patient.rs"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let access = token["access_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{token}"));
-    let bundle: Value = http
-        .get(format!("{base}/smart/Patient"))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bundle = common::demo_backend_patients(&http, &base).await;
     assert_eq!(
         bundle["entry"].as_array().map(Vec::len),
         Some(3),

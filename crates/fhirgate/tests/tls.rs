@@ -260,28 +260,7 @@ fn the_demo_runs_over_https() {
         let page = page.text().await.unwrap();
         assert!(page.contains(&format!("{base}/smart")), "{page}");
         assert!(!page.contains("http://127.0.0.1"), "{page}");
-        let token: serde_json::Value = client
-            .post(format!("{base}/auth/token"))
-            .basic_auth("demo-confidential", Some("demo-confidential-secret"))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("scope", "system/Patient.rs"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let access = token["access_token"].as_str().expect("a token");
-        let patients = client
-            .get(format!("{base}/smart/Patient"))
-            .bearer_auth(access)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(patients.status(), 200);
-        let bundle: serde_json::Value = patients.json().await.unwrap();
+        let bundle = common::demo_backend_patients(&client, &base).await;
         assert!(
             bundle["entry"].as_array().is_some_and(|e| !e.is_empty()),
             "the demo patients: {bundle}"

@@ -45,3 +45,33 @@ pub fn shared() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
 }
+
+/// What `serve --demo` prints for backend services, done with `client`: a `client_credentials`
+/// token for `demo-confidential` with `system/Patient.rs`, then `GET {base}/smart/Patient` with
+/// it (asserted 200); the Bundle.
+pub async fn demo_backend_patients(client: &reqwest::Client, base: &str) -> serde_json::Value {
+    let token: serde_json::Value = client
+        .post(format!("{base}/auth/token"))
+        .basic_auth("demo-confidential", Some("demo-confidential-secret"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "system/Patient.rs"),
+        ])
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token JSON");
+    let access = token["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token: {token}"));
+    let r = client
+        .get(format!("{base}/smart/Patient"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .expect("search request");
+    assert_eq!(r.status(), 200);
+    r.json().await.expect("a Bundle")
+}
