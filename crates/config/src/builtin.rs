@@ -16,10 +16,15 @@ pub const API_TAG: &str = "zenbox/api";
 pub const GRANT_LOOKUP_TAG: &str = "aidbox.auth/grant-lookup";
 /// Grant lookup methods fhirgate implements.
 pub const GRANT_LOOKUP_METHODS: &[&str] = &["aidbox.auth/single-patient-grant-lookup"];
+/// The tag of the definition naming the Role names that give provider access (issue 12).
+pub const PROVIDER_ROLES_TAG: &str = "smart.fhir/provider-roles";
+/// The provider role when a project names none.
+pub const DEFAULT_PROVIDER_ROLES: &[&str] = &["practitioner"];
 /// Tags of built-in namespaces that fhirgate knows.
 pub const KNOWN_TAGS: &[&str] = &[
     API_TAG,
     GRANT_LOOKUP_TAG,
+    PROVIDER_ROLES_TAG,
     crate::seed::SERVICE_TAG,
     crate::seed::SYSTEM_TAG,
 ];

@@ -213,6 +213,9 @@ pub struct Project {
     pub routes: RouteTable,
     /// The `aidbox.auth/grant-lookup` method, when the project declares one.
     pub grant_lookup: Option<String>,
+    /// Role names that give a User provider access (`smart.fhir/provider-roles`; default
+    /// `practitioner`).
+    pub provider_roles: Vec<String>,
     /// Resources the project's seed services (`aidbox/service` with `:engine aidbox/seed`)
     /// declare inline: JSON resources with `resourceType` and `id`, in source order, no two
     /// with the same type and id. `fhirgate serve` upserts them at start.

@@ -111,6 +111,7 @@ impl<'a> Loader<'a> {
 
         let root_api = self.root_api(&ns_name, entry, ns_pos);
         let grant_lookup = self.grant_lookup();
+        let provider_roles = self.provider_roles();
         let seeds = self.seeds();
         let mut routes = Vec::new();
         if let Some(api) = &root_api {
@@ -135,6 +136,7 @@ impl<'a> Loader<'a> {
                 routes: routes.into_iter().map(std::sync::Arc::new).collect(),
             },
             grant_lookup,
+            provider_roles,
             seeds: seeds.resources,
             seed_files: seeds.files,
             warnings,
@@ -517,6 +519,59 @@ impl<'a> Loader<'a> {
             }
         }
         result
+    }
+}
+
+impl Loader<'_> {
+    /// `smart.fhir/provider-roles` definitions: at most one, `:roles` a non-empty set or vector
+    /// of strings. Without one, the default provider role.
+    fn provider_roles(&mut self) -> Vec<String> {
+        use crate::builtin::{DEFAULT_PROVIDER_ROLES, PROVIDER_ROLES_TAG};
+        let mut found: Vec<(PathBuf, Pos, Result<Vec<String>, (Pos, String)>)> = Vec::new();
+        for ns in self.namespaces.values() {
+            for def in ns
+                .defs
+                .values()
+                .filter(|d| d.tags.iter().any(|t| t == PROVIDER_ROLES_TAG))
+            {
+                let roles = match def.value.value.get_keyword("roles") {
+                    None => Err((def.key_pos, "provider roles need :roles".to_string())),
+                    Some(node) => match &node.value {
+                        Value::Set(items) | Value::Vector(items) if !items.is_empty() => items
+                            .iter()
+                            .map(|i| match &i.value {
+                                Value::Str(s) if !s.is_empty() => Ok(s.clone()),
+                                other => Err((
+                                    i.span.start,
+                                    format!("a role name must be a string, found {}", other.kind()),
+                                )),
+                            })
+                            .collect(),
+                        other => Err((
+                            node.span.start,
+                            format!(
+                                ":roles must be a non-empty set of role names, found {}",
+                                other.kind()
+                            ),
+                        )),
+                    },
+                };
+                found.push((ns.file.clone(), def.key_pos, roles));
+            }
+        }
+        let mut result = None;
+        for (i, (file, pos, roles)) in found.into_iter().enumerate() {
+            match roles {
+                _ if i > 0 => self.error(
+                    &file,
+                    pos,
+                    "only one smart.fhir/provider-roles may be defined",
+                ),
+                Err((p, msg)) => self.error(&file, p, msg),
+                Ok(r) => result = Some(r),
+            }
+        }
+        result.unwrap_or_else(|| DEFAULT_PROVIDER_ROLES.iter().map(|s| s.to_string()).collect())
     }
 }
 

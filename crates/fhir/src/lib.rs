@@ -18,7 +18,8 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 
 const SEARCH_PARAMETERS: &str = include_str!("../data/r4-search-parameters.json");
-const PATIENT_COMPARTMENT: &str = include_str!("../data/r4-patient-compartment.json");
+// The patient compartment is compiled in by build.rs (a broken file fails the build).
+include!(concat!(env!("OUT_DIR"), "/patient_compartment.rs"));
 
 /// The type of a search parameter, as `SearchParameter.type` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -74,10 +75,6 @@ struct Table {
     resources: BTreeMap<String, BTreeMap<String, SearchParam>>,
 }
 
-#[derive(Deserialize)]
-struct Compartment {
-    resources: BTreeMap<String, Vec<String>>,
-}
 
 fn table() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();
@@ -89,14 +86,6 @@ fn table() -> &'static Table {
     })
 }
 
-fn compartment() -> &'static Compartment {
-    static TABLE: OnceLock<Compartment> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        serde_json::from_str(PATIENT_COMPARTMENT).unwrap_or(Compartment {
-            resources: BTreeMap::new(),
-        })
-    })
-}
 
 /// The search parameter `code` of `resource_type`, including those every resource has
 /// (`_id`, `_lastUpdated`, … from `Resource` and `DomainResource`).
@@ -135,11 +124,17 @@ pub fn resource_types() -> impl Iterator<Item = &'static str> {
 
 /// The search parameters through which a resource of `resource_type` belongs to a Patient's
 /// compartment (FHIR R4 `CompartmentDefinition/patient`); `None` if the type is not in it.
-pub fn patient_compartment_params(resource_type: &str) -> Option<&'static [String]> {
-    compartment()
-        .resources
-        .get(resource_type)
-        .map(Vec::as_slice)
+pub fn patient_compartment_params(resource_type: &str) -> Option<&'static [&'static str]> {
+    PATIENT_COMPARTMENT
+        .binary_search_by(|(t, _)| (*t).cmp(resource_type))
+        .ok()
+        .map(|i| PATIENT_COMPARTMENT[i].1)
+}
+
+/// Every type of FHIR R4's patient compartment (besides `Patient` itself), with the parameters
+/// through which a resource belongs to it.
+pub fn patient_compartment() -> &'static [(&'static str, &'static [&'static str])] {
+    PATIENT_COMPARTMENT
 }
 
 #[cfg(test)]
@@ -153,8 +148,12 @@ mod tests {
             "search parameter table did not load"
         );
         assert!(
-            compartment().resources.len() > 60,
+            PATIENT_COMPARTMENT.len() > 60,
             "compartment table did not load"
+        );
+        assert!(
+            PATIENT_COMPARTMENT.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted for binary search"
         );
     }
 
@@ -178,7 +177,7 @@ mod tests {
     fn compartment_comes_from_the_definition() {
         assert_eq!(
             patient_compartment_params("Observation").unwrap(),
-            &["subject".to_string(), "performer".to_string()]
+            &["subject", "performer"]
         );
         assert!(patient_compartment_params("Organization").is_none());
         assert!(patient_compartment_params("Medication").is_none());

@@ -148,6 +148,7 @@ pub async fn seed_all_with(
     extra: Option<SeedSource>,
     files: &[PathBuf],
 ) -> Result<Seeded, String> {
+    retire_blanket_policy(store).await?;
     let mut sources = read_seeds(project, files)?;
     if let Some(extra) = extra {
         // read_seeds puts the files last
@@ -166,6 +167,40 @@ pub async fn seed_all_with(
         seeded.unchanged
     );
     Ok(seeded)
+}
+
+/// The id of the policy that earlier root projects seeded: "any valid SMART token" (issue 12).
+pub const RETIRED_POLICY: &str = "fhirgate-smart-api";
+
+/// Delete the blanket `fhirgate-smart-api` policy earlier versions seeded, when it is stored
+/// exactly as they seeded it; one that was edited is kept, with a warning (its author meant
+/// something by it). Returns whether it was deleted.
+pub async fn retire_blanket_policy(store: &dyn Store) -> Result<bool, String> {
+    let stored = match store.read("AccessPolicy", RETIRED_POLICY).await {
+        Ok(v) => v,
+        Err(StoreError::NotFound { .. } | StoreError::Gone { .. }) => return Ok(false),
+        Err(e) => return Err(format!("cannot read AccessPolicy/{RETIRED_POLICY}: {e}")),
+    };
+    let as_seeded = stored["engine"] == "matcho"
+        && stored["matcho"] == serde_json::json!({"jwt": {"scope": "present?"}})
+        && stored.get("link").is_none()
+        && stored.get("roleName").is_none()
+        && stored.as_object().is_some_and(|o| {
+            o.keys()
+                .all(|k| matches!(k.as_str(), "resourceType" | "id" | "meta" | "engine" | "matcho" | "description"))
+        });
+    if !as_seeded {
+        tracing::warn!(
+            "AccessPolicy/{RETIRED_POLICY} was edited and is kept; earlier versions seeded it to let any valid SMART token reach the SMART API, which the role-aware seeds now replace (docs/security.md)"
+        );
+        return Ok(false);
+    }
+    store
+        .delete("AccessPolicy", RETIRED_POLICY)
+        .await
+        .map_err(|e| format!("cannot delete AccessPolicy/{RETIRED_POLICY}: {e}"))?;
+    tracing::info!("deleted the retired blanket AccessPolicy/{RETIRED_POLICY}");
+    Ok(true)
 }
 
 /// `Patient`, `AccessPolicy`: what the store accepts as a type name.

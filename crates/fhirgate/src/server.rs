@@ -90,11 +90,19 @@ pub async fn prepare(
     let demo = options
         .demo
         .then(|| crate::demo::Demo::new(&options.base_url, bases.clone()));
-    let auth = AuthServer::start(store.clone(), AuthConfig::new(&options.base_url, bases))
+    let provider_roles =
+        fhirgate_smart::standing::ProviderRoles::new(project.provider_roles.iter().cloned());
+    let mut auth_config = AuthConfig::new(&options.base_url, bases);
+    auth_config.provider_roles = provider_roles.clone();
+    let auth = AuthServer::start(store.clone(), auth_config)
         .await
         .map_err(|e| format!("cannot start the authorization server: {e}"))?;
-    let access = fhirgate_smart::access::AccessControl::load(store.clone(), options.dev)
-        .await
+    let access = fhirgate_smart::access::AccessControl::load(
+        store.clone(),
+        options.dev,
+        provider_roles,
+    )
+    .await
         .map_err(|e| format!("cannot load the AccessPolicies: {e}"))?;
     let no_policies = access.policy_count() == 0;
     tokio::spawn(access.clone().follow());
@@ -103,6 +111,7 @@ pub async fn prepare(
         store: Some(store.clone()),
         base_url: options.base_url.clone(),
         access: Some(access.clone()),
+        standings: Some(access.clone()),
         audit: options
             .audit_events
             .then(|| fhirgate_smart::audit::AuditSink::start(store.clone())),

@@ -20,6 +20,7 @@ async fn start() -> String {
         // the SMART layer alone; tests/oauth.rs covers AccessPolicies through `serve`'s wiring
         access: None,
         audit: None,
+        standings: None,
     });
     let project = load_project(&common::root_core_edn(), &registry)
         .unwrap_or_else(|d| panic!("root core.edn: {d:#?}"));

@@ -47,6 +47,16 @@ struct Fixture {
     verifier: Arc<TokenVerifier>,
 }
 
+fn provider_or_service(
+    p: &fhirgate_smart::enforce::Principal,
+) -> fhirgate_smart::standing::Standing {
+    if p.is_service() {
+        fhirgate_smart::standing::Standing::Service
+    } else {
+        fhirgate_smart::standing::Standing::Provider
+    }
+}
+
 async fn start() -> Fixture {
     let verifier = Arc::new(TokenVerifier::new(
         Arc::new(Keyring::generate().unwrap()),
@@ -59,6 +69,8 @@ async fn start() -> Fixture {
         // the SMART layer alone; tests/oauth.rs covers AccessPolicies through `serve`'s wiring
         access: None,
         audit: None,
+        // Users here are providers (tests/access_model.rs covers the other standings)
+        standings: Some(std::sync::Arc::new(provider_or_service)),
     });
     for kw in [
         "smart.fhir/search",
@@ -88,6 +100,10 @@ impl Fixture {
     fn token(&self, aud: &str, scope: &str, patient: Option<&str>) -> (AccessClaims, String) {
         let mut c = AccessClaims::new(BASE, &format!("{BASE}{aud}"), "app", scope, 300);
         c.patient = patient.map(Into::into);
+        if !scope.contains("system/") {
+            // a User's token (a client_credentials token's subject is the client)
+            c.sub = "u1".into();
+        }
         let t = self.verifier.issue(&c).unwrap();
         (c, t)
     }

@@ -25,6 +25,16 @@ struct Fixture {
     verifier: Arc<TokenVerifier>,
 }
 
+fn provider_or_service(
+    p: &fhirgate_smart::enforce::Principal,
+) -> fhirgate_smart::standing::Standing {
+    if p.is_service() {
+        fhirgate_smart::standing::Standing::Service
+    } else {
+        fhirgate_smart::standing::Standing::Provider
+    }
+}
+
 async fn start() -> Fixture {
     let store = common::sqlite_store("data").await;
     store
@@ -53,6 +63,8 @@ async fn start() -> Fixture {
         // the SMART layer alone; tests/oauth.rs covers AccessPolicies through `serve`'s wiring
         access: None,
         audit: None,
+        // Users here are providers (tests/access_model.rs covers the other standings)
+        standings: Some(std::sync::Arc::new(provider_or_service)),
     });
     let core = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../core.edn");
     let project = fhirgate::load_project(&core, &registry).unwrap();
@@ -69,6 +81,10 @@ impl Fixture {
     fn token(&self, scope: &str, patient: Option<&str>) -> String {
         let mut c = AccessClaims::new(BASE, &format!("{BASE}/smart"), "app", scope, 300);
         c.patient = patient.map(Into::into);
+        if !scope.contains("system/") {
+            // a User's token (a client_credentials token's subject is the client)
+            c.sub = "u1".into();
+        }
         self.verifier.issue(&c).unwrap()
     }
 
@@ -311,6 +327,8 @@ async fn a_data_action_without_a_smart_middleware_fails_closed() {
         // the SMART layer alone; tests/oauth.rs covers AccessPolicies through `serve`'s wiring
         access: None,
         audit: None,
+        // Users here are providers (tests/access_model.rs covers the other standings)
+        standings: Some(std::sync::Arc::new(provider_or_service)),
     });
     let src = r#"{ns core import #{zenbox} root-api {:zen/tags #{zenbox/api} "open" {"Patient" {[:id] {:GET {:action :smart.fhir/read :resource/type "Patient"}}}}}}"#;
     let sources = fhirgate_config::MemorySources::new([("core.edn", src)]);

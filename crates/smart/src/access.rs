@@ -19,6 +19,7 @@ use http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::enforce::Principal;
+use crate::standing::{ProviderRoles, Standing, Standings};
 use crate::policy::{AccessPolicy, PolicySet, Request as PolicyRequest};
 
 /// The event published when policies, users, roles or clients change.
@@ -34,6 +35,8 @@ struct Snapshot {
     users: HashMap<String, Value>,
     /// User id → that user's Roles.
     roles: HashMap<String, Vec<Value>>,
+    /// User id → what the User's tokens may reach at most.
+    standings: HashMap<String, Standing>,
 }
 
 /// The AccessPolicy check for SMART requests.
@@ -42,6 +45,7 @@ pub struct AccessControl {
     snapshot: RwLock<Arc<Snapshot>>,
     /// Development mode: `x-debug: policy` explains decisions.
     dev: bool,
+    provider_roles: ProviderRoles,
 }
 
 /// The id a reference names: `u1`, `User/u1`, `{"id": "u1"}`, `{"reference": "User/u1"}`.
@@ -80,11 +84,16 @@ async fn all_of(store: &dyn Store, resource_type: &str) -> Result<Vec<Value>, St
 
 impl AccessControl {
     /// Load the snapshot from `store`.
-    pub async fn load(store: Arc<dyn Store>, dev: bool) -> Result<Arc<AccessControl>, StoreError> {
+    pub async fn load(
+        store: Arc<dyn Store>,
+        dev: bool,
+        provider_roles: ProviderRoles,
+    ) -> Result<Arc<AccessControl>, StoreError> {
         let ac = Arc::new(AccessControl {
             store,
             snapshot: RwLock::new(Arc::default()),
             dev,
+            provider_roles,
         });
         ac.reload().await?;
         Ok(ac)
@@ -117,10 +126,29 @@ impl AccessControl {
                 roles.entry(user.to_string()).or_default().push(role);
             }
         }
+        let mut standings = HashMap::with_capacity(users.len());
+        for (id, user) in &users {
+            let related = match crate::standing::fhir_user_reference(user)
+                .as_deref()
+                .and_then(|r| r.strip_prefix("RelatedPerson/"))
+            {
+                Some(rp) => crate::standing::related_patient(store, rp).await?,
+                None => None,
+            };
+            let user_roles = roles.get(id).map(Vec::as_slice).unwrap_or_default();
+            let standing = crate::standing::standing_of(
+                user,
+                user_roles,
+                related.as_deref(),
+                &self.provider_roles,
+            );
+            standings.insert(id.clone(), standing);
+        }
         let snapshot = Arc::new(Snapshot {
             policies: PolicySet::from(policies),
             users,
             roles,
+            standings,
         });
         if let Ok(mut s) = self.snapshot.write() {
             *s = snapshot;
@@ -218,7 +246,27 @@ impl AccessControl {
     }
 }
 
+/// The per-request standing of a token's User, from the snapshot. A User the snapshot does not
+/// know (deleted, or created where no reload followed yet) is linked to nobody: fail closed.
+impl Standings for AccessControl {
+    fn standing(&self, principal: &Principal) -> Standing {
+        if principal.is_service() {
+            return Standing::Service;
+        }
+        self.snapshot
+            .read()
+            .ok()
+            .and_then(|s| s.standings.get(&principal.subject).cloned())
+            .unwrap_or(Standing::Linked(Vec::new()))
+    }
+}
+
 impl AccessControl {
+    /// The provider roles of the project (for the authorization server's own checks).
+    pub fn provider_roles(&self) -> &ProviderRoles {
+        &self.provider_roles
+    }
+
     /// Decide an admin REST or `/rpc` request by a client authenticated with HTTP Basic (not
     /// `root`, which is always allowed): some AccessPolicy must allow `{uri, request-method,
     /// client}` (plus `rpc: {method}` for RPC calls). Aidbox semantics: an `allow` policy linked
@@ -348,6 +396,7 @@ mod tests {
                     json!({"name": "patient", "user": {"id": "amy"}, "links": {"patient": {"id": "pt-1", "resourceType": "Patient"}}}),
                 ],
             )]),
+            standings: HashMap::new(),
         }
     }
 

@@ -6,7 +6,6 @@
 //! patient parameter is confined, never widened; `_include`/`_revinclude` results outside the
 //! compartment or the scopes are dropped.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use axum::response::IntoResponse;
@@ -18,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::authorize::Authorized;
 use crate::enforce;
-use crate::scopes::{Decision, Interaction};
+use crate::scopes::Interaction;
 
 /// What the actions need: the store, and the public base URL for `fullUrl`s and links.
 #[derive(Clone)]
@@ -43,6 +42,8 @@ impl DataAccess {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Read,
+    /// One version: `[:id] "_history" [:vid]`.
+    VRead,
     Search,
     History,
 }
@@ -54,6 +55,7 @@ impl Kind {
             "smart.fhir/search" | "smart.fhir/search-public" | "smart.fhir/search-patient" => {
                 Some(Kind::Search)
             }
+            "smart.fhir/vread" => Some(Kind::VRead),
             "smart.fhir/history" => Some(Kind::History),
             _ => None,
         }
@@ -146,7 +148,7 @@ pub async fn handle(kind: Kind, access: DataAccess, route: Arc<Route>, req: Requ
             Ok(p) => p,
             Err(resp) => return resp,
         },
-        Kind::Read | Kind::History => {
+        Kind::Read | Kind::VRead | Kind::History => {
             form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
                 .into_owned()
                 .collect()
@@ -185,11 +187,14 @@ pub async fn handle(kind: Kind, access: DataAccess, route: Arc<Route>, req: Requ
         &parts.uri,
         Some(policy.as_deref().unwrap_or("-")),
     );
+    let id = m.param("id").unwrap_or_default().to_string();
     match kind {
-        Kind::Read | Kind::History => {
-            let id = m.param("id").unwrap_or_default().to_string();
-            instance(kind, &access, &auth, &route, &resource_type, &id).await
+        Kind::Read => instance(&access, &auth, &resource_type, &id).await,
+        Kind::VRead => {
+            let vid = m.param("vid").unwrap_or_default().to_string();
+            version(&access, &auth, &resource_type, &id, &vid).await
         }
+        Kind::History => history(&access, &auth, &route, &resource_type, &id, &pairs).await,
         Kind::Search => search(&access, &auth, &route, &resource_type, path, pairs).await,
     }
 }
@@ -230,6 +235,7 @@ fn audit(
             resource_type: resource_type.to_string(),
             interaction: match kind {
                 Kind::Read => "read",
+                Kind::VRead => "vread",
                 Kind::Search => "search-type",
                 Kind::History => "history-instance",
             },
@@ -281,10 +287,8 @@ async fn confined_lookup(
 }
 
 async fn instance(
-    kind: Kind,
     access: &DataAccess,
     auth: &Authorized,
-    route: &Route,
     resource_type: &str,
     id: &str,
 ) -> Response {
@@ -293,48 +297,182 @@ async fn instance(
         return outcome::not_found(format!("{what} not found"));
     }
     let confined = auth.compartment.is_some() || !auth.filters.is_empty();
-    let resource = if confined {
-        // outside the compartment or the granular scopes: the same answer as "does not exist";
-        // a deleted resource's compartment cannot be checked, so its history is refused too
+    if confined {
+        // outside the compartment or the granular scopes: the same answer as "does not exist"
+        return match confined_lookup(access, auth, resource_type, id).await {
+            Ok(Some(r)) => fhir_resource(r),
+            Ok(None) => outcome::not_found(format!("{what} not found")),
+            Err(resp) => resp,
+        };
+    }
+    match access.store.read_raw(resource_type, id).await {
+        Ok(r) => fhir_resource(r),
+        Err(e) => store_error(e),
+    }
+}
+
+/// The store's form of the decision: the compartment, and the granular alternatives (an empty
+/// list: no filter).
+fn confinement(
+    auth: &Authorized,
+) -> (fhirgate_store::Confinement, Vec<Vec<fhirgate_store::Filter>>) {
+    let confinement = match &auth.compartment {
+        Some(p) => fhirgate_store::Confinement::patient(p.as_str()),
+        None => fhirgate_store::Confinement::unconfined(),
+    };
+    let alternatives = auth
+        .filters
+        .iter()
+        .map(|alt| {
+            alt.iter()
+                .map(|f| fhirgate_store::Filter {
+                    name: f.param.clone(),
+                    modifier: None,
+                    values: vec![f.value.clone()],
+                })
+                .collect()
+        })
+        .collect();
+    (confinement, alternatives)
+}
+
+/// Whether one version of a resource is within the decision: each version is judged on its
+/// own content, since a resource can change patient or category between versions.
+fn admits_version(
+    confinement: &fhirgate_store::Confinement,
+    alternatives: &[Vec<fhirgate_store::Filter>],
+    resource_type: &str,
+    resource: &Value,
+) -> bool {
+    if alternatives.is_empty() {
+        confinement.admits(resource_type, resource, &[])
+    } else {
+        alternatives
+            .iter()
+            .any(|alt| confinement.admits(resource_type, resource, alt))
+    }
+}
+
+/// `vread`: one version, judged on its own content (404 outside the decision, like a version
+/// that does not exist).
+async fn version(
+    access: &DataAccess,
+    auth: &Authorized,
+    resource_type: &str,
+    id: &str,
+    vid: &str,
+) -> Response {
+    let what = format!("{resource_type}/{id}/_history/{vid}");
+    if !valid_id(id) || !valid_id(vid) {
+        return outcome::not_found(format!("{what} not found"));
+    }
+    let (confinement, alternatives) = confinement(auth);
+    match access.store.vread(resource_type, id, vid).await {
+        Ok(r) if admits_version(&confinement, &alternatives, resource_type, &r) => {
+            let mut resp = fhir_json(StatusCode::OK, &r);
+            if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{vid}\"")) {
+                resp.headers_mut().insert(header::ETAG, etag);
+            }
+            resp
+        }
+        Ok(_) => outcome::not_found(format!("{what} not found")),
+        // a deletion version has no content to judge: refused when confined
+        Err(StoreError::Gone { .. }) if auth.compartment.is_some() || !auth.filters.is_empty() => {
+            outcome::not_found(format!("{what} not found"))
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+/// Most history entries on one page, and the page size when `_count` says nothing.
+const HISTORY_MAX_COUNT: usize = 1000;
+const HISTORY_DEFAULT_COUNT: usize = 100;
+
+/// Instance history: every version the decision admits (each judged on its own content;
+/// deletion versions only when unconfined), newest first, a page at a time (`_count`,
+/// `_offset`). The resource must exist (live or deleted) and, when confined, be visible now.
+async fn history(
+    access: &DataAccess,
+    auth: &Authorized,
+    route: &Route,
+    resource_type: &str,
+    id: &str,
+    pairs: &[(String, String)],
+) -> Response {
+    let what = format!("{resource_type}/{id}");
+    if !valid_id(id) {
+        return outcome::not_found(format!("{what} not found"));
+    }
+    let mut count = HISTORY_DEFAULT_COUNT;
+    let mut offset = 0usize;
+    for (k, v) in pairs {
+        let n = match k.as_str() {
+            "_count" | "_offset" => match v.parse::<usize>() {
+                Ok(n) => n,
+                Err(_) => {
+                    return outcome::bad_request(
+                        "invalid",
+                        format!("{k} must be a non-negative whole number"),
+                    );
+                }
+            },
+            _ => continue,
+        };
+        if k == "_count" {
+            count = n.min(HISTORY_MAX_COUNT);
+        } else {
+            offset = n;
+        }
+    }
+    let confined = auth.compartment.is_some() || !auth.filters.is_empty();
+    if confined {
+        // the current version must be within the decision (a deleted resource's cannot be
+        // judged: its history is refused), and then each version is judged on its own
         match confined_lookup(access, auth, resource_type, id).await {
-            Ok(Some(r)) => Some(r),
+            Ok(Some(_)) => {}
             Ok(None) => return outcome::not_found(format!("{what} not found")),
             Err(resp) => return resp,
         }
-    } else {
-        match access.store.read_raw(resource_type, id).await {
-            Ok(r) => Some(r),
-            Err(StoreError::Gone { .. }) if kind == Kind::History => None,
-            Err(e) => return store_error(e),
-        }
-    };
-    match (kind, resource) {
-        (Kind::Read, Some(r)) => fhir_resource(r),
-        _ => match access.store.history(resource_type, id).await {
-            Ok(entries) => {
-                let base = access.fhir_base(route);
-                let entry: Vec<Value> = entries
-                    .into_iter()
-                    .map(|e| {
-                        let mut o = json!({
-                            "fullUrl": format!("{base}/{resource_type}/{id}"),
-                            "request": {"method": if e.deleted { "DELETE" } else { "PUT" }, "url": format!("{resource_type}/{id}")},
-                            "response": {"status": if e.deleted { "204" } else { "200" }, "lastModified": e.last_updated, "etag": format!("W/\"{}\"", e.version_id)},
-                        });
-                        if let Some(r) = e.resource {
-                            o["resource"] = r;
-                        }
-                        o
-                    })
-                    .collect();
-                fhir_json(
-                    StatusCode::OK,
-                    &json!({"resourceType": "Bundle", "type": "history", "total": entry.len(), "entry": entry}),
-                )
-            }
-            Err(e) => store_error(e),
-        },
     }
+    let entries = match access.store.history(resource_type, id).await {
+        Ok(e) => e,
+        Err(e) => return store_error(e),
+    };
+    let (confinement, alternatives) = confinement(auth);
+    let visible: Vec<fhirgate_store::HistoryEntry> = entries
+        .into_iter()
+        .filter(|e| match &e.resource {
+            Some(r) => admits_version(&confinement, &alternatives, resource_type, r),
+            None => !confined,
+        })
+        .collect();
+    let total = visible.len();
+    let base = access.fhir_base(route);
+    let entry: Vec<Value> = visible
+        .into_iter()
+        .skip(offset)
+        .take(count)
+        .map(|e| {
+            let mut o = json!({
+                "fullUrl": format!("{base}/{resource_type}/{id}"),
+                "request": {"method": if e.deleted { "DELETE" } else { "PUT" }, "url": format!("{resource_type}/{id}")},
+                "response": {"status": if e.deleted { "204" } else { "200" }, "lastModified": e.last_updated, "etag": format!("W/\"{}\"", e.version_id)},
+            });
+            if let Some(r) = e.resource {
+                o["resource"] = r;
+            }
+            o
+        })
+        .collect();
+    let page = |o: usize| format!("{base}/{resource_type}/{id}/_history?_count={count}&_offset={o}");
+    let mut link = vec![json!({"relation": "self", "url": page(offset)})];
+    if offset.saturating_add(count) < total {
+        link.push(json!({"relation": "next", "url": page(offset + count)}));
+    }
+    fhir_json(
+        StatusCode::OK,
+        &json!({"resourceType": "Bundle", "type": "history", "total": total, "link": link, "entry": entry}),
+    )
 }
 
 /// The parameters of a search: the query, plus a form body for POST `_search`.
@@ -347,6 +485,12 @@ async fn search_params(
             .into_owned()
             .collect();
     if parts.method == http::Method::POST {
+        let form = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
         let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| {
             outcome::response(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -354,6 +498,15 @@ async fn search_params(
                 "request body too large or unreadable",
             )
         })?;
+        // one parser for search requests: only a form body carries parameters, and the router's
+        // :params check has read the same form (any other body would skip that check)
+        if !form && !bytes.is_empty() {
+            return Err(outcome::response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not-supported",
+                "POST _search takes an application/x-www-form-urlencoded body",
+            ));
+        }
         pairs.extend(form_urlencoded::parse(&bytes).into_owned());
     }
     Ok(pairs)
@@ -384,13 +537,22 @@ fn check_confined_params(
         }
         let names_patient = matches!(name, "patient" | "subject")
             || (resource_type == "Patient" && matches!(name, "_id" | "link"));
-        if names_patient {
-            for value in v.split(',') {
-                if patient_id(value) != Some(patient) {
-                    return Err(forbidden(format!(
-                        "{k}={value} names another patient than the one in context"
-                    )));
-                }
+        // the type's other compartment parameters (performer, author, …) may name other kinds
+        // of resource; a Patient they name must be the one in context
+        let compartment_param = fhirgate_fhir::patient_compartment_params(resource_type)
+            .is_some_and(|params| params.contains(&name));
+        for value in v.split(',') {
+            let other = if names_patient {
+                patient_id(value) != Some(patient)
+            } else {
+                compartment_param
+                    && value.contains("Patient/")
+                    && patient_id(value).is_some_and(|p| p != patient)
+            };
+            if other {
+                return Err(forbidden(format!(
+                    "{k}={value} names another patient than the one in context"
+                )));
             }
         }
     }
@@ -495,76 +657,59 @@ async fn search(
     fhir_json(StatusCode::OK, &bundle)
 }
 
-/// Drop included resources the token may not read: types its scopes do not grant (or grant only
-/// through granular scopes), and, when confined, resources in another patient's compartment.
-/// An included resource in no patient's compartment (e.g. a Provenance that targets the
-/// patient's Observation, not the patient) is kept.
+/// Keep only the included resources the token may read: each type is decided again by the one
+/// access decision ([`enforce::decide`], as a read of that type), and each resource is checked
+/// against that type's compartment and granular filters. When confined, an included resource
+/// in no patient's compartment at all (e.g. a Provenance that targets the patient's
+/// Observation, not the patient) is kept: it is nobody's record.
 async fn confine_included(
-    access: &DataAccess,
+    _access: &DataAccess,
     auth: &Authorized,
     included: Vec<Value>,
 ) -> Result<Vec<Value>, Response> {
-    let mut by_type: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut out = Vec::with_capacity(included.len());
     for r in included {
-        let t = r["resourceType"].as_str().unwrap_or_default().to_string();
-        by_type.entry(t).or_default().push(r);
-    }
-    let mut out = Vec::new();
-    for (t, resources) in by_type {
-        let granted = match auth
-            .principal
-            .scopes
-            .allows(Some(auth.context), &t, Interaction::Read)
-        {
-            Decision::Deny => false,
-            Decision::Allow => true,
-            // included resources are not checked against granular filters: drop them
-            Decision::Filtered(_) => false,
-        };
-        if !granted {
-            continue;
-        }
-        let Some(pid) = auth
-            .compartment
-            .as_deref()
-            .filter(|_| enforce::in_patient_compartment(&t))
-        else {
-            out.extend(resources);
+        let Some(t) = r["resourceType"].as_str() else {
             continue;
         };
-        let ids: Vec<&str> = resources.iter().filter_map(|r| r["id"].as_str()).collect();
-        let mut inside: HashSet<String> = HashSet::new();
-        // in this patient's compartment ...
-        let mut q = SearchQuery::new(t.as_str()).filter("_id", None, &ids);
-        q.patient_compartment = Some(pid.to_string());
-        q.count = Some(ids.len().max(1));
-        let mut queries = vec![q];
-        // ... or in no patient's compartment at all (a Provenance whose targets are the
-        // patient's resources, not the patient): not another patient's data
-        if t != "Patient"
-            && let Some(params) = fhirgate_fhir::patient_compartment_params(&t)
-        {
-            let mut unattached = SearchQuery::new(t.as_str()).filter("_id", None, &ids);
-            for p in params {
-                unattached = unattached.filter(p, Some("missing"), &["true"]);
-            }
-            unattached.count = Some(ids.len().max(1));
-            queries.push(unattached);
+        let Ok(grant) = enforce::decide(
+            auth.mode,
+            &auth.principal,
+            &auth.standing,
+            &enforce::Target::new(t, Interaction::Read),
+        ) else {
+            continue;
+        };
+        let confinement = match grant.compartment {
+            Some(p) => fhirgate_store::Confinement::patient(p),
+            None => fhirgate_store::Confinement::unconfined(),
+        };
+        let alternatives: Vec<Vec<fhirgate_store::Filter>> = grant
+            .filters
+            .iter()
+            .map(|alt| {
+                alt.iter()
+                    .map(|f| fhirgate_store::Filter {
+                        name: f.param.clone(),
+                        modifier: None,
+                        values: vec![f.value.clone()],
+                    })
+                    .collect()
+            })
+            .collect();
+        let admitted = admits_version(&confinement, &alternatives, t, &r)
+            || (grant.compartment.is_some()
+                && t != "Patient"
+                && fhirgate_store::Confinement::is_unattached(t, &r)
+                && admits_version(
+                    &fhirgate_store::Confinement::unconfined(),
+                    &alternatives,
+                    t,
+                    &r,
+                ));
+        if admitted {
+            out.push(r);
         }
-        for query in queries {
-            let found = access.store.search(&query).await.map_err(store_error)?;
-            inside.extend(
-                found
-                    .matches
-                    .iter()
-                    .filter_map(|r| r["id"].as_str().map(str::to_string)),
-            );
-        }
-        out.extend(
-            resources
-                .into_iter()
-                .filter(|r| r["id"].as_str().is_some_and(|id| inside.contains(id))),
-        );
     }
     Ok(out)
 }

@@ -12,7 +12,8 @@ use fhirgate_config::Route;
 use fhirgate_router::{Request, Response, RouteMatch, outcome};
 use http::StatusCode;
 
-use crate::enforce::{self, Mode, Principal};
+use crate::enforce::{self, Mode, Principal, Target};
+use crate::standing::{Standing, Standings};
 use crate::middleware::{AuthorizeRequest, bearer, unauthorized};
 use crate::scopes::{Context, Filter};
 
@@ -31,10 +32,13 @@ pub trait BearerVerifier: Send + Sync + 'static {
 }
 
 /// What the middleware established, for the action to apply: it must confine reads and searches
-/// to `compartment` and to one of `filters` (when non-empty).
+/// to `compartment` and to one of `filters` (when non-empty). `mode` and `standing` let the
+/// action ask [`enforce::decide`] again for the other types a request touches (includes).
 #[derive(Debug, Clone)]
 pub struct Authorized {
     pub principal: Arc<Principal>,
+    pub mode: Mode,
+    pub standing: Arc<Standing>,
     pub context: Context,
     pub compartment: Option<String>,
     /// Granular alternatives (OR of ANDs); empty: no filter.
@@ -51,6 +55,8 @@ pub struct SmartAuthorizer {
     audience: Arc<str>,
     /// Where refusals are recorded as AuditEvents (the `fhirgate::audit` log always).
     audit: Option<Arc<crate::audit::AuditSink>>,
+    /// The standing of tokens' Users (none: [`crate::standing::unknown`], fail closed).
+    standings: Option<Arc<dyn Standings>>,
 }
 
 impl SmartAuthorizer {
@@ -72,7 +78,14 @@ impl SmartAuthorizer {
             route,
             audience: audience.into(),
             audit: None,
+            standings: None,
         }
+    }
+
+    /// Where the standing of tokens' Users comes from.
+    pub fn with_standings(mut self, standings: Option<Arc<dyn Standings>>) -> Self {
+        self.standings = standings;
+        self
     }
 
     /// Also record refusals as AuditEvent resources.
@@ -99,20 +112,25 @@ impl AuthorizeRequest for SmartAuthorizer {
             .verifier
             .verify(token, &self.audience)
             .map_err(|e| unauthorized(Some("invalid_token"), &e.to_string()))?;
+        let standing = Arc::new(match &self.standings {
+            Some(s) => s.standing(&principal),
+            None => crate::standing::unknown(&principal),
+        });
         let principal = Arc::new(principal);
         let Some(interaction) = enforce::interaction_for(&self.route.action) else {
             // no data access (e.g. a non-public capability route): a valid token is enough
             req.extensions_mut().insert(Authorized {
                 principal,
+                mode: self.mode,
+                standing,
                 context: Context::User,
                 compartment: None,
                 filters: Vec::new(),
             });
             return Ok(());
         };
-        let resource_type = req
-            .extensions()
-            .get::<RouteMatch>()
+        let route_match = req.extensions().get::<RouteMatch>();
+        let resource_type = route_match
             .and_then(|m| m.resource_type().map(str::to_string))
             .or_else(|| self.route.resource_type.clone())
             .or_else(|| {
@@ -121,88 +139,51 @@ impl AuthorizeRequest for SmartAuthorizer {
         let Some(resource_type) = resource_type else {
             return Err(forbidden("the resource type of this request is unknown"));
         };
-        // decisions §15: the user's own fhirUser resource can always be read with the token
-        // that names it (Inferno's OpenID Connect tests read it with whatever scopes were
-        // granted), unconfined and unfiltered — that one resource only
-        let authorized = if self.is_own_fhir_user(req, &principal, &resource_type) {
-            Authorized {
-                context: Context::User,
-                compartment: None,
-                filters: Vec::new(),
-                principal: principal.clone(),
+        let id = route_match.and_then(|m| m.param("id").map(str::to_string));
+        let mut target = Target::new(&resource_type, interaction);
+        if let Some(id) = &id {
+            target = target.instance(id, &self.audience);
+        }
+        let grant = enforce::decide(self.mode, &principal, &standing, &target).map_err(|d| {
+            let why = d.to_string();
+            tracing::info!(
+                target: "fhirgate::audit",
+                who = %principal.subject,
+                client = %principal.client_id,
+                patient = principal.patient.as_deref().unwrap_or("-"),
+                resource_type,
+                interaction = ?interaction,
+                outcome = "deny-scope",
+                reason = %why,
+                "data access"
+            );
+            if let Some(sink) = &self.audit {
+                sink.record(crate::audit::AccessRecord {
+                    who: principal.subject.clone(),
+                    client: principal.client_id.clone(),
+                    patient: principal.patient.clone(),
+                    resource_type: resource_type.clone(),
+                    interaction: match interaction {
+                        crate::scopes::Interaction::Search => "search-type",
+                        _ => "read",
+                    },
+                    id: id.clone(),
+                    query: req.uri().to_string(),
+                    allowed: false,
+                    detail: why.clone(),
+                });
             }
-        } else {
-            let grant = enforce::decide(self.mode, &principal, &resource_type, interaction)
-                .map_err(|d| {
-                    let why = d.to_string();
-                    tracing::info!(
-                        target: "fhirgate::audit",
-                        who = %principal.subject,
-                        client = %principal.client_id,
-                        patient = principal.patient.as_deref().unwrap_or("-"),
-                        resource_type,
-                        interaction = ?interaction,
-                        outcome = "deny-scope",
-                        reason = %why,
-                        "data access"
-                    );
-                    if let Some(sink) = &self.audit {
-                        sink.record(crate::audit::AccessRecord {
-                            who: principal.subject.clone(),
-                            client: principal.client_id.clone(),
-                            patient: principal.patient.clone(),
-                            resource_type: resource_type.clone(),
-                            interaction: match interaction {
-                                crate::scopes::Interaction::Search => "search-type",
-                                _ => "read",
-                            },
-                            id: req
-                                .extensions()
-                                .get::<RouteMatch>()
-                                .and_then(|m| m.param("id").map(str::to_string)),
-                            query: req.uri().to_string(),
-                            allowed: false,
-                            detail: why.clone(),
-                        });
-                    }
-                    forbidden(why)
-                })?;
-            Authorized {
-                context: grant.context,
-                compartment: grant.compartment.map(str::to_string),
-                filters: grant.filters.iter().map(|f| f.to_vec()).collect(),
-                principal: principal.clone(),
-            }
+            forbidden(why)
+        })?;
+        let authorized = Authorized {
+            context: grant.context,
+            compartment: grant.compartment.map(str::to_string),
+            filters: grant.filters.iter().map(|f| f.to_vec()).collect(),
+            principal: principal.clone(),
+            mode: self.mode,
+            standing,
         };
         req.extensions_mut().insert(authorized);
         Ok(())
-    }
-}
-
-impl SmartAuthorizer {
-    /// Whether `req` reads (`smart.fhir/read` or `read-public`) exactly the resource the token's
-    /// `fhirUser` claim names, and the token was granted the `fhirUser` scope.
-    fn is_own_fhir_user(&self, req: &Request, principal: &Principal, resource_type: &str) -> bool {
-        if !matches!(
-            self.route.action.as_str(),
-            "smart.fhir/read" | "smart.fhir/read-public"
-        ) || !principal.scopes.has("fhirUser")
-        {
-            return false;
-        }
-        let (Some(fhir_user), Some(id)) = (
-            principal.fhir_user.as_deref(),
-            req.extensions()
-                .get::<RouteMatch>()
-                .and_then(|m| m.param("id")),
-        ) else {
-            return false;
-        };
-        // the claim is absolute (`{base}/Practitioner/pr-1`); a relative one is accepted too
-        let relative = fhir_user
-            .strip_prefix(&*self.audience)
-            .map(|r| r.trim_start_matches('/'))
-            .unwrap_or(fhir_user);
-        relative.split_once('/') == Some((resource_type, id))
     }
 }

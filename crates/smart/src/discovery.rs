@@ -145,6 +145,7 @@ pub fn style() -> Value {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Interaction {
     Read,
+    VRead,
     HistoryInstance,
     SearchType,
 }
@@ -153,6 +154,7 @@ impl Interaction {
     fn for_action(action: &str) -> Option<Interaction> {
         match crate::actions::Kind::for_action(action)? {
             crate::actions::Kind::Read => Some(Interaction::Read),
+            crate::actions::Kind::VRead => Some(Interaction::VRead),
             crate::actions::Kind::History => Some(Interaction::HistoryInstance),
             crate::actions::Kind::Search => Some(Interaction::SearchType),
         }
@@ -161,6 +163,7 @@ impl Interaction {
     fn code(self) -> &'static str {
         match self {
             Interaction::Read => "read",
+            Interaction::VRead => "vread",
             Interaction::HistoryInstance => "history-instance",
             Interaction::SearchType => "search-type",
         }

@@ -20,6 +20,7 @@ pub mod enforce;
 pub mod middleware;
 pub mod policy;
 pub mod scopes;
+pub mod standing;
 
 use std::sync::Arc;
 
@@ -39,6 +40,7 @@ pub const ACTIONS: &[(&str, bool)] = &[
     ("smart.fhir/read-public", true),
     ("smart.fhir/search-public", true),
     ("smart.fhir/history", false),
+    ("smart.fhir/vread", false),
     ("smart.fhir/capability", false),
     ("smart.fhir/smart-configuration", false),
     ("smart.fhir/style", false),
@@ -63,6 +65,9 @@ pub struct Setup {
     pub access: Option<Arc<access::AccessControl>>,
     /// Where AuditEvent resources go (none: the `fhirgate::audit` log only).
     pub audit: Option<Arc<audit::AuditSink>>,
+    /// The standing of tokens' Users (none: every User is taken as linked to nobody, so
+    /// only non-compartment types and backend services' `system/` tokens get data).
+    pub standings: Option<Arc<dyn standing::Standings>>,
 }
 
 impl Default for Setup {
@@ -73,6 +78,7 @@ impl Default for Setup {
             base_url: DEFAULT_BASE_URL.to_string(),
             access: None,
             audit: None,
+            standings: None,
         }
     }
 }
@@ -128,10 +134,12 @@ pub fn register(registry: &mut Registry, setup: &Setup) {
         match &setup.verifier {
             Some(v) => {
                 let (v, base, sink) = (v.clone(), setup.base_url.clone(), setup.audit.clone());
+                let standings = setup.standings.clone();
                 registry.authentication_with(keyword, move |route: &Arc<Route>| {
                     middleware::SmartAuthLayer::new(
                         authorize::SmartAuthorizer::new(mode, v.clone(), route.clone(), &base)
-                            .with_audit(sink.clone()),
+                            .with_audit(sink.clone())
+                            .with_standings(standings.clone()),
                     )
                 });
             }

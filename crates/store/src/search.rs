@@ -18,6 +18,9 @@ use crate::index::{self, IndexKind, normalize};
 
 /// Page size when the query names none.
 pub const DEFAULT_COUNT: usize = 100;
+/// The largest page a request's `_count` (or `_limit`) may ask for, whatever an EDN project's
+/// `:max` says (issue 12: a limit a project cannot forget).
+pub const MAX_COUNT: usize = 1000;
 
 /// Most values (across all parameters) one search may carry: each is a bound parameter, and
 /// SQLite allows 32,766 per statement.
@@ -142,7 +145,7 @@ impl SearchQuery {
                 None => (k, None),
             };
             match name {
-                "_count" | "_limit" => q.count = Some(parse_usize(k, v)?),
+                "_count" | "_limit" => q.count = Some(parse_usize(k, v)?.min(MAX_COUNT)),
                 "_offset" => q.offset = parse_usize(k, v)?,
                 "_total" => {
                     q.total = match v {
@@ -246,7 +249,7 @@ fn split_values(v: &str) -> Vec<String> {
 }
 
 /// Split a token on its first unescaped `|` and remove the escapes.
-fn split_token(v: &str) -> (Option<String>, String) {
+pub(crate) fn split_token(v: &str) -> (Option<String>, String) {
     let mut prev_backslash = false;
     for (i, c) in v.char_indices() {
         if c == '|' && !prev_backslash {
@@ -257,7 +260,7 @@ fn split_token(v: &str) -> (Option<String>, String) {
     (None, unescape(v))
 }
 
-fn unescape(v: &str) -> String {
+pub(crate) fn unescape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     let mut chars = v.chars();
     while let Some(c) = chars.next() {
@@ -456,7 +459,7 @@ fn compartment_cond(resource_type: &str, patient_id: &str, sql: &mut Sql) -> Res
     let params: Vec<String> = params
         .iter()
         .filter(|p| index::param(resource_type, p).is_some())
-        .map(|p| sql.text(p.as_str()))
+        .map(|p| sql.text(*p))
         .collect();
     if params.is_empty() {
         // Not in the compartment at all: nothing matches.

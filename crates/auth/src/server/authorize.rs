@@ -10,6 +10,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequestParts, RawQuery, State};
 use axum::response::Response;
+use fhirgate_smart::standing::Standing;
 use fhirgate_smart::scopes::{Scope, ScopeSet, intersect};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -146,6 +147,14 @@ pub async fn authorize_post(
     }
 }
 
+/// A FHIR id: what a picker search may look up by `_id`.
+pub(crate) fn valid_patient_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 pub fn is_form(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -166,19 +175,24 @@ fn internal(s: &AuthServer, e: impl std::fmt::Display) -> Response {
     )
 }
 
-/// The scopes a client may be offered of what it requested: unknown ones dropped, narrowed to
-/// the client's `scope` when it has one.
+/// The scopes a client may be offered, for a User, of what it requested: unknown ones dropped,
+/// narrowed to the client's `scope` when it has one, and never a `system/` scope (those are
+/// issued by `client_credentials` only, never to a User).
 pub fn offered_scopes(requested: &str, client: &ClientInfo) -> ScopeSet {
     let requested = ScopeSet::parse(requested);
-    match &client.allowed_scope {
+    let offered = match &client.allowed_scope {
         Some(allowed) => intersect(&requested, &ScopeSet::parse(allowed)),
-        None => requested
-            .scopes()
-            .iter()
-            .filter(|s| !s.is_other())
-            .cloned()
-            .collect(),
-    }
+        None => requested,
+    };
+    offered
+        .scopes()
+        .iter()
+        .filter(|s| match s {
+            Scope::Resource(r) => r.context != fhirgate_smart::scopes::Context::System,
+            other => !other.is_other(),
+        })
+        .cloned()
+        .collect()
 }
 
 /// Whether a patient must be in context for `scopes`.
@@ -190,17 +204,7 @@ fn needs_patient(scopes: &ScopeSet) -> bool {
     })
 }
 
-/// `Patient/pt-1` from a User's `fhirUser` in either reference form.
-pub fn fhir_user_reference(user: &Value) -> Option<String> {
-    let f = &user["fhirUser"];
-    if let Some(r) = f["reference"].as_str() {
-        return Some(r.to_string());
-    }
-    match (f["resourceType"].as_str(), f["id"].as_str()) {
-        (Some(t), Some(id)) => Some(format!("{t}/{id}")),
-        _ => None,
-    }
-}
+pub use fhirgate_smart::standing::fhir_user_reference;
 
 impl AuthServer {
     pub(crate) async fn load_client(&self, id: &str) -> Result<Option<ClientInfo>, Response> {
@@ -492,22 +496,55 @@ impl AuthServer {
                 "none of the requested scopes can be granted to this client",
             );
         }
-        // patient context: the launch's, the user's own, or the picker's
-        if needs_patient(&offered) && pending.context.patient.is_none() {
-            match fhir_user_reference(&user)
-                .as_deref()
-                .and_then(|r| r.strip_prefix("Patient/"))
+        // the User's standing bounds every patient in context (issue 12): a launch, a picker
+        // choice or a remembered grant naming a patient the User may not reach is refused
+        let standing =
+            match fhirgate_smart::standing::load(self.store.as_ref(), &user, &self.config.provider_roles)
+                .await
             {
-                Some(own) => {
-                    pending.context.patient = Some(own.to_string());
+                Ok(st) => st,
+                Err(e) => return internal(self, e),
+            };
+        if let Some(p) = &pending.context.patient
+            && !standing.may_reach(p)
+        {
+            return ret.error(
+                "access_denied",
+                "the patient in context is not one this user may reach",
+            );
+        }
+        // patient context: the launch's, the linked User's own, or the picker's
+        let linked = match &standing {
+            Standing::Linked(links) => Some(links.as_slice()),
+            _ => None,
+        };
+        if pending.context.patient.is_none() && (linked.is_some() || needs_patient(&offered)) {
+            match (linked, &standing) {
+                // a linked User's tokens always carry one of their patients
+                (Some([only]), _) => {
+                    pending.context.patient = Some(only.clone());
                     if let Err(e) = self.records.set(PENDING, rec, &pending).await {
                         return internal(self, e);
                     }
                 }
-                None if prompt_none => {
+                (Some([]), _) => {
+                    return ret.error(
+                        "access_denied",
+                        "this user's patient record cannot be found",
+                    );
+                }
+                _ if prompt_none => {
                     return ret.error("interaction_required", "a patient must be chosen");
                 }
-                None => return self.picker_page(headers, req, &client).await,
+                (Some(_), _) | (None, Standing::Provider) => {
+                    return self.picker_page(headers, req, &client, &standing).await;
+                }
+                (None, _) => {
+                    return ret.error(
+                        "access_denied",
+                        "launch/patient needs an EHR launch: this user has no provider access",
+                    );
+                }
             }
         }
         // standalone launch/encounter: the user picks one of the patient's encounters
@@ -682,26 +719,93 @@ impl AuthServer {
             .collect())
     }
 
-    async fn picker_page(&self, headers: &HeaderMap, req: &str, client: &ClientInfo) -> Response {
-        let query = fhirgate_store::SearchQuery::from_pairs("Patient", [("_count", "100")]);
-        let patients: Vec<Value> = match query {
-            Ok(q) => match self.store.search(&q).await {
-                Ok(found) => found
-                    .matches
-                    .iter()
-                    .map(|p| {
-                        serde_json::json!({"id": p["id"].as_str().unwrap_or_default(),
-                            "label": patient_label(p)})
-                    })
-                    .collect(),
-                Err(e) => return internal(self, e),
+    /// The patient picker: a linked User chooses among their own patients; a provider searches
+    /// (nothing is listed before a search: contract §4). Other Users never see it.
+    async fn picker_page(
+        &self,
+        headers: &HeaderMap,
+        req: &str,
+        client: &ClientInfo,
+        standing: &Standing,
+    ) -> Response {
+        self.picker_with(headers, req, client, standing, None).await
+    }
+
+    async fn picker_with(
+        &self,
+        headers: &HeaderMap,
+        req: &str,
+        client: &ClientInfo,
+        standing: &Standing,
+        q: Option<&str>,
+    ) -> Response {
+        let found: Vec<Value> = match standing {
+            Standing::Linked(links) => {
+                let mut out = Vec::new();
+                for id in links {
+                    if let Ok(p) = self.store.read("Patient", id).await {
+                        out.push(p);
+                    }
+                }
+                out
+            }
+            Standing::Provider => match q.map(str::trim).filter(|q| !q.is_empty()) {
+                Some(q) => match self.search_patients(q).await {
+                    Ok(found) => found,
+                    Err(e) => return internal(self, e),
+                },
+                None => Vec::new(),
             },
-            Err(e) => return internal(self, e),
+            _ => {
+                return self.pages.error(
+                    StatusCode::FORBIDDEN,
+                    "No patient to choose",
+                    "This user has no provider access.",
+                );
+            }
         };
+        let patients: Vec<Value> = found
+            .iter()
+            .map(|p| {
+                serde_json::json!({"id": p["id"].as_str().unwrap_or_default(),
+                    "label": patient_label(p)})
+            })
+            .collect();
+        let searchable = matches!(standing, Standing::Provider);
+        let searched = q.is_some();
         self.page_with_csrf(headers, "picker", |csrf| {
             context! { base => &self.base_path, csrf => csrf, req => req,
-            client_name => &client.name, patients => &patients }
+            client_name => &client.name, patients => &patients, searchable => searchable,
+            searched => searched, q => q.unwrap_or_default() }
         })
+    }
+
+    /// Patients matching a picker search: the id exactly, a name, a birth date or an
+    /// identifier (at most 20 of each).
+    async fn search_patients(&self, q: &str) -> Result<Vec<Value>, fhirgate_store::StoreError> {
+        let escaped = q.replace('\\', "\\\\").replace(',', "\\,").replace('|', "\\|");
+        let mut queries = vec![("name", escaped.clone()), ("identifier", escaped.clone())];
+        if valid_patient_id(q) {
+            queries.push(("_id", q.to_string()));
+        }
+        if q.len() >= 4 && q.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+            queries.push(("birthdate", q.to_string()));
+        }
+        let mut out: Vec<Value> = Vec::new();
+        for (param, value) in queries {
+            let mut query = fhirgate_store::SearchQuery::new("Patient").filter(param, None, &[value.as_str()]);
+            query.count = Some(20);
+            // a value the store cannot take as this parameter simply matches nothing
+            let Ok(found) = self.store.search(&query).await else {
+                continue;
+            };
+            for p in found.matches {
+                if !out.iter().any(|o| o["id"] == p["id"]) {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// How the pages name the patient with id `id`: [`patient_label`] of the stored Patient,
@@ -1126,7 +1230,8 @@ pub async fn picker_submit(
         Ok(x) => x,
         Err(r) => return r,
     };
-    if p.get("decision") != Some("allow") {
+    let searching = p.get("decision") == Some("search");
+    if !searching && p.get("decision") != Some("allow") {
         let _ = s.records.state.remove(PENDING, &req).await;
         return pending_return(&pending).error("access_denied", "the user cancelled");
     }
@@ -1157,13 +1262,37 @@ pub async fn picker_submit(
             &[("req", &req)],
         ));
     }
-    let Some(patient) = p.get("patient") else {
-        return s.pages.error(
-            StatusCode::BAD_REQUEST,
-            "Choose a patient",
-            "No patient was chosen.",
-        );
+    let Some(user_id) = pending.user.clone() else {
+        return internal(&s, "picker without a user");
     };
+    let standing = match s.store.read("User", &user_id).await {
+        Ok(u) => match fhirgate_smart::standing::load(s.store.as_ref(), &u, &s.config.provider_roles)
+            .await
+        {
+            Ok(st) => st,
+            Err(e) => return internal(&s, e),
+        },
+        Err(_) => return pending_return(&pending).error("access_denied", "the user is gone"),
+    };
+    let Some(patient) = p.get("patient").filter(|_| !searching) else {
+        // a search (or a submit without a choice): the same page with what matches
+        let client = match s.load_client(&pending.client_id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return pending_return(&pending).error("unauthorized_client", "the client is gone"),
+            Err(r) => return r,
+        };
+        return s
+            .picker_with(&headers, &req, &client, &standing, Some(p.get("q").unwrap_or_default()))
+            .await;
+    };
+    // the chosen patient is checked against the User's standing, not only for existence
+    if !standing.may_reach(patient) {
+        return s.pages.error(
+            StatusCode::FORBIDDEN,
+            "Choose a patient",
+            "That patient is not one you may choose.",
+        );
+    }
     match s.store.read("Patient", patient).await {
         Ok(_) => {}
         Err(e) if e.is_client_error() => {

@@ -28,6 +28,14 @@ pub enum LaunchError {
     NoLaunchUri(String),
     #[error("iss {0} is not a FHIR base of this server")]
     UnknownIss(String),
+    #[error("no such Patient {0}")]
+    UnknownPatient(String),
+    #[error("User {user} may not be launched into patient {patient}: {why}")]
+    PatientNotReachable {
+        user: String,
+        patient: String,
+        why: &'static str,
+    },
     #[error("{0}")]
     Store(String),
 }
@@ -56,10 +64,39 @@ impl AuthServer {
         client: &str,
         context: LaunchContext,
     ) -> Result<Launch, LaunchError> {
-        match self.store.read("User", user).await {
-            Ok(_) => {}
+        let user_resource = match self.store.read("User", user).await {
+            Ok(u) => u,
             Err(e) if e.is_client_error() => return Err(LaunchError::UnknownUser(user.into())),
             Err(e) => return Err(LaunchError::Store(e.to_string())),
+        };
+        // the launch context must be one the User may reach (checked again at authorize)
+        if let Some(patient) = &context.patient {
+            match self.store.read("Patient", patient).await {
+                Ok(_) => {}
+                Err(e) if e.is_client_error() => {
+                    return Err(LaunchError::UnknownPatient(patient.clone()));
+                }
+                Err(e) => return Err(LaunchError::Store(e.to_string())),
+            }
+            let standing = fhirgate_smart::standing::load(
+                self.store.as_ref(),
+                &user_resource,
+                &self.config.provider_roles,
+            )
+            .await
+            .map_err(|e| LaunchError::Store(e.to_string()))?;
+            if !standing.may_reach(patient) {
+                return Err(LaunchError::PatientNotReachable {
+                    user: user.into(),
+                    patient: patient.clone(),
+                    why: match standing {
+                        fhirgate_smart::standing::Standing::Linked(_) => {
+                            "the patient is not one of the User's own"
+                        }
+                        _ => "the User has no provider access",
+                    },
+                });
+            }
         }
         let info = match self.store.read("Client", client).await {
             Ok(c) => ClientInfo::from_resource(c),

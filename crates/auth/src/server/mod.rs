@@ -57,6 +57,8 @@ pub struct AuthConfig {
     pub login_per_user_per_minute: u32,
     /// Login attempts allowed per client address per minute.
     pub login_per_address_per_minute: u32,
+    /// The Role names that give provider access (issue 12).
+    pub provider_roles: fhirgate_smart::standing::ProviderRoles,
 }
 
 impl AuthConfig {
@@ -66,6 +68,7 @@ impl AuthConfig {
             fhir_bases,
             login_per_user_per_minute: 10,
             login_per_address_per_minute: 60,
+            provider_roles: fhirgate_smart::standing::ProviderRoles::default(),
         }
     }
 }

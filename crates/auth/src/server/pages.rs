@@ -40,10 +40,12 @@ const PICKER: &str = r#"{% extends "layout" %}{% block title %}Choose a patient{
 <form method="post" action="{{ base }}/auth/picker">
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <input type="hidden" name="req" value="{{ req }}">
-<fieldset><legend>Patients</legend>
+{% if searchable %}<label>Find a patient (id, name, birth date or identifier) <input type="text" name="q" value="{{ q }}" autofocus></label>
+<button type="submit" name="decision" value="search">Search</button>{% endif %}
+{% if patients or searched or not searchable %}<fieldset><legend>Patients</legend>
 {% for p in patients %}<label><input type="radio" name="patient" value="{{ p.id }}"{% if loop.first %} checked{% endif %}> {{ p.label }}</label>
-{% else %}<p>There are no patients to choose from.</p>{% endfor %}
-</fieldset>
+{% else %}<p>{% if searched %}No patient matches.{% else %}There are no patients to choose from.{% endif %}</p>{% endfor %}
+</fieldset>{% endif %}
 <button type="submit" name="decision" value="allow">Continue</button>
 <button type="submit" name="decision" value="deny">Cancel</button>
 </form>{% endblock %}"#;
