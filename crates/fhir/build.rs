@@ -29,7 +29,13 @@ fn main() {
         table.insert(t, params);
     }
     // the members every SMART deployment relies on: a table without them is broken
-    for t in ["Observation", "Condition", "Encounter", "AllergyIntolerance", "Provenance"] {
+    for t in [
+        "Observation",
+        "Condition",
+        "Encounter",
+        "AllergyIntolerance",
+        "Provenance",
+    ] {
         assert!(table.contains_key(t), "{path}: {t} is missing");
     }
     assert!(table.len() > 60, "{path}: only {} types", table.len());

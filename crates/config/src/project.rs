@@ -527,7 +527,9 @@ impl Loader<'_> {
     /// of strings. Without one, the default provider role.
     fn provider_roles(&mut self) -> Vec<String> {
         use crate::builtin::{DEFAULT_PROVIDER_ROLES, PROVIDER_ROLES_TAG};
-        let mut found: Vec<(PathBuf, Pos, Result<Vec<String>, (Pos, String)>)> = Vec::new();
+        // (file, definition, the roles or where and why they are wrong)
+        type Found = (PathBuf, Pos, Result<Vec<String>, (Pos, String)>);
+        let mut found: Vec<Found> = Vec::new();
         for ns in self.namespaces.values() {
             for def in ns
                 .defs
@@ -571,7 +573,12 @@ impl Loader<'_> {
                 Ok(r) => result = Some(r),
             }
         }
-        result.unwrap_or_else(|| DEFAULT_PROVIDER_ROLES.iter().map(|s| s.to_string()).collect())
+        result.unwrap_or_else(|| {
+            DEFAULT_PROVIDER_ROLES
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        })
     }
 }
 

@@ -215,18 +215,24 @@ fn seed_files_are_relative_to_the_project_root() {
 }
 
 #[test]
-fn the_root_project_seeds_the_smart_api_policy() {
+fn the_root_project_seeds_role_aware_policies() {
     let core = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../core.edn");
     let p = fhirgate_config::load(&core, &TestCatalog).unwrap_or_else(|d| panic!("{d:#?}"));
-    assert_eq!(p.seeds.len(), 1, "{:#?}", p.seeds);
-    let policy = &p.seeds[0];
-    assert_eq!(policy["resourceType"], "AccessPolicy");
-    assert_eq!(policy["id"], "fhirgate-smart-api");
-    assert_eq!(policy["engine"], "matcho");
-    assert_eq!(policy["matcho"], json!({"jwt": {"scope": "present?"}}));
-    let desc = policy["description"].as_str().unwrap();
+    let ids: Vec<&str> = p.seeds.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["fhirgate-patient-access", "fhirgate-provider-access"]);
     assert!(
-        desc.contains("SMART API") && desc.contains("not opened by it"),
-        "{desc}"
+        p.seeds
+            .iter()
+            .all(|s| s["resourceType"] == "AccessPolicy" && s["engine"] == "matcho")
     );
+    // tokens with a patient in context; the provider role across patients; nothing that lets
+    // any valid token do anything (issue 12, decisions §11)
+    assert_eq!(
+        p.seeds[0]["matcho"],
+        json!({"jwt": {"patient": "present?"}})
+    );
+    assert_eq!(p.seeds[1]["roleName"], "practitioner");
+    assert_eq!(p.seeds[1]["matcho"], json!({"jwt": {"scope": "present?"}}));
+    assert!(p.seeds.iter().all(|s| s.get("link").is_none()));
+    assert_eq!(p.provider_roles, ["practitioner"]);
 }

@@ -75,7 +75,6 @@ struct Table {
     resources: BTreeMap<String, BTreeMap<String, SearchParam>>,
 }
 
-
 fn table() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();
     TABLE.get_or_init(|| {
@@ -85,7 +84,6 @@ fn table() -> &'static Table {
         })
     })
 }
-
 
 /// The search parameter `code` of `resource_type`, including those every resource has
 /// (`_id`, `_lastUpdated`, … from `Resource` and `DomainResource`).

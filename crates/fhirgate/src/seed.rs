@@ -186,8 +186,12 @@ pub async fn retire_blanket_policy(store: &dyn Store) -> Result<bool, String> {
         && stored.get("link").is_none()
         && stored.get("roleName").is_none()
         && stored.as_object().is_some_and(|o| {
-            o.keys()
-                .all(|k| matches!(k.as_str(), "resourceType" | "id" | "meta" | "engine" | "matcho" | "description"))
+            o.keys().all(|k| {
+                matches!(
+                    k.as_str(),
+                    "resourceType" | "id" | "meta" | "engine" | "matcho" | "description"
+                )
+            })
         });
     if !as_seeded {
         tracing::warn!(

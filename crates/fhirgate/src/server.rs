@@ -97,13 +97,10 @@ pub async fn prepare(
     let auth = AuthServer::start(store.clone(), auth_config)
         .await
         .map_err(|e| format!("cannot start the authorization server: {e}"))?;
-    let access = fhirgate_smart::access::AccessControl::load(
-        store.clone(),
-        options.dev,
-        provider_roles,
-    )
-    .await
-        .map_err(|e| format!("cannot load the AccessPolicies: {e}"))?;
+    let access =
+        fhirgate_smart::access::AccessControl::load(store.clone(), options.dev, provider_roles)
+            .await
+            .map_err(|e| format!("cannot load the AccessPolicies: {e}"))?;
     let no_policies = access.policy_count() == 0;
     tokio::spawn(access.clone().follow());
     let registry = registry_with(&fhirgate_smart::Setup {

@@ -53,8 +53,16 @@ fn world() -> Vec<Vec<Option<Value>>> {
         w.push(vec![Some(
             json!({"resourceType": "Patient", "id": p, "name": [{"family": format!("Family-{p}")}]}),
         )]);
-        w.push(vec![Some(obs(&format!("lab-{p}"), &format!("Patient/{p}"), LAB))]);
-        w.push(vec![Some(obs(&format!("vit-{p}"), &format!("Patient/{p}"), VITALS))]);
+        w.push(vec![Some(obs(
+            &format!("lab-{p}"),
+            &format!("Patient/{p}"),
+            LAB,
+        ))]);
+        w.push(vec![Some(obs(
+            &format!("vit-{p}"),
+            &format!("Patient/{p}"),
+            VITALS,
+        ))]);
         w.push(vec![Some(
             json!({"resourceType": "Condition", "id": format!("cond-{p}"), "subject": {"reference": format!("Patient/{p}")}}),
         )]);
@@ -174,11 +182,11 @@ fn in_compartment_type(t: &str) -> bool {
 fn unattached(r: &Value) -> bool {
     match r["resourceType"].as_str().unwrap() {
         "Observation" => r["subject"].is_null() && r["performer"].is_null(),
-        "Provenance" => !r["target"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|t| t["reference"].as_str().is_some_and(|s| s.starts_with("Patient/"))),
+        "Provenance" => !r["target"].as_array().into_iter().flatten().any(|t| {
+            t["reference"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("Patient/"))
+        }),
         _ => false,
     }
 }
@@ -201,23 +209,156 @@ struct OScope {
 }
 
 const POOL: &[(&str, OScope)] = &[
-    ("user/*.rs", OScope { context: "user", ty: None, read: true, search: true, category: None }),
-    ("user/*.read", OScope { context: "user", ty: None, read: true, search: true, category: None }),
-    ("patient/*.rs", OScope { context: "patient", ty: None, read: true, search: true, category: None }),
-    ("patient/*.read", OScope { context: "patient", ty: None, read: true, search: true, category: None }),
-    ("system/*.rs", OScope { context: "system", ty: None, read: true, search: true, category: None }),
-    ("system/Observation.read", OScope { context: "system", ty: Some("Observation"), read: true, search: true, category: None }),
-    ("user/Observation.rs", OScope { context: "user", ty: Some("Observation"), read: true, search: true, category: None }),
-    ("patient/Observation.r", OScope { context: "patient", ty: Some("Observation"), read: true, search: false, category: None }),
-    ("patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
-     OScope { context: "patient", ty: Some("Observation"), read: true, search: true, category: Some(LAB) }),
-    ("user/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs",
-     OScope { context: "user", ty: Some("Observation"), read: true, search: true, category: Some(VITALS) }),
-    ("patient/Patient.rs", OScope { context: "patient", ty: Some("Patient"), read: true, search: true, category: None }),
-    ("user/Condition.rs", OScope { context: "user", ty: Some("Condition"), read: true, search: true, category: None }),
-    ("patient/Provenance.rs", OScope { context: "patient", ty: Some("Provenance"), read: true, search: true, category: None }),
-    ("user/Organization.rs", OScope { context: "user", ty: Some("Organization"), read: true, search: true, category: None }),
-    ("patient/Practitioner.rs", OScope { context: "patient", ty: Some("Practitioner"), read: true, search: true, category: None }),
+    (
+        "user/*.rs",
+        OScope {
+            context: "user",
+            ty: None,
+            read: true,
+            search: true,
+            category: None,
+        },
+    ),
+    (
+        "user/*.read",
+        OScope {
+            context: "user",
+            ty: None,
+            read: true,
+            search: true,
+            category: None,
+        },
+    ),
+    (
+        "patient/*.rs",
+        OScope {
+            context: "patient",
+            ty: None,
+            read: true,
+            search: true,
+            category: None,
+        },
+    ),
+    (
+        "patient/*.read",
+        OScope {
+            context: "patient",
+            ty: None,
+            read: true,
+            search: true,
+            category: None,
+        },
+    ),
+    (
+        "system/*.rs",
+        OScope {
+            context: "system",
+            ty: None,
+            read: true,
+            search: true,
+            category: None,
+        },
+    ),
+    (
+        "system/Observation.read",
+        OScope {
+            context: "system",
+            ty: Some("Observation"),
+            read: true,
+            search: true,
+            category: None,
+        },
+    ),
+    (
+        "user/Observation.rs",
+        OScope {
+            context: "user",
+            ty: Some("Observation"),
+            read: true,
+            search: true,
+            category: None,
+        },
+    ),
+    (
+        "patient/Observation.r",
+        OScope {
+            context: "patient",
+            ty: Some("Observation"),
+            read: true,
+            search: false,
+            category: None,
+        },
+    ),
+    (
+        "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
+        OScope {
+            context: "patient",
+            ty: Some("Observation"),
+            read: true,
+            search: true,
+            category: Some(LAB),
+        },
+    ),
+    (
+        "user/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs",
+        OScope {
+            context: "user",
+            ty: Some("Observation"),
+            read: true,
+            search: true,
+            category: Some(VITALS),
+        },
+    ),
+    (
+        "patient/Patient.rs",
+        OScope {
+            context: "patient",
+            ty: Some("Patient"),
+            read: true,
+            search: true,
+            category: None,
+        },
+    ),
+    (
+        "user/Condition.rs",
+        OScope {
+            context: "user",
+            ty: Some("Condition"),
+            read: true,
+            search: true,
+            category: None,
+        },
+    ),
+    (
+        "patient/Provenance.rs",
+        OScope {
+            context: "patient",
+            ty: Some("Provenance"),
+            read: true,
+            search: true,
+            category: None,
+        },
+    ),
+    (
+        "user/Organization.rs",
+        OScope {
+            context: "user",
+            ty: Some("Organization"),
+            read: true,
+            search: true,
+            category: None,
+        },
+    ),
+    (
+        "patient/Practitioner.rs",
+        OScope {
+            context: "patient",
+            ty: Some("Practitioner"),
+            read: true,
+            search: true,
+            category: None,
+        },
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -312,11 +453,13 @@ fn sees_included(token: &Token, r: &Value) -> bool {
 
 // ---------------------------------------------------------------- the server
 
+/// (type, id) → versions, oldest first: (version id, content; `None` for a deletion).
+type Stored = BTreeMap<(String, String), Vec<(String, Option<Value>)>>;
+
 struct Fixture {
     url: String,
     verifier: Arc<TokenVerifier>,
-    /// (type, id) → versions, as stored (with their version ids).
-    stored: BTreeMap<(String, String), Vec<(String, Option<Value>)>>,
+    stored: Stored,
     http: reqwest::Client,
     /// Cases whose answer carried data (a resource, or a non-empty Bundle): the run must not
     /// pass by refusing everything.
@@ -324,7 +467,7 @@ struct Fixture {
 }
 
 async fn start(store: Arc<dyn fhirgate_store::Store>) -> Fixture {
-    let mut stored: BTreeMap<(String, String), Vec<(String, Option<Value>)>> = BTreeMap::new();
+    let mut stored = Stored::new();
     for versions in world() {
         let first = versions[0].as_ref().unwrap();
         let key = (
@@ -430,7 +573,13 @@ fn entries(bundle: &Value, mode: &str) -> Vec<Value> {
 
 fn ids(rs: &[&Value]) -> BTreeSet<String> {
     rs.iter()
-        .map(|r| format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap()))
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
@@ -470,7 +619,9 @@ async fn check_inner(f: &Fixture, token: &Token, req: &Req, data: &mut bool) -> 
                 eprintln!("read {t}/{id} {token:?} -> {status} {body}");
             }
             if expected != (status == 200) {
-                return Err(format!("read {t}/{id}: status {status}, oracle {expected}: {body}"));
+                return Err(format!(
+                    "read {t}/{id}: status {status}, oracle {expected}: {body}"
+                ));
             }
             if status == 200 && (body["id"] != json!(id) || body["resourceType"] != json!(t)) {
                 return Err(format!("read {t}/{id} answered {body}"));
@@ -498,7 +649,9 @@ async fn check_inner(f: &Fixture, token: &Token, req: &Req, data: &mut bool) -> 
                 return Err(format!("vread {t}/{id}/{vid} leaked: {body}"));
             }
             if expected && status != 200 {
-                return Err(format!("vread {t}/{id}/{vid}: status {status}, oracle allows"));
+                return Err(format!(
+                    "vread {t}/{id}/{vid}: status {status}, oracle allows"
+                ));
             }
             *data |= status == 200;
         }
@@ -524,7 +677,9 @@ async fn check_inner(f: &Fixture, token: &Token, req: &Req, data: &mut bool) -> 
                 // version is invisible
                 let current_visible = f.current(t, id).is_some_and(|c| sees(token, c, false));
                 if current_visible {
-                    return Err(format!("history {t}/{id}: status {status}, current version visible"));
+                    return Err(format!(
+                        "history {t}/{id}: status {status}, current version visible"
+                    ));
                 }
                 return Ok(());
             }
@@ -536,19 +691,28 @@ async fn check_inner(f: &Fixture, token: &Token, req: &Req, data: &mut bool) -> 
                         if !sees(token, r, false) {
                             return Err(format!("history {t}/{id} leaked a version: {r}"));
                         }
-                        got.insert(r["meta"]["versionId"].as_str().unwrap_or_default().to_string());
+                        got.insert(
+                            r["meta"]["versionId"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                        );
                     }
                     None => {
                         // a deletion marker: only for unconfined, unfiltered access
                         let g = grant(token, t, false);
                         if g.is_none_or(|g| g.confined_to.is_some() || !g.categories.is_empty()) {
-                            return Err(format!("history {t}/{id}: deletion shown to confined token"));
+                            return Err(format!(
+                                "history {t}/{id}: deletion shown to confined token"
+                            ));
                         }
                     }
                 }
             }
             if got != allowed {
-                return Err(format!("history {t}/{id}: versions {got:?}, oracle {allowed:?}"));
+                return Err(format!(
+                    "history {t}/{id}: versions {got:?}, oracle {allowed:?}"
+                ));
             }
             *data |= !got.is_empty();
         }
@@ -577,7 +741,9 @@ async fn check_inner(f: &Fixture, token: &Token, req: &Req, data: &mut bool) -> 
             let granted = grant(token, ty, true);
             if status != 200 {
                 if granted.is_some() && params.is_empty() {
-                    return Err(format!("search {ty}: status {status} though granted: {body}"));
+                    return Err(format!(
+                        "search {ty}: status {status} though granted: {body}"
+                    ));
                 }
                 if ![400, 403].contains(&status) {
                     return Err(format!("search {ty}: unexpected status {status}: {body}"));
@@ -623,7 +789,14 @@ async fn check_inner(f: &Fixture, token: &Token, req: &Req, data: &mut bool) -> 
 
 fn token() -> impl Strategy<Value = Token> {
     let subjects = prop::sample::select(vec![
-        "app", "u-patient", "u-role", "u-related", "u-doctor", "u-other", "u-both", "u-gone",
+        "app",
+        "u-patient",
+        "u-role",
+        "u-related",
+        "u-doctor",
+        "u-other",
+        "u-both",
+        "u-gone",
     ]);
     // broad scopes (the first five of the pool) are drawn as often as all the others together,
     // so that many cases reach data; every mix still occurs
@@ -685,12 +858,18 @@ fn cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-fn run(store: Arc<dyn fhirgate_store::Store>, cases: u32) {
+/// Open the store with `open` on the runtime the cases run on (a pool lives on its runtime),
+/// then run `cases` cases.
+fn run<F: std::future::Future<Output = Arc<dyn fhirgate_store::Store>>>(
+    open: impl FnOnce() -> F,
+    cases: u32,
+) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    let store = rt.block_on(open());
     let fixture = rt.block_on(start(store));
     let mut runner = TestRunner::new(Config {
         cases,
@@ -707,9 +886,7 @@ fn run(store: Arc<dyn fhirgate_store::Store>, cases: u32) {
     if let Err(e) = result {
         panic!("{e}");
     }
-    let with_data = fixture
-        .with_data
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let with_data = fixture.with_data.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("{cases} cases, {with_data} answered with data");
     assert!(
         with_data * 10 >= cases as usize,
@@ -719,10 +896,7 @@ fn run(store: Arc<dyn fhirgate_store::Store>, cases: u32) {
 
 #[test]
 fn no_token_reaches_outside_the_oracle_sqlite() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = rt.block_on(common::sqlite_store("access-model"));
-    drop(rt);
-    run(store, cases(2000));
+    run(|| common::sqlite_store("access-model"), cases(2000));
 }
 
 #[test]
@@ -737,8 +911,7 @@ fn no_token_reaches_outside_the_oracle_postgres() {
             return;
         }
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = rt.block_on(async {
+    let open = || async move {
         let schema = format!("access_{}", std::process::id());
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
         for sql in [
@@ -755,7 +928,6 @@ fn no_token_reaches_outside_the_oracle_postgres() {
         fhirgate_store::open(&format!("{url}{sep}options[search_path]={schema}"))
             .await
             .unwrap()
-    });
-    drop(rt);
-    run(store, cases(200));
+    };
+    run(open, cases(200));
 }

@@ -59,7 +59,7 @@ fn check_passes_on_every_shipped_and_aidbox_project() {
     let out = run(&["check"], &repo());
     assert!(out.status.success());
     assert!(
-        text(&out.stdout).starts_with("core.edn: ok, 82 routes"),
+        text(&out.stdout).starts_with("core.edn: ok, 83 routes"),
         "{}",
         text(&out.stdout)
     );
@@ -143,7 +143,7 @@ fn routes_prints_the_table() {
             "public"
         ]
     );
-    assert_eq!(table.lines().count(), 82);
+    assert_eq!(table.lines().count(), 83);
 
     let out = run(
         &[
@@ -340,7 +340,7 @@ fn without_a_core_edn_the_embedded_default_is_used() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("using the embedded default project"));
     assert!(
-        text(&out.stdout).starts_with("core.edn: ok, 82 routes"),
+        text(&out.stdout).starts_with("core.edn: ok, 83 routes"),
         "{}",
         text(&out.stdout)
     );

@@ -90,8 +90,12 @@ fn seed(asym: &ClientKey, bs_rs: &ClientKey, bs_es: &ClientKey) -> Value {
         ac
     };
     json!([
-        {"resourceType": "AccessPolicy", "id": "fhirgate-smart-api", "engine": "matcho",
-         "matcho": {"jwt": {"scope": "present?"}}},
+        // the root project seeds the patient and provider policies; the suite's backend
+        // services clients get one naming them (a deployment keeps it too: it opens nothing
+        // to anyone else)
+        {"resourceType": "AccessPolicy", "id": "conformance-backend-services", "engine": "matcho",
+         "link": [{"id": "inferno-bs-rs", "resourceType": "Client"}, {"id": "inferno-bs-es", "resourceType": "Client"}],
+         "matcho": {"jwt": {"scope": "#system/"}}},
         {"resourceType": "Patient", "id": "pt-1", "name": [{"family": "Shaw", "given": ["Amy"]}]},
         {"resourceType": "Patient", "id": "pt-2", "name": [{"family": "Other", "given": ["Bob"]}]},
         {"resourceType": "Practitioner", "id": "pr-1", "name": [{"family": "Who"}]},
@@ -114,6 +118,9 @@ fn seed(asym: &ClientKey, bs_rs: &ClientKey, bs_es: &ClientKey) -> Value {
          "fhirUser": {"reference": "Patient/pt-1"}},
         {"resourceType": "User", "id": "drwho", "password": "doc-pass",
          "fhirUser": {"reference": "Practitioner/pr-1"}},
+        // provider access: a Role whose name is a provider role (issue 12)
+        {"resourceType": "Role", "id": "drwho-practitioner", "name": "practitioner",
+         "user": {"id": "drwho", "resourceType": "User"}},
         // confidential symmetric (PKCE required, the default)
         {"resourceType": "Client", "id": "inferno-conf", "secret": "conf-secret",
          "grant_types": ["authorization_code", "refresh_token"],
@@ -133,9 +140,9 @@ fn seed(asym: &ClientKey, bs_rs: &ClientKey, bs_es: &ClientKey) -> Value {
          "auth": {"authorization_code": code_flow(json!({}))}},
         // backend services, RS384 and ES384
         {"resourceType": "Client", "id": "inferno-bs-rs", "jwks": {"keys": [bs_rs.jwk()]},
-         "grant_types": ["client_credentials"]},
+         "grant_types": ["client_credentials"], "scope": "system/*.rs"},
         {"resourceType": "Client", "id": "inferno-bs-es", "jwks": {"keys": [bs_es.jwk()]},
-         "grant_types": ["client_credentials"]},
+         "grant_types": ["client_credentials"], "scope": "system/*.rs"},
     ])
 }
 
@@ -156,9 +163,15 @@ async fn start() -> Kit {
     };
     let mut seed = seed(&kit.asym, &kit.bs_rs, &kit.bs_es);
     if external_target().is_some() {
-        // a deployment keeps its own AccessPolicies (the root core.edn seeds this one)
+        // a deployment keeps its own AccessPolicies (the root core.edn seeds the patient and
+        // provider ones); the suite adds only the one naming its own backend clients
         if let Some(all) = seed.as_array_mut() {
-            all.retain(|r| r["resourceType"] != "AccessPolicy");
+            all.retain(|r| {
+                r["resourceType"] != "AccessPolicy"
+                    || r["id"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with("conformance-"))
+            });
         }
     }
     kit.s.put(&seed).await;

@@ -24,9 +24,10 @@ impl std::ops::Deref for Server {
 
 pub fn seed(es384: &ClientKey) -> Value {
     json!([
-        // what the root project seeds: any valid SMART token may reach the SMART API
-        {"resourceType": "AccessPolicy", "id": "fhirgate-smart-api", "engine": "matcho",
-         "matcho": {"jwt": {"scope": "present?"}}},
+        // the root project seeds the patient and provider policies; backend services need a
+        // policy naming the client (docs/security.md)
+        {"resourceType": "AccessPolicy", "id": "test-backend-services", "engine": "matcho",
+         "link": [{"id": "jwt-app", "resourceType": "Client"}], "matcho": {"jwt": {"scope": "#system/"}}},
         {"resourceType": "Patient", "id": "pt-1", "name": [{"family": "Shaw", "given": ["Amy"]}], "birthDate": "1987-02-20"},
         {"resourceType": "Patient", "id": "pt-2", "name": [{"family": "Other", "given": ["Bob"]}]},
         {"resourceType": "Practitioner", "id": "pr-1", "name": [{"family": "Who"}]},
@@ -43,6 +44,8 @@ pub fn seed(es384: &ClientKey) -> Value {
         {"resourceType": "User", "id": "amy", "password": "amy-pass", "email": "amy@example.com",
          "name": {"formatted": "Amy Shaw"}, "fhirUser": {"reference": "Patient/pt-1"}},
         {"resourceType": "User", "id": "drwho", "password": "doc-pass", "fhirUser": {"id": "pr-1", "resourceType": "Practitioner"}},
+        // provider access comes from a provider Role (issue 12), never from a policy
+        {"resourceType": "Role", "id": "drwho-practitioner", "name": "practitioner", "user": {"id": "drwho", "resourceType": "User"}},
         {"resourceType": "Client", "id": "public-app", "grant_types": ["authorization_code"],
          "auth": {"authorization_code": {"redirect_uri": REDIRECT, "secret_required": false}},
          "smart": {"launch_uri": "http://app.test/launch", "name": "Public App"}},
@@ -1012,11 +1015,31 @@ async fn patient_picker_for_a_practitioner_and_grants_page_revocation() {
     );
     let page = b.open(&url).await;
     let picker = b.login_follow(&page, "drwho", "doc-pass").await;
-    let radios = picker.inputs("patient");
-    assert!(radios.iter().any(|(v, _)| v == "pt-2"), "{}", picker.body);
+    // contract §4: a search form; no patient is listed before a search
+    assert!(picker.inputs("patient").is_empty(), "{}", picker.body);
+    assert!(picker.body.contains("name=\"q\""), "{}", picker.body);
     let action = picker.form_action().unwrap();
     let csrf = picker.input("csrf").unwrap();
     let req = picker.input("req").unwrap();
+    let found = b
+        .post(
+            &action,
+            &[
+                ("csrf", &csrf),
+                ("req", &req),
+                ("q", "Other"),
+                ("decision", "search"),
+            ],
+        )
+        .await;
+    assert_eq!(found.status, 200, "{}", found.body);
+    let radios = found.inputs("patient");
+    assert_eq!(
+        radios.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>(),
+        ["pt-2"],
+        "the name search finds Bob Other only: {}",
+        found.body
+    );
     let after = b
         .post(
             &action,
@@ -1136,7 +1159,7 @@ async fn no_access_policy_means_403_even_with_good_scopes() {
     assert_eq!(s.fhir_get("Patient/pt-1", access).await.0, 200);
     let r = s
         .http
-        .delete(format!("{}/AccessPolicy/fhirgate-smart-api", s.base))
+        .delete(format!("{}/AccessPolicy/fhirgate-patient-access", s.base))
         .basic_auth("root", Some(ROOT_SECRET))
         .send()
         .await
@@ -1171,15 +1194,8 @@ async fn aidbox_sample_project_users_and_policies_unmodified() {
             .unwrap();
         assert_eq!(r.status(), 200, "{file}: {}", r.text().await.unwrap());
     }
-    // our test seed put a permissive policy in; this scenario is Aidbox's policies alone
-    let r = s
-        .http
-        .delete(format!("{}/AccessPolicy/fhirgate-smart-api", s.base))
-        .basic_auth("root", Some(ROOT_SECRET))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    // this scenario is Aidbox's policies alone: Aidbox's project seeds none of fhirgate's, and
+    // our test seed's one policy names only the backend-services client
     let t = launch(
         &s,
         "public-app",
@@ -1294,7 +1310,7 @@ async fn x_debug_policy_explains_denials_in_dev_mode_only() {
         let access = t["access_token"].as_str().unwrap();
         let r = s
             .http
-            .delete(format!("{}/AccessPolicy/fhirgate-smart-api", s.base))
+            .delete(format!("{}/AccessPolicy/fhirgate-patient-access", s.base))
             .basic_auth("root", Some(ROOT_SECRET))
             .send()
             .await

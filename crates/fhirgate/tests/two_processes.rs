@@ -99,8 +99,6 @@ async fn two_processes_share_codes_tokens_and_revocations() {
     let _b = spawn(pb, &base, &db);
     let http = reqwest::Client::new();
     let seed = json!([
-        {"resourceType": "AccessPolicy", "id": "fhirgate-smart-api", "engine": "matcho",
-         "matcho": {"jwt": {"scope": "present?"}}},
         {"resourceType": "Patient", "id": "pt-1", "name": [{"family": "Shaw"}]},
         {"resourceType": "User", "id": "amy", "password": "amy-pass", "fhirUser": {"reference": "Patient/pt-1"}},
         {"resourceType": "Client", "id": "conf-app", "secret": "conf-secret", "grant_types": ["authorization_code"],

@@ -19,8 +19,8 @@ use http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::enforce::Principal;
-use crate::standing::{ProviderRoles, Standing, Standings};
 use crate::policy::{AccessPolicy, PolicySet, Request as PolicyRequest};
+use crate::standing::{ProviderRoles, Standing, Standings};
 
 /// The event published when policies, users, roles or clients change.
 pub const POLICIES_CHANGED: &str = "policies";

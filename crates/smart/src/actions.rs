@@ -315,7 +315,10 @@ async fn instance(
 /// list: no filter).
 fn confinement(
     auth: &Authorized,
-) -> (fhirgate_store::Confinement, Vec<Vec<fhirgate_store::Filter>>) {
+) -> (
+    fhirgate_store::Confinement,
+    Vec<Vec<fhirgate_store::Filter>>,
+) {
     let confinement = match &auth.compartment {
         Some(p) => fhirgate_store::Confinement::patient(p.as_str()),
         None => fhirgate_store::Confinement::unconfined(),
@@ -464,7 +467,8 @@ async fn history(
             o
         })
         .collect();
-    let page = |o: usize| format!("{base}/{resource_type}/{id}/_history?_count={count}&_offset={o}");
+    let page =
+        |o: usize| format!("{base}/{resource_type}/{id}/_history?_count={count}&_offset={o}");
     let mut link = vec![json!({"relation": "self", "url": page(offset)})];
     if offset.saturating_add(count) < total {
         link.push(json!({"relation": "next", "url": page(offset + count)}));
@@ -490,7 +494,10 @@ async fn search_params(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+            .is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
         let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| {
             outcome::response(
                 StatusCode::PAYLOAD_TOO_LARGE,

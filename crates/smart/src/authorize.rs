@@ -13,9 +13,9 @@ use fhirgate_router::{Request, Response, RouteMatch, outcome};
 use http::StatusCode;
 
 use crate::enforce::{self, Mode, Principal, Target};
-use crate::standing::{Standing, Standings};
 use crate::middleware::{AuthorizeRequest, bearer, unauthorized};
 use crate::scopes::{Context, Filter};
+use crate::standing::{Standing, Standings};
 
 /// Why a bearer token was not accepted (all are `invalid_token` to the client).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

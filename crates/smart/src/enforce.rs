@@ -163,9 +163,7 @@ pub fn interaction_for(action: &str) -> Option<Interaction> {
         "smart.fhir/read"
         | "smart.fhir/read-public"
         | "smart.fhir/vread"
-        | "smart.fhir/history" => {
-            Some(Interaction::Read)
-        }
+        | "smart.fhir/history" => Some(Interaction::Read),
         "smart.fhir/search" | "smart.fhir/search-public" | "smart.fhir/search-patient" => {
             Some(Interaction::Search)
         }
@@ -469,23 +467,49 @@ mod tests {
     #[test]
     fn standing_linked_users_stay_in_their_links_whatever_the_scopes() {
         let rosa = Standing::Linked(vec!["pt-1".into()]);
-        for scopes in ["user/*.rs", "user/*.read", "patient/*.rs", "user/*.cruds patient/*.*"] {
+        for scopes in [
+            "user/*.rs",
+            "user/*.read",
+            "patient/*.rs",
+            "user/*.cruds patient/*.*",
+        ] {
             let own = p(scopes, Some("pt-1"));
-            assert_eq!(by(&rosa, &own, "Condition", Interaction::Search), Ok(Some("pt-1".into())), "{scopes}");
+            assert_eq!(
+                by(&rosa, &own, "Condition", Interaction::Search),
+                Ok(Some("pt-1".into())),
+                "{scopes}"
+            );
             // a patient in context that is not (or no longer) one of the links: nothing
             let other = p(scopes, Some("pt-2"));
-            assert!(by(&rosa, &other, "Condition", Interaction::Search).is_err(), "{scopes}");
-            assert!(by(&rosa, &other, "Patient", Interaction::Read).is_err(), "{scopes}");
+            assert!(
+                by(&rosa, &other, "Condition", Interaction::Search).is_err(),
+                "{scopes}"
+            );
+            assert!(
+                by(&rosa, &other, "Patient", Interaction::Read).is_err(),
+                "{scopes}"
+            );
             // no patient in context: nothing of the compartment, never everything
             let none = p(scopes, None);
-            assert!(by(&rosa, &none, "Observation", Interaction::Read).is_err(), "{scopes}");
+            assert!(
+                by(&rosa, &none, "Observation", Interaction::Read).is_err(),
+                "{scopes}"
+            );
         }
         // non-compartment types follow scopes
         let pr = p("user/Practitioner.rs", None);
         assert_eq!(by(&rosa, &pr, "Practitioner", Interaction::Read), Ok(None));
         // a link that resolves to nothing reaches nothing
         let nobody = Standing::Linked(vec![]);
-        assert!(by(&nobody, &p("user/*.rs", Some("pt-1")), "Patient", Interaction::Read).is_err());
+        assert!(
+            by(
+                &nobody,
+                &p("user/*.rs", Some("pt-1")),
+                "Patient",
+                Interaction::Read
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -502,23 +526,43 @@ mod tests {
             assert!(by(&standing, &launched, "Patient", Interaction::Search).is_err());
         }
         let svc = service("system/*.rs user/*.rs patient/*.rs");
-        assert_eq!(by(&Standing::Service, &svc, "Patient", Interaction::Read), Ok(None));
+        assert_eq!(
+            by(&Standing::Service, &svc, "Patient", Interaction::Read),
+            Ok(None)
+        );
         // a service token's user/ and patient/ scopes grant nothing
         let svc = service("user/*.rs patient/*.rs");
         assert!(by(&Standing::Service, &svc, "Organization", Interaction::Read).is_err());
         // a User's token is never taken for a service's, whatever the standing says
-        assert!(by(&Standing::Service, &p("system/*.rs", None), "Patient", Interaction::Read).is_err());
+        assert!(
+            by(
+                &Standing::Service,
+                &p("system/*.rs", None),
+                "Patient",
+                Interaction::Read
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn standing_providers_and_others() {
         let free = p("user/*.rs", None);
-        assert_eq!(by(&Standing::Provider, &free, "Condition", Interaction::Search), Ok(None));
+        assert_eq!(
+            by(&Standing::Provider, &free, "Condition", Interaction::Search),
+            Ok(None)
+        );
         assert!(by(&Standing::Other, &free, "Condition", Interaction::Search).is_err());
-        assert_eq!(by(&Standing::Other, &free, "Organization", Interaction::Search), Ok(None));
+        assert_eq!(
+            by(&Standing::Other, &free, "Organization", Interaction::Search),
+            Ok(None)
+        );
         let launched = p("user/*.rs", Some("pt-3"));
         for st in [Standing::Provider, Standing::Other] {
-            assert_eq!(by(&st, &launched, "Condition", Interaction::Search), Ok(Some("pt-3".into())));
+            assert_eq!(
+                by(&st, &launched, "Condition", Interaction::Search),
+                Ok(Some("pt-3".into()))
+            );
         }
     }
 
@@ -528,7 +572,8 @@ mod tests {
         pr.fhir_user = Some("http://h/smart/Practitioner/pr-1".into());
         let t = Target::new("Practitioner", Interaction::Read).instance("pr-1", "http://h/smart");
         assert!(super::decide(Mode::Authorization, &pr, &Standing::Other, &t).is_ok());
-        let other = Target::new("Practitioner", Interaction::Read).instance("pr-2", "http://h/smart");
+        let other =
+            Target::new("Practitioner", Interaction::Read).instance("pr-2", "http://h/smart");
         assert!(super::decide(Mode::Authorization, &pr, &Standing::Other, &other).is_err());
         pr.scopes = ScopeSet::parse("openid patient/Observation.rs");
         assert!(super::decide(Mode::Authorization, &pr, &Standing::Other, &t).is_err());

@@ -167,7 +167,10 @@ pub fn standing_of(
 ) -> Standing {
     let mut links: Vec<String> = Vec::new();
     let mut linked = false;
-    match fhir_user_reference(user).as_deref().and_then(|r| r.split_once('/')) {
+    match fhir_user_reference(user)
+        .as_deref()
+        .and_then(|r| r.split_once('/'))
+    {
         Some(("Patient", id)) => {
             linked = true;
             links.push(id.to_string());
@@ -238,7 +241,12 @@ pub async fn load(
         Some(rp) => related_patient(store, rp).await?,
         None => None,
     };
-    Ok(standing_of(user, &roles, related.as_deref(), provider_roles))
+    Ok(standing_of(
+        user,
+        &roles,
+        related.as_deref(),
+        provider_roles,
+    ))
 }
 
 #[cfg(test)]
@@ -253,22 +261,40 @@ mod tests {
     #[test]
     fn links_come_from_fhir_user_related_person_and_roles() {
         assert_eq!(
-            s(json!({"fhirUser": {"resourceType": "Patient", "id": "a"}}), &[], None),
+            s(
+                json!({"fhirUser": {"resourceType": "Patient", "id": "a"}}),
+                &[],
+                None
+            ),
             Standing::Linked(vec!["a".into()])
         );
         assert_eq!(
-            s(json!({"fhirUser": {"reference": "RelatedPerson/rp"}}), &[], Some("b")),
+            s(
+                json!({"fhirUser": {"reference": "RelatedPerson/rp"}}),
+                &[],
+                Some("b")
+            ),
             Standing::Linked(vec!["b".into()])
         );
         // an unresolvable RelatedPerson links to nothing, never to everyone
         assert_eq!(
-            s(json!({"fhirUser": {"reference": "RelatedPerson/rp"}}), &[], None),
+            s(
+                json!({"fhirUser": {"reference": "RelatedPerson/rp"}}),
+                &[],
+                None
+            ),
             Standing::Linked(vec![])
         );
         let role = json!({"name": "patient", "links": {"patient": {"id": "c", "resourceType": "Patient"}}});
-        assert_eq!(s(json!({}), &[role], None), Standing::Linked(vec!["c".into()]));
+        assert_eq!(
+            s(json!({}), &[role], None),
+            Standing::Linked(vec!["c".into()])
+        );
         let role = json!({"name": "patient", "links": {"patient": {"reference": "Patient/d"}}});
-        assert_eq!(s(json!({}), &[role], None), Standing::Linked(vec!["d".into()]));
+        assert_eq!(
+            s(json!({}), &[role], None),
+            Standing::Linked(vec!["d".into()])
+        );
         // a broken link is still a link: confined to nothing
         let role = json!({"name": "patient", "links": {"patient": {"reference": "Group/g"}}});
         assert_eq!(s(json!({}), &[role], None), Standing::Linked(vec![]));
@@ -280,10 +306,17 @@ mod tests {
             json!({"name": "practitioner"}),
             json!({"name": "patient", "links": {"patient": {"id": "a"}}}),
         ];
-        assert_eq!(s(json!({}), &roles, None), Standing::Linked(vec!["a".into()]));
+        assert_eq!(
+            s(json!({}), &roles, None),
+            Standing::Linked(vec!["a".into()])
+        );
         let practitioner_role = [json!({"name": "practitioner"})];
         assert_eq!(
-            s(json!({"fhirUser": {"reference": "Patient/a"}}), &practitioner_role, None),
+            s(
+                json!({"fhirUser": {"reference": "Patient/a"}}),
+                &practitioner_role,
+                None
+            ),
             Standing::Linked(vec!["a".into()])
         );
     }
@@ -292,8 +325,14 @@ mod tests {
     fn provider_access_comes_only_from_a_provider_role() {
         let pr = json!({"fhirUser": {"reference": "Practitioner/p"}});
         assert_eq!(s(pr.clone(), &[], None), Standing::Other);
-        assert_eq!(s(pr.clone(), &[json!({"name": "nurse"})], None), Standing::Other);
-        assert_eq!(s(pr.clone(), &[json!({"name": "practitioner"})], None), Standing::Provider);
+        assert_eq!(
+            s(pr.clone(), &[json!({"name": "nurse"})], None),
+            Standing::Other
+        );
+        assert_eq!(
+            s(pr.clone(), &[json!({"name": "practitioner"})], None),
+            Standing::Provider
+        );
         let nurses = ProviderRoles::new(["nurse"]);
         assert_eq!(
             standing_of(&pr, &[json!({"name": "nurse"})], None, &nurses),

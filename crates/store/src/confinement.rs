@@ -71,7 +71,9 @@ impl Confinement {
         {
             return false;
         }
-        filters.iter().all(|f| filter_holds(resource_type, resource, &rows, f))
+        filters
+            .iter()
+            .all(|f| filter_holds(resource_type, resource, &rows, f))
     }
 }
 
@@ -113,7 +115,12 @@ fn in_compartment(
     })
 }
 
-fn filter_holds(resource_type: &str, resource: &Value, rows: &index::IndexRows, f: &Filter) -> bool {
+fn filter_holds(
+    resource_type: &str,
+    resource: &Value,
+    rows: &index::IndexRows,
+    f: &Filter,
+) -> bool {
     if f.modifier.is_some() || f.values.is_empty() {
         return false;
     }

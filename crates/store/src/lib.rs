@@ -33,13 +33,15 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-pub use confinement::Confinement;
 pub use auth_state::{AuthRecord, AuthState, Consumed, RevocationReceiver};
 pub use backend::{PostgresStore, SqliteStore};
+pub use confinement::Confinement;
 pub use error::{Result, StoreError};
 pub use index::{UnsupportedParam, unsupported_params};
 pub use refs::enrich_references;
-pub use search::{DEFAULT_COUNT, Filter, MAX_COUNT, Include, SearchQuery, SearchResult, SortKey, TotalMode};
+pub use search::{
+    DEFAULT_COUNT, Filter, Include, MAX_COUNT, SearchQuery, SearchResult, SortKey, TotalMode,
+};
 pub use write::{PreparedBatch, Stored, check_upsert, prepare_upserts};
 
 /// Which database a store runs on.

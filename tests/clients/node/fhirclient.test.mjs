@@ -20,8 +20,9 @@ let fg, app, browser, privateJwk;
 
 function seed(origin, publicJwk) {
   return [
-    { resourceType: 'AccessPolicy', id: 'fhirgate-smart-api', engine: 'matcho',
-      matcho: { jwt: { scope: 'present?' } } },
+    // the root project seeds the patient and provider policies; backend services need one
+    { resourceType: 'AccessPolicy', id: 'test-backend-services', engine: 'matcho',
+      matcho: { jwt: { scope: '#system/' } } },
     { resourceType: 'Patient', id: 'pt-1', name: [{ family: 'Shaw', given: ['Amy'] }], birthDate: '1987-02-20' },
     { resourceType: 'Patient', id: 'pt-2', name: [{ family: 'Other', given: ['Bob'] }] },
     { resourceType: 'Practitioner', id: 'pr-1', name: [{ family: 'Who', prefix: ['Dr.'] }] },
@@ -34,6 +35,8 @@ function seed(origin, publicJwk) {
       subject: { reference: 'Patient/pt-2' } },
     { resourceType: 'User', id: 'amy', password: 'amy-pass', fhirUser: { reference: 'Patient/pt-1' } },
     { resourceType: 'User', id: 'drwho', password: 'doc-pass', fhirUser: { reference: 'Practitioner/pr-1' } },
+    // provider access (user/ across patients, the picker, EHR launches) comes from a provider Role
+    { resourceType: 'Role', id: 'drwho-practitioner', name: 'practitioner', user: { id: 'drwho', resourceType: 'User' } },
     // a public app: PKCE, no secret, refresh tokens
     { resourceType: 'Client', id: 'fhirclient-js', grant_types: ['authorization_code', 'refresh_token'],
       smart: { name: 'fhirclient.js public app', launch_uri: `${origin}/launch` },

@@ -25,14 +25,17 @@ before(async () => {
   fg = await startFhirgate();
   app = await startFhirclientApp();
   await fg.seed([
-    { resourceType: 'AccessPolicy', id: 'fhirgate-smart-api', engine: 'matcho',
-      matcho: { jwt: { scope: 'present?' } } },
+    // the root project seeds the patient and provider policies; backend services need one
+    { resourceType: 'AccessPolicy', id: 'test-backend-services', engine: 'matcho',
+      matcho: { jwt: { scope: '#system/' } } },
     { resourceType: 'Patient', id: 'pt-1', name: [{ family: 'Shaw', given: ['Amy'] }], birthDate: '1987-02-20' },
-    { resourceType: 'Patient', id: 'pt-2', name: [{ family: 'Other', given: ['Bob'] }], birthDate: '1950-06-01' },
+    { resourceType: 'Patient', id: 'pt-2', name: [{ family: 'Shawcross', given: ['Bob'] }], birthDate: '1950-06-01' },
     { resourceType: 'Observation', id: 'obs-2', status: 'final', code: { text: 'glucose' },
       subject: { reference: 'Patient/pt-2' } },
     { resourceType: 'Practitioner', id: 'pr-1', name: [{ family: 'Who', prefix: ['Dr.'] }] },
     { resourceType: 'User', id: 'drwho', password: 'doc-pass', fhirUser: { reference: 'Practitioner/pr-1' } },
+    // provider access (user/ across patients, the picker, EHR launches) comes from a provider Role
+    { resourceType: 'Role', id: 'drwho-practitioner', name: 'practitioner', user: { id: 'drwho', resourceType: 'User' } },
     { resourceType: 'Client', id: 'fhirclient-js', grant_types: ['authorization_code'],
       smart: { name: 'Pages test app' },
       auth: { authorization_code: { redirect_uri: `${app.origin}/redirect`, secret_required: false } } },
@@ -125,9 +128,16 @@ test('Chromium, keyboard only: login, patient picker and consent pages are label
     await page.keyboard.type('doc-pass');
     await Promise.all([page.waitForNavigation(), page.keyboard.press('Enter')]);
 
-    // the patient picker: a practitioner with launch/patient chooses a patient
+    // the patient picker: a practitioner with launch/patient searches (contract §4: nothing is
+    // listed before a search), then chooses a patient
     assert.equal(await page.title(), 'Choose a patient');
     assert.deepEqual(await accessibilityProblems(page), [], 'picker page');
+    assert.equal(await page.locator('input[name="patient"]').count(), 0, 'no patient before a search');
+    assert.deepEqual(await focused(page), { tag: 'input', name: 'q', value: '', type: 'text' }, 'the search has the focus');
+    await page.keyboard.type('Shaw');
+    await Promise.all([page.waitForNavigation(), page.keyboard.press('Enter')]);
+    assert.equal(await page.title(), 'Choose a patient');
+    assert.deepEqual(await accessibilityProblems(page), [], 'picker page with results');
     await snapshot(page, 'picker');
     const options = await page.locator('input[name="patient"]').evaluateAll((els) => els.map((e) => e.value));
     assert.deepEqual([...options].sort(), ['pt-1', 'pt-2']);

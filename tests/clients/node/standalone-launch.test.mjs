@@ -21,8 +21,9 @@ function seed(redirect, jwk) {
   return [
     // the policy the root project seeds (decisions §11): any valid SMART token may reach the
     // SMART API; upserted here too so that these tests do not depend on that seeding
-    { resourceType: 'AccessPolicy', id: 'fhirgate-smart-api', engine: 'matcho',
-      matcho: { jwt: { scope: 'present?' } } },
+    // the root project seeds the patient and provider policies; backend services need one
+    { resourceType: 'AccessPolicy', id: 'test-backend-services', engine: 'matcho',
+      matcho: { jwt: { scope: '#system/' } } },
     { resourceType: 'Patient', id: 'pt-1', name: [{ family: 'Shaw', given: ['Amy'] }] },
     { resourceType: 'Patient', id: 'pt-2', name: [{ family: 'Other', given: ['Bob'] }] },
     { resourceType: 'Observation', id: 'obs-1', status: 'final', code: { text: 'glucose' },

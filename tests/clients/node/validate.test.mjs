@@ -20,8 +20,9 @@ before(async () => {
   fg = await startFhirgate();
   const lab = { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/observation-category', code: 'laboratory' }] };
   await fg.seed([
-    { resourceType: 'AccessPolicy', id: 'fhirgate-smart-api', engine: 'matcho',
-      matcho: { jwt: { scope: 'present?' } } },
+    // the root project seeds the patient and provider policies; backend services need one
+    { resourceType: 'AccessPolicy', id: 'test-backend-services', engine: 'matcho',
+      matcho: { jwt: { scope: '#system/' } } },
     { resourceType: 'Patient', id: 'pt-1', active: true, gender: 'female', birthDate: '1987-02-20',
       name: [{ use: 'official', family: 'Shaw', given: ['Amy'] }],
       identifier: [{ system: 'http://hospital.example/mrn', value: 'MRN-1' }],
@@ -31,7 +32,7 @@ before(async () => {
       code: { coding: [{ system: 'http://loinc.org', code: '2339-0', display: 'Glucose' }] },
       subject: { reference: 'Patient/pt-1' }, effectiveDateTime: '2024-01-02T10:00:00Z',
       valueQuantity: { value: 95, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' } },
-    { resourceType: 'Client', id: 'validator', secret: 'validator-secret', grant_types: ['client_credentials'] },
+    { resourceType: 'Client', id: 'validator', secret: 'validator-secret', grant_types: ['client_credentials'], scope: 'system/*.rs' },
   ]);
   const r = await fetch(`${fg.base}/auth/token`, {
     method: 'POST',

@@ -10,10 +10,10 @@ def seed() -> list[dict]:
     lab = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                        "code": "laboratory"}]}
     return [
-        # the policy the root project seeds (decisions §11): any valid SMART token may reach the
-        # SMART API; upserted here too so that these tests do not depend on that seeding
-        {"resourceType": "AccessPolicy", "id": "fhirgate-smart-api", "engine": "matcho",
-         "matcho": {"jwt": {"scope": "present?"}}},
+        # the root project seeds the patient and provider policies (decisions §11); backend
+        # services need one of their own
+        {"resourceType": "AccessPolicy", "id": "test-backend-services", "engine": "matcho",
+         "matcho": {"jwt": {"scope": "#system/"}}},
         {"resourceType": "Patient", "id": "pt-1", "name": [{"family": "Shaw", "given": ["Amy"]}],
          "gender": "female", "birthDate": "1987-02-20"},
         {"resourceType": "Patient", "id": "pt-2", "name": [{"family": "Other", "given": ["Bob"]}]},

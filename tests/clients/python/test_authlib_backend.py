@@ -47,6 +47,7 @@ def test_authlib_backend_services(fhirgate, alg):
     client_id = f"authlib-backend-{alg.lower()}"
     key = generate(alg, f"{client_id}-k1")
     fhirgate.seed([{"resourceType": "Client", "id": client_id, "grant_types": ["client_credentials"],
+                    "scope": "system/*.rs",
                     "jwks": {"keys": [key.as_dict(private=False)]}}])
 
     smart = requests.get(f"{fhirgate.fhir}/.well-known/smart-configuration", timeout=10).json()

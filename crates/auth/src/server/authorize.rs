@@ -10,8 +10,8 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequestParts, RawQuery, State};
 use axum::response::Response;
-use fhirgate_smart::standing::Standing;
 use fhirgate_smart::scopes::{Scope, ScopeSet, intersect};
+use fhirgate_smart::standing::Standing;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use minijinja::context;
@@ -498,13 +498,16 @@ impl AuthServer {
         }
         // the User's standing bounds every patient in context (issue 12): a launch, a picker
         // choice or a remembered grant naming a patient the User may not reach is refused
-        let standing =
-            match fhirgate_smart::standing::load(self.store.as_ref(), &user, &self.config.provider_roles)
-                .await
-            {
-                Ok(st) => st,
-                Err(e) => return internal(self, e),
-            };
+        let standing = match fhirgate_smart::standing::load(
+            self.store.as_ref(),
+            &user,
+            &self.config.provider_roles,
+        )
+        .await
+        {
+            Ok(st) => st,
+            Err(e) => return internal(self, e),
+        };
         if let Some(p) = &pending.context.patient
             && !standing.may_reach(p)
         {
@@ -783,7 +786,10 @@ impl AuthServer {
     /// Patients matching a picker search: the id exactly, a name, a birth date or an
     /// identifier (at most 20 of each).
     async fn search_patients(&self, q: &str) -> Result<Vec<Value>, fhirgate_store::StoreError> {
-        let escaped = q.replace('\\', "\\\\").replace(',', "\\,").replace('|', "\\|");
+        let escaped = q
+            .replace('\\', "\\\\")
+            .replace(',', "\\,")
+            .replace('|', "\\|");
         let mut queries = vec![("name", escaped.clone()), ("identifier", escaped.clone())];
         if valid_patient_id(q) {
             queries.push(("_id", q.to_string()));
@@ -793,7 +799,8 @@ impl AuthServer {
         }
         let mut out: Vec<Value> = Vec::new();
         for (param, value) in queries {
-            let mut query = fhirgate_store::SearchQuery::new("Patient").filter(param, None, &[value.as_str()]);
+            let mut query =
+                fhirgate_store::SearchQuery::new("Patient").filter(param, None, &[value.as_str()]);
             query.count = Some(20);
             // a value the store cannot take as this parameter simply matches nothing
             let Ok(found) = self.store.search(&query).await else {
@@ -1266,23 +1273,33 @@ pub async fn picker_submit(
         return internal(&s, "picker without a user");
     };
     let standing = match s.store.read("User", &user_id).await {
-        Ok(u) => match fhirgate_smart::standing::load(s.store.as_ref(), &u, &s.config.provider_roles)
-            .await
-        {
-            Ok(st) => st,
-            Err(e) => return internal(&s, e),
-        },
+        Ok(u) => {
+            match fhirgate_smart::standing::load(s.store.as_ref(), &u, &s.config.provider_roles)
+                .await
+            {
+                Ok(st) => st,
+                Err(e) => return internal(&s, e),
+            }
+        }
         Err(_) => return pending_return(&pending).error("access_denied", "the user is gone"),
     };
     let Some(patient) = p.get("patient").filter(|_| !searching) else {
         // a search (or a submit without a choice): the same page with what matches
         let client = match s.load_client(&pending.client_id).await {
             Ok(Some(c)) => c,
-            Ok(None) => return pending_return(&pending).error("unauthorized_client", "the client is gone"),
+            Ok(None) => {
+                return pending_return(&pending).error("unauthorized_client", "the client is gone");
+            }
             Err(r) => return r,
         };
         return s
-            .picker_with(&headers, &req, &client, &standing, Some(p.get("q").unwrap_or_default()))
+            .picker_with(
+                &headers,
+                &req,
+                &client,
+                &standing,
+                Some(p.get("q").unwrap_or_default()),
+            )
             .await;
     };
     // the chosen patient is checked against the User's standing, not only for existence

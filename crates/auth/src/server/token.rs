@@ -445,9 +445,11 @@ impl AuthServer {
             Err(e) => return invalid_request(&e.to_string()),
         };
         let requested = ScopeSet::parse(scope);
+        // backend services get only the system/ scopes their Client lists (contract §3): a
+        // Client without `scope` gets none
         let allowed = match &client.allowed_scope {
             Some(a) => intersect(&requested, &ScopeSet::parse(a)),
-            None => requested,
+            None => ScopeSet::default(),
         };
         // backend services act for no user and no patient: system scopes only
         let system: ScopeSet = allowed
@@ -460,7 +462,7 @@ impl AuthServer {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_scope",
-                "no requested system/ scope can be granted",
+                "no requested system/ scope can be granted (a backend Client lists its system/ scopes in `scope`)",
             );
         }
         let aud = match p.one("aud") {

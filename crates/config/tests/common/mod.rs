@@ -19,6 +19,7 @@ impl Catalog for TestCatalog {
                 kw,
                 "smart.fhir/search-patient"
                     | "smart.fhir/history"
+                    | "smart.fhir/vread"
                     | "smart.fhir/capability"
                     | "smart.fhir/smart-configuration"
                     | "smart.fhir/style"
