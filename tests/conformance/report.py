@@ -1,13 +1,20 @@
 #!/usr/bin/env python3
 """The conformance report: docs/conformance.md's rows (one per Inferno kit test, each naming the
-fhirgate tests that check it) joined with what the test files printed ("test NAME ... ok").
+fhirgate tests that check it) joined with what the test files printed ("test NAME ... ok") and
+with the tests that reported "not run" (the file FHIRGATE_NOT_RUN_FILE named during the run).
 
-A row passes when at least one of its tests ran and every one that ran passed; it fails when any
-failed; it is "open" when the document says so and no test covers it, and "not run" when its
-tests live in files this run did not run (a run against a deployment runs inferno_checks only).
+A row passes only when every test it names ran and passed. It fails when one failed, when a
+name is neither a test nor a helper in the file it is said to be in ("no such test"), or when a
+test its file defines did not run (absent from the log). It is "open" when the document says
+so and nothing failed. It is "not run" when one of its tests reported "not run: reason" (a
+missing prerequisite: Aidbox's sample files, curl, …), was ignored, or lives in a file this run
+did not run (a run against a deployment runs inferno_checks only); with CI=true a "not run" row
+is a failure too. Names of helpers (functions that are not tests, e.g. `assert_token_response`)
+are allowed and skipped.
 """
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -16,6 +23,18 @@ from pathlib import Path
 # AU: fhirgate-auth's unit tests, whose names carry their module path (assertion::tests::…).
 FILES = {"IC": "inferno_checks", "OA": "oauth", "DI": "discovery", "FD": "fhir_data", "TL": "tls",
          "AU": "auth_unit"}
+# Where each file's tests and helpers are defined (relative to the repository), for telling a
+# test that did not run or a misspelt name from a helper's name.
+SOURCES = {
+    "inferno_checks": ["crates/fhirgate/tests/inferno_checks.rs", "crates/fhirgate/tests/common"],
+    "oauth": ["crates/fhirgate/tests/oauth.rs", "crates/fhirgate/tests/common"],
+    "discovery": ["crates/fhirgate/tests/discovery.rs", "crates/fhirgate/tests/common"],
+    "fhir_data": ["crates/fhirgate/tests/fhir_data.rs", "crates/fhirgate/tests/common"],
+    "tls": ["crates/fhirgate/tests/tls.rs", "crates/fhirgate/tests/common"],
+    "auth_unit": ["crates/auth/src"],
+}
+TEST_FN = re.compile(r"#\[(?:tokio::)?test\b[^\]]*\]\s*(?:#\[[^\]]*\]\s*)*(?:pub\s+)?(?:async\s+)?fn\s+(\w+)")
+ANY_FN = re.compile(r"\bfn\s+(\w+)")
 ROW_ID = re.compile(r"^[A-Z]\d+$")
 TOKEN = re.compile(r"\b(IC|OA|DI|FD|TL|AU)\b|`([^`]+)`")
 RESULT = re.compile(r"^test (\S+) \.\.\. (ok|FAILED|ignored)")
@@ -33,6 +52,34 @@ def read_logs(logs: Path):
                 tests[m.group(1).rsplit("::", 1)[-1]] = m.group(2)
         results[log.stem] = tests
     return results
+
+
+def read_sources(repo: Path):
+    """{file: (test function names, every function name)} from the files' sources."""
+    out = {}
+    for file, paths in SOURCES.items():
+        text = ""
+        for p in paths:
+            p = repo / p
+            for f in sorted(p.rglob("*.rs")) if p.is_dir() else [p]:
+                text += f.read_text(errors="replace") + "\n"
+        out[file] = (set(TEST_FN.findall(text)), set(ANY_FN.findall(text)))
+    return out
+
+
+def read_not_run(path):
+    """{(file, test): reason} from lines `crate/file::test: reason` (tests/common's not_run)."""
+    out = {}
+    if path is None or not path.exists():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        name, sep, reason = line.partition(": ")
+        if not sep:
+            continue
+        file, sep, test = name.rsplit("/", 1)[-1].partition("::")
+        if sep:
+            out[(file, test.rsplit("::", 1)[-1])] = reason
+    return out
 
 
 def cells(line: str):
@@ -72,25 +119,37 @@ def read_rows(doc: Path):
     return rows
 
 
-def judge(row, results):
+def judge(row, results, sources, not_run):
+    """The row's state; the tests it names with their outcomes ("ok", "FAILED", "not run: …",
+    "ignored", "did not run", "no such test"); the files of its tests this run did not run."""
     ran, missing_files = [], set()
     for file, test in row["refs"]:
         if file not in results:
             missing_files.add(file)
             continue
+        tests, fns = sources.get(file, (set(), set()))
         outcome = results[file].get(test)
-        if outcome is not None:  # names that are helpers, not tests, have no outcome
-            ran.append((file, test, outcome))
-    if any(o == "FAILED" for _, _, o in ran):
+        if (file, test) in not_run:
+            outcome = "not run: " + not_run[(file, test)]
+        elif outcome is None:
+            if test in tests:
+                outcome = "did not run"  # its file ran, but the log has no result for it
+            elif test in fns:
+                continue  # a helper the document names, not a test
+            else:
+                outcome = "no such test"
+        ran.append((file, test, outcome))
+    outcomes = [o for _, _, o in ran]
+    if any(o in ("FAILED", "did not run", "no such test") for o in outcomes):
         state = "FAIL"
     elif row["open"]:
         state = "open"  # what is built passes; the document says what is not
-    elif any(o == "ok" for _, _, o in ran):
-        state = "pass"
-    elif missing_files:
-        state = "not run"
-    else:
+    elif not ran and not missing_files:
         state = "no test"
+    elif missing_files or any(o != "ok" for o in outcomes):
+        state = "not run"  # a "not run: reason", an ignored test, or a file not run here
+    else:
+        state = "pass"
     return state, ran, sorted(missing_files)
 
 
@@ -101,7 +160,10 @@ def main():
     ap.add_argument("--target", required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--not-run", type=Path, help="the run's FHIRGATE_NOT_RUN_FILE")
+    ap.add_argument("--repo", type=Path, default=Path("."), help="where the test sources are")
     a = ap.parse_args()
+    ci = os.environ.get("CI", "") not in ("", "false", "0")
 
     results = read_logs(a.logs)
     if not results:
@@ -112,10 +174,12 @@ def main():
         print("report: no rows in", a.doc, file=sys.stderr)
         return 1
 
+    sources = read_sources(a.repo)
+    not_run = read_not_run(a.not_run)
     mapped = set()
     judged = []
     for row in rows:
-        state, ran, missing = judge(row, results)
+        state, ran, missing = judge(row, results, sources, not_run)
         mapped.update((f, t) for f, t, _ in ran)
         judged.append({**row, "state": state, "ran": ran, "missing_files": missing})
 
@@ -123,6 +187,8 @@ def main():
     for r in judged:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     failed_tests = [(f, t) for f, tests in results.items() for t, o in tests.items() if o == "FAILED"]
+    # every named test that is not a plain "ok", once: what the summary lists
+    problems = sorted({(f, t, o) for r in judged for f, t, o in r["ran"] if o != "ok"})
     unmapped = sorted((f, t) for f, tests in results.items() for t in tests if (f, t) not in mapped)
 
     mark = {"pass": "✅ pass", "FAIL": "❌ FAIL", "open": "⚪ open", "not run": "➖ not run", "no test": "⚠️ no test"}
@@ -155,6 +221,8 @@ def main():
         out.append(f"| {r['id']} | {kit} | {mark[r['state']]} | {tests or '—'} |")
     if failed_tests:
         out += ["", "## Failed tests", ""] + [f"- {f}::{t}" for f, t in failed_tests]
+    if problems:
+        out += ["", "## Named tests that did not pass", ""] + [f"- {f}::{t}: {o}" for f, t, o in problems]
     if unmapped:
         out += ["", "## Also run (not mapped to a kit test)", "",
                 ", ".join(f"{f}::{t}" for f, t in unmapped)]
@@ -166,7 +234,14 @@ def main():
             | {"tests": [{"file": f, "test": t, "outcome": o} for f, t, o in r["ran"]]}
             for r in judged]}, indent=2) + "\n")
     print(f"report: {counts}; {len(failed_tests)} failed test(s)")
-    return 1 if counts.get("FAIL") or failed_tests else 0
+    for f, t, o in problems:
+        print(f"report: {f}::{t}: {o}")
+    if counts.get("not run") and ci:
+        print(f"report: {counts['not run']} row(s) not run, and CI=true: a missing prerequisite is a failure",
+              file=sys.stderr)
+    if counts.get("FAIL") or counts.get("no test") or failed_tests or (ci and counts.get("not run")):
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

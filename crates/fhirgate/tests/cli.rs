@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::shared;
+use common::shared_or_not_run;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -29,31 +29,32 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// `fhirgate check FILE` passes, with no error on stderr.
+fn assert_check_passes(f: &Path) {
+    let out = run(&["check", f.to_str().unwrap()], &repo());
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        f.display(),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains(": ok, "),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!text(&out.stderr).contains("error:"));
+}
+
 #[test]
-fn check_passes_on_every_shipped_and_aidbox_project() {
-    let aidbox = shared().join("aidbox/smart-on-fhir");
-    let files = [
+fn check_passes_on_every_shipped_project() {
+    for f in [
         repo().join("core.edn"),
         repo().join("project-samples/patient-access/core.edn"),
         repo().join("project-samples/provider-launch/core.edn"),
         repo().join("project-samples/multi-file/clinic/main.edn"),
-        aidbox.join("core.edn"),
-        aidbox.join("aidbox/patient-access-smart-api/sample.edn"),
-    ];
-    for f in files {
-        let out = run(&["check", f.to_str().unwrap()], &repo());
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            f.display(),
-            text(&out.stderr)
-        );
-        assert!(
-            text(&out.stdout).contains(": ok, "),
-            "{}",
-            text(&out.stdout)
-        );
-        assert!(!text(&out.stderr).contains("error:"));
+    ] {
+        assert_check_passes(&f);
     }
     // with no argument, check reads ./core.edn
     let out = run(&["check"], &repo());
@@ -63,6 +64,17 @@ fn check_passes_on_every_shipped_and_aidbox_project() {
         "{}",
         text(&out.stdout)
     );
+}
+
+/// Aidbox's own sample projects (outside the repository, `../shared/aidbox`), unmodified.
+#[test]
+fn check_passes_on_aidbox_projects() {
+    let Some(shared) = shared_or_not_run("check_passes_on_aidbox_projects") else {
+        return;
+    };
+    let aidbox = shared.join("aidbox/smart-on-fhir");
+    assert_check_passes(&aidbox.join("core.edn"));
+    assert_check_passes(&aidbox.join("aidbox/patient-access-smart-api/sample.edn"));
 }
 
 #[test]
@@ -274,17 +286,53 @@ fn serve_answers_declared_routes_and_stops_cleanly() {
 
 #[test]
 fn serve_runs_aidbox_samples_unmodified() {
+    let Some(shared) = shared_or_not_run("serve_runs_aidbox_samples_unmodified") else {
+        return;
+    };
     for entry in [
         "aidbox/smart-on-fhir/core.edn",
         "aidbox/smart-on-fhir/aidbox/patient-access-smart-api/sample.edn",
     ] {
-        let server = Server::start(&shared().join(entry));
+        let server = Server::start(&shared.join(entry));
         assert_eq!(
             server.get("/smart/.well-known/smart-configuration").0,
             200,
             "{entry}"
         );
         assert_eq!(server.get("/smart/Patient/pt-1").0, 401, "{entry}");
+        assert!(server.stop().success());
+    }
+}
+
+/// The same for the project's own samples (each FHIR base: public discovery, a protected read).
+#[test]
+fn serve_runs_the_project_samples() {
+    for (entry, fhir_bases) in [
+        (
+            "project-samples/patient-access/core.edn",
+            &["/patient/fhir"][..],
+        ),
+        ("project-samples/provider-launch/core.edn", &["/ehr"][..]),
+        (
+            "project-samples/multi-file/clinic/main.edn",
+            &["/v1/patient", "/v1/provider"][..],
+        ),
+    ] {
+        let server = Server::start_in(&tempdir(), &repo().join(entry));
+        for fhir in fhir_bases {
+            assert_eq!(
+                server
+                    .get(&format!("{fhir}/.well-known/smart-configuration"))
+                    .0,
+                200,
+                "{entry} {fhir}"
+            );
+            assert_eq!(
+                server.get(&format!("{fhir}/Patient/pa-1")).0,
+                401,
+                "{entry} {fhir}"
+            );
+        }
         assert!(server.stop().success());
     }
 }

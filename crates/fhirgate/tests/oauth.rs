@@ -1175,10 +1175,18 @@ async fn no_access_policy_means_403_even_with_good_scopes() {
 
 /// Aidbox's SMART sample, unmodified: its core.edn (single-patient middleware), its patient user
 /// and Roles, its three guide policies (and two more); the patient user reads pt-1's data and
-/// nothing else.
+/// nothing else. Aidbox's files live outside the repository (`../shared/aidbox`); where they are
+/// absent this reports "not run" (a failure in CI), and
+/// [`patient_access_sample_project_users_and_policies`] covers the same on the project's own
+/// sample.
 #[tokio::test]
 async fn aidbox_sample_project_users_and_policies_unmodified() {
-    let aidbox = common::shared().join("aidbox");
+    let Some(shared) =
+        common::shared_or_not_run("aidbox_sample_project_users_and_policies_unmodified")
+    else {
+        return;
+    };
+    let aidbox = shared.join("aidbox");
     let store = common::sqlite_store("aidbox").await;
     let s = start_project(store, &aidbox.join("smart-on-fhir/core.edn")).await;
     for file in ["patient-user.yaml", "access-policies.yaml"] {
@@ -1225,6 +1233,69 @@ async fn aidbox_sample_project_users_and_policies_unmodified() {
     assert!(st == 403 || st == 404, "{st}");
     assert_eq!(s.fhir_get("Observation/obs-2", access).await.0, 404);
     // a search without the patient parameter is refused by Aidbox's policies (decisions §12)
+    assert_eq!(s.fhir_get("Observation", access).await.0, 403);
+}
+
+/// The same on the project's own sample: `project-samples/patient-access` (single-patient
+/// middleware at /patient/fhir) with its Aidbox-format `resources.yaml` (a patient User linked by
+/// a Role, policies as Aidbox's guide writes them); the patient user reads pa-1's data and
+/// nothing else.
+#[tokio::test]
+async fn patient_access_sample_project_users_and_policies() {
+    let sample = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../project-samples/patient-access");
+    let store = common::sqlite_store("pa-sample").await;
+    let mut s = start_project(store, &sample.join("core.edn")).await;
+    s.s.fhir = format!("{}/patient/fhir", s.base);
+    let body = std::fs::read_to_string(sample.join("resources.yaml")).unwrap();
+    let r = s
+        .http
+        .put(format!("{}/", s.base))
+        .basic_auth("root", Some(ROOT_SECRET))
+        .header("content-type", "text/yaml")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // our test seed put a permissive policy in; this scenario is the sample's policies alone
+    let r = s
+        .http
+        .delete(format!("{}/AccessPolicy/fhirgate-smart-api", s.base))
+        .basic_auth("root", Some(ROOT_SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let t = launch(
+        &s,
+        "public-app",
+        "launch/patient openid fhirUser patient/*.read",
+        "pa-user",
+        "pa-user-pass",
+        None,
+    )
+    .await;
+    assert_eq!(t["patient"], "pa-1");
+    let access = t["access_token"].as_str().unwrap();
+    // patient-access-read-self: the patient's own record
+    assert_eq!(s.fhir_get("Patient/pa-1", access).await.0, 200);
+    // patient-access-search: searches naming the patient
+    let (st, b) = s.fhir_get("Observation?patient=pa-1", access).await;
+    assert_eq!(st, 200, "{b}");
+    let ids: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["pa-1-glucose"]);
+    // another patient (the test seed's pt-1, pt-2 and their Observations): refused
+    assert_eq!(s.fhir_get("Observation?patient=pt-2", access).await.0, 403);
+    let (st, _) = s.fhir_get("Patient/pt-2", access).await;
+    assert!(st == 403 || st == 404, "{st}");
+    assert_eq!(s.fhir_get("Observation/obs-2", access).await.0, 404);
+    // a search without the patient parameter is refused by the policies (decisions §12)
     assert_eq!(s.fhir_get("Observation", access).await.0, 403);
 }
 

@@ -40,7 +40,10 @@ fn package() -> Option<PathBuf> {
         return Some(package);
     }
     if std::env::var("FHIRGATE_TEST_SKIP_NPM").as_deref() == Ok("1") {
-        eprintln!("FHIRGATE_TEST_SKIP_NPM=1: skipping the R4 example set");
+        common::not_run(
+            "the_r4_example_set_loads_and_searches_right",
+            "FHIRGATE_TEST_SKIP_NPM=1: the FHIR R4 example set (npm hl7.fhir.r4.examples) was not fetched",
+        );
         return None;
     }
     std::fs::create_dir_all(&dir).expect("create target/fhir-r4-examples");

@@ -87,7 +87,10 @@ async fn postgres_schema() -> Option<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_processes_share_codes_tokens_and_revocations() {
     let Some(db) = postgres_schema().await else {
-        eprintln!("FHIRGATE_TEST_SKIP_POSTGRES=1: skipped");
+        common::not_run(
+            "two_processes_share_codes_tokens_and_revocations",
+            "FHIRGATE_TEST_SKIP_POSTGRES=1: no PostgreSQL server to share",
+        );
         return;
     };
     let (pa, pb) = (free_port(), free_port());

@@ -39,11 +39,62 @@ pub fn root_core_edn() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../core.edn")
 }
 
-/// `../shared` beside the repository (override with FHIRGATE_SHARED_DIR).
+/// `../shared` beside the repository, which holds Aidbox's own sample files in `aidbox/`
+/// (override with FHIRGATE_SHARED_DIR, the folder holding `aidbox/`).
 pub fn shared() -> PathBuf {
     std::env::var_os("FHIRGATE_SHARED_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+}
+
+/// [`shared`] when it holds Aidbox's sample files (`aidbox/`); else the test `test` did not run:
+/// `None` after [`not_run`] (outside CI), a panic in CI.
+pub fn shared_or_not_run(test: &str) -> Option<PathBuf> {
+    let dir = shared();
+    if dir.join("aidbox").is_dir() {
+        return Some(dir);
+    }
+    not_run(
+        test,
+        &format!(
+            "Aidbox's sample files are absent ({} is not a folder; they live in ../shared/aidbox beside the clone, or set FHIRGATE_SHARED_DIR to the folder holding aidbox/)",
+            dir.join("aidbox").display()
+        ),
+    );
+    None
+}
+
+/// Whether this is a CI run (`CI` set, and not `false` or `0`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// The test `test` of this test file (or a part of it) cannot run, for `reason`. In CI that is a
+/// failure (a panic with the reason). Elsewhere it prints "not run: …" and appends
+/// `fhirgate/file::test: reason` to the file `FHIRGATE_NOT_RUN_FILE` names, if any
+/// (scripts/test lists that file at the end; the conformance report marks the test not run);
+/// the caller then skips what it cannot check.
+pub fn not_run(test: &str, reason: &str) {
+    let name = format!(
+        "{}/{}::{test}",
+        env!("CARGO_PKG_NAME"),
+        env!("CARGO_CRATE_NAME")
+    );
+    assert!(
+        !in_ci(),
+        "{name}: {reason} (CI=true: a missing prerequisite is a failure)"
+    );
+    eprintln!("not run: {name}: {reason}");
+    if let Some(file) = std::env::var_os("FHIRGATE_NOT_RUN_FILE") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)
+            .unwrap_or_else(|e| panic!("FHIRGATE_NOT_RUN_FILE {}: {e}", file.to_string_lossy()));
+        f.write_all(format!("{name}: {reason}\n").as_bytes())
+            .expect("append to FHIRGATE_NOT_RUN_FILE");
+    }
 }
 
 /// What `serve --demo` prints for backend services, done with `client`: a `client_credentials`
