@@ -122,6 +122,25 @@ pub struct ServeArgs {
     /// The PEM private key (PKCS#8, RSA or EC) of --tls-cert.
     #[arg(long, env = "FHIRGATE_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Failed sign-ins allowed per user and client address per minute, and failed client
+    /// authentications (token endpoint, admin Basic auth) per client id and address. Correct
+    /// passwords and secrets never count.
+    #[arg(
+        long,
+        env = "FHIRGATE_LOGIN_FAILURES_PER_USER",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub login_failures_per_user: u32,
+    /// Failed sign-ins allowed per client address per minute (failed client authentications
+    /// are counted apart, with the same limit).
+    #[arg(
+        long,
+        env = "FHIRGATE_LOGIN_FAILURES_PER_ADDRESS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub login_failures_per_address: u32,
 }
 
 /// Check a base URL: absolute http(s), a host, no trailing slash, no query or fragment.
