@@ -11,6 +11,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -50,8 +51,18 @@ pub fn dummy_hash() -> &'static str {
     })
 }
 
+/// argon2 verifications run by this process (what throttling saves; tests check that a
+/// throttled attempt adds none).
+static ARGON2_CHECKS: AtomicU64 = AtomicU64::new(0);
+
+/// How many argon2 verifications this process has run.
+pub fn argon2_checks() -> u64 {
+    ARGON2_CHECKS.load(Ordering::Relaxed)
+}
+
 /// Whether `secret` matches the argon2 PHC string `hash` (a malformed hash never matches).
 pub fn verify_hash(secret: &str, hash: &str) -> bool {
+    ARGON2_CHECKS.fetch_add(1, Ordering::Relaxed);
     PasswordHash::new(hash).is_ok_and(|h| {
         Argon2::default()
             .verify_password(secret.as_bytes(), &h)

@@ -902,7 +902,10 @@ impl AuthServer {
             context! { base => &self.base_path, csrf => csrf, req => req, next => next,
             error => error, username => username, client_name => &client_name }
         });
-        *resp.status_mut() = status;
+        // a page that could not be made (no CSRF value) keeps its error status
+        if resp.status().is_success() {
+            *resp.status_mut() = status;
+        }
         resp
     }
 
