@@ -221,6 +221,30 @@ mod tests {
     }
 
     #[test]
+    fn login_failure_limits_default_to_10_and_60_and_refuse_0() {
+        let serve = |args: &[&str]| {
+            let mut argv = vec!["fhirgate", "serve"];
+            argv.extend(args);
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Serve(s) => (s.login_failures_per_user, s.login_failures_per_address),
+                _ => unreachable!(),
+            })
+        };
+        assert_eq!(serve(&[]).unwrap(), (10, 60));
+        assert_eq!(
+            serve(&[
+                "--login-failures-per-user",
+                "3",
+                "--login-failures-per-address",
+                "30"
+            ])
+            .unwrap(),
+            (3, 30)
+        );
+        assert!(serve(&["--login-failures-per-user", "0"]).is_err());
+    }
+
+    #[test]
     fn a_local_base_url_on_another_port_is_noticed() {
         let at = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert!(base_url_mismatch("http://localhost:8080", at("127.0.0.1:8080")).is_none());
