@@ -41,7 +41,8 @@ fn cached_verification(c: &mut Criterion) {
         "app",
         "patient/*.rs",
         3600,
-    );
+    )
+    .unwrap();
     let token = verifier.issue(&claims).unwrap();
     verifier
         .verify(&token, "http://localhost:8080/smart")

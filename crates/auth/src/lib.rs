@@ -6,12 +6,14 @@
 //!   with an algorithm allow-list;
 //! - [`tokens`]: access token claims and a caching verifier with revocation;
 //! - [`assertion`]: `private_key_jwt` client assertions;
-//! - [`secrets`]: argon2 client secrets and passwords, with a verified-secret cache.
+//! - [`secrets`]: argon2 client secrets and passwords, with a verified-secret cache;
+//! - [`throttle`]: limits on failed sign-ins and failed client authentications.
 
 pub mod assertion;
 pub mod keys;
 pub mod secrets;
 pub mod server;
+pub mod throttle;
 pub mod tokens;
 
 pub use keys::{Algorithm, KeyError, Keyring, SigningKey};

@@ -11,6 +11,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -32,8 +33,36 @@ pub fn hash_secret(secret: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// An argon2 hash with the same cost as real ones, checked for unknown users and users without
+/// a password, so that they cost what a wrong password costs. Its password does not matter (the
+/// check's answer is ignored), so its salt is fixed: it needs no randomness.
+pub fn dummy_hash() -> &'static str {
+    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    H.get_or_init(|| {
+        SaltString::from_b64("ZmhpcmdhdGUtZHVtbXk")
+            .ok()
+            .and_then(|salt| {
+                Argon2::default()
+                    .hash_password(b"fhirgate-dummy", &salt)
+                    .ok()
+                    .map(|h| h.to_string())
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// argon2 verifications run by this process (what throttling saves; tests check that a
+/// throttled attempt adds none).
+static ARGON2_CHECKS: AtomicU64 = AtomicU64::new(0);
+
+/// How many argon2 verifications this process has run.
+pub fn argon2_checks() -> u64 {
+    ARGON2_CHECKS.load(Ordering::Relaxed)
+}
+
 /// Whether `secret` matches the argon2 PHC string `hash` (a malformed hash never matches).
 pub fn verify_hash(secret: &str, hash: &str) -> bool {
+    ARGON2_CHECKS.fetch_add(1, Ordering::Relaxed);
     PasswordHash::new(hash).is_ok_and(|h| {
         Argon2::default()
             .verify_password(secret.as_bytes(), &h)
@@ -64,16 +93,21 @@ impl SecretCache {
         Self::default()
     }
 
+    /// Whether this exact triple was verified before (one SHA-256, no argon2): what lets a
+    /// client with the right secret through while its id or address is throttled.
+    pub fn is_cached(&self, id: &str, secret: &str, hash: &str) -> bool {
+        let key = digest(&[id, secret, hash]);
+        self.verified
+            .lock()
+            .map(|v| v.contains(&key))
+            .unwrap_or(false)
+    }
+
     /// Whether `secret` is right for `id` whose stored hash is `hash`. argon2 runs on a blocking
     /// thread, and only when this exact triple has not been verified before.
     pub async fn verify(&self, id: &str, secret: &str, hash: &str) -> bool {
         let key = digest(&[id, secret, hash]);
-        if self
-            .verified
-            .lock()
-            .map(|v| v.contains(&key))
-            .unwrap_or(false)
-        {
+        if self.is_cached(id, secret, hash) {
             return true;
         }
         let (s, h) = (secret.to_string(), hash.to_string());
@@ -98,8 +132,11 @@ mod tests {
     async fn cache_accepts_right_secret_and_never_a_wrong_one() {
         let hash = hash_secret("s3cret").unwrap();
         let cache = SecretCache::new();
+        assert!(!cache.is_cached("app", "s3cret", &hash));
         assert!(cache.verify("app", "s3cret", &hash).await);
+        assert!(cache.is_cached("app", "s3cret", &hash));
         assert!(cache.verify("app", "s3cret", &hash).await, "cached");
+        assert!(!cache.is_cached("app", "wrong", &hash));
         assert!(!cache.verify("app", "wrong", &hash).await);
         assert!(
             !cache.verify("other", "s3cret", "not-a-hash").await,
@@ -107,6 +144,11 @@ mod tests {
         );
         let rotated = hash_secret("new").unwrap();
         assert!(!cache.verify("app", "s3cret", &rotated).await);
+    }
+
+    #[test]
+    fn the_dummy_hash_is_a_real_argon2_hash() {
+        assert!(verify_hash("fhirgate-dummy", dummy_hash()));
     }
 
     #[test]

@@ -13,15 +13,15 @@
 //!
 //! let ring = Arc::new(Keyring::generate().unwrap());
 //! let verifier = TokenVerifier::new(ring.clone(), "http://localhost:8080");
-//! let claims = AccessClaims::new("http://localhost:8080", "http://localhost:8080/smart", "app", "patient/*.rs", 60);
+//! let claims = AccessClaims::new("http://localhost:8080", "http://localhost:8080/smart", "app", "patient/*.rs", 60).unwrap();
 //! let token = verifier.issue(&claims).unwrap();
 //! let seen = verifier.verify(&token, "http://localhost:8080/smart").unwrap();
 //! assert_eq!(seen.scope, "patient/*.rs");
-//! verifier.revoke_grant(&claims.grant);
+//! verifier.revoke_grant(&claims.grant, claims.exp);
 //! assert!(verifier.verify(&token, "http://localhost:8080/smart").is_err());
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -63,9 +63,15 @@ pub struct AccessClaims {
 
 impl AccessClaims {
     /// Claims with fresh `jti` and `grant` ids, issued now, living `ttl_secs`.
-    pub fn new(iss: &str, aud: &str, client_id: &str, scope: &str, ttl_secs: u64) -> Self {
+    pub fn new(
+        iss: &str,
+        aud: &str,
+        client_id: &str,
+        scope: &str,
+        ttl_secs: u64,
+    ) -> Result<Self, RandomError> {
         let now = now();
-        AccessClaims {
+        Ok(AccessClaims {
             iss: iss.into(),
             aud: aud.into(),
             sub: client_id.into(),
@@ -74,11 +80,11 @@ impl AccessClaims {
             patient: None,
             encounter: None,
             fhir_user: None,
-            jti: random_id(),
-            grant: random_id(),
+            jti: random_id()?,
+            grant: random_id()?,
             iat: now,
             exp: now + ttl_secs,
-        }
+        })
     }
 }
 
@@ -90,13 +96,37 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The random generator failed: no id, code, token or secret can be made. Callers answer with
+/// a server error; an id is never made of the zeroed buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the system random generator failed")]
+pub struct RandomError;
+
+/// Where random bytes come from: the operating system's generator, or (in tests) one that fails.
+pub trait RandomSource: Send + Sync {
+    fn fill(&self, dest: &mut [u8]) -> Result<(), RandomError>;
+}
+
+/// The operating system's generator (aws-lc-rs `SystemRandom`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemRandomSource;
+
+impl RandomSource for SystemRandomSource {
+    fn fill(&self, dest: &mut [u8]) -> Result<(), RandomError> {
+        SystemRandom::new().fill(dest).map_err(|_| RandomError)
+    }
+}
+
 /// 256 random bits, base64url: ids, codes, refresh tokens.
-pub fn random_id() -> String {
+pub fn random_id() -> Result<String, RandomError> {
+    random_id_from(&SystemRandomSource)
+}
+
+/// [`random_id`] from `source`.
+pub fn random_id_from(source: &dyn RandomSource) -> Result<String, RandomError> {
     let mut bytes = [0u8; 32];
-    // SystemRandom only fails if the OS has no entropy source; an all-zero id would then be
-    // caught by uniqueness constraints, never silently reused.
-    let _ = SystemRandom::new().fill(&mut bytes);
-    B64.encode(bytes)
+    source.fill(&mut bytes)?;
+    Ok(B64.encode(bytes))
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,8 +144,41 @@ pub struct TokenVerifier {
     keys: RwLock<Arc<Keyring>>,
     issuer: String,
     cache: RwLock<HashMap<Box<str>, Arc<AccessClaims>>>,
-    revoked_grants: RwLock<HashSet<String>>,
-    revoked_jtis: RwLock<HashSet<String>>,
+    /// Revoked grants and token ids, each with the time (Unix seconds) after which no token it
+    /// covers can still be valid; swept after that, so the sets do not grow for ever.
+    revoked_grants: RwLock<Revoked>,
+    revoked_jtis: RwLock<Revoked>,
+}
+
+/// Fewest entries before an insert sweeps a revocation set.
+const REVOKED_SWEEP_MIN: usize = 1024;
+
+/// A revocation set: id → the last second a token it covers could be accepted.
+#[derive(Default)]
+struct Revoked {
+    until: HashMap<String, u64>,
+    /// Sweep on the insert that reaches this size (doubles with the live entries, so sweeping
+    /// costs amortized O(1) per insert).
+    sweep_at_len: usize,
+}
+
+impl Revoked {
+    fn insert(&mut self, id: &str, until: u64, now: u64) {
+        let e = self.until.entry(id.to_string()).or_insert(until);
+        *e = (*e).max(until);
+        if self.until.len() >= self.sweep_at_len.max(REVOKED_SWEEP_MIN) {
+            self.sweep(now);
+        }
+    }
+
+    fn sweep(&mut self, now: u64) {
+        self.until.retain(|_, until| *until >= now);
+        self.sweep_at_len = self.until.len() * 2;
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.until.contains_key(id)
+    }
 }
 
 impl TokenVerifier {
@@ -124,8 +187,8 @@ impl TokenVerifier {
             keys: RwLock::new(keys),
             issuer: issuer.into(),
             cache: RwLock::new(HashMap::new()),
-            revoked_grants: RwLock::new(HashSet::new()),
-            revoked_jtis: RwLock::new(HashSet::new()),
+            revoked_grants: RwLock::new(Revoked::default()),
+            revoked_jtis: RwLock::new(Revoked::default()),
         }
     }
 
@@ -233,18 +296,36 @@ impl TokenVerifier {
         Err(last)
     }
 
-    /// Revoke every token issued under `grant`.
-    pub fn revoke_grant(&self, grant: &str) {
+    /// Revoke every token issued under `grant`; `until` (Unix seconds) is the latest `exp` of
+    /// any of them. The entry is kept until then (plus the leeway), then swept.
+    pub fn revoke_grant(&self, grant: &str, until: u64) {
         if let Ok(mut g) = self.revoked_grants.write() {
-            g.insert(grant.to_string());
+            g.insert(grant, until + crate::keys::LEEWAY_SECS, now());
         }
     }
 
-    /// Revoke one token.
-    pub fn revoke_jti(&self, jti: &str) {
+    /// Revoke one token, whose `exp` is `until`.
+    pub fn revoke_jti(&self, jti: &str, until: u64) {
         if let Ok(mut j) = self.revoked_jtis.write() {
-            j.insert(jti.to_string());
+            j.insert(jti, until + crate::keys::LEEWAY_SECS, now());
         }
+    }
+
+    /// Drop revocations whose tokens have all expired (the server calls this periodically too,
+    /// so that memory is returned without new revocations).
+    pub fn sweep_revocations(&self) {
+        let t = now();
+        for set in [&self.revoked_grants, &self.revoked_jtis] {
+            if let Ok(mut s) = set.write() {
+                s.sweep(t);
+            }
+        }
+    }
+
+    /// Revoked grants and token ids held in memory.
+    pub fn revocations_held(&self) -> (usize, usize) {
+        let len = |s: &RwLock<Revoked>| s.read().map(|s| s.until.len()).unwrap_or(0);
+        (len(&self.revoked_grants), len(&self.revoked_jtis))
     }
 }
 
@@ -280,7 +361,7 @@ mod tests {
 
     fn setup() -> (TokenVerifier, AccessClaims, String) {
         let v = TokenVerifier::new(Arc::new(Keyring::generate().unwrap()), ISS);
-        let mut c = AccessClaims::new(ISS, AUD, "app", "patient/*.rs launch/patient", 60);
+        let mut c = AccessClaims::new(ISS, AUD, "app", "patient/*.rs launch/patient", 60).unwrap();
         c.patient = Some("pt-1".into());
         let t = v.issue(&c).unwrap();
         (v, c, t)
@@ -304,7 +385,7 @@ mod tests {
         );
         let expired = AccessClaims {
             exp: now() - crate::keys::LEEWAY_SECS - 1,
-            ..AccessClaims::new(ISS, AUD, "app", "x", 0)
+            ..AccessClaims::new(ISS, AUD, "app", "x", 0).unwrap()
         };
         let et = v.issue(&expired).unwrap();
         assert_eq!(v.verify(&et, AUD), Err(TokenError::Invalid));
@@ -320,12 +401,38 @@ mod tests {
     fn revocation_applies_to_cached_tokens_immediately() {
         let (v, c, t) = setup();
         v.verify(&t, AUD).unwrap();
-        v.revoke_jti(&c.jti);
+        v.revoke_jti(&c.jti, c.exp);
         assert_eq!(v.verify(&t, AUD), Err(TokenError::Revoked));
         let (v, c, t) = setup();
         v.verify(&t, AUD).unwrap();
-        v.revoke_grant(&c.grant);
+        v.revoke_grant(&c.grant, c.exp);
         assert_eq!(v.verify(&t, AUD), Err(TokenError::Revoked));
+    }
+
+    #[test]
+    fn revocations_are_swept_after_their_tokens_expire() {
+        let (v, c, t) = setup();
+        v.revoke_grant(&c.grant, c.exp);
+        v.revoke_jti(&c.jti, c.exp);
+        // revocations of tokens that expired long ago
+        let past = now() - crate::keys::LEEWAY_SECS - 10;
+        for i in 0..10_000 {
+            v.revoke_grant(&format!("old-grant-{i}"), past);
+            v.revoke_jti(&format!("old-jti-{i}"), past);
+        }
+        let (grants, jtis) = v.revocations_held();
+        assert!(
+            grants < 2 * REVOKED_SWEEP_MIN && jtis < 2 * REVOKED_SWEEP_MIN,
+            "inserting sweeps expired entries: {grants} grants, {jtis} jtis held"
+        );
+        v.sweep_revocations();
+        assert_eq!(
+            v.revocations_held(),
+            (1, 1),
+            "only the live revocations stay"
+        );
+        assert_eq!(v.verify(&t, AUD), Err(TokenError::Revoked));
+        assert!(v.is_grant_revoked(&c.grant));
     }
 
     #[test]
@@ -340,8 +447,21 @@ mod tests {
 
     #[test]
     fn random_ids_are_256_bit_and_distinct() {
-        let a = random_id();
+        let a = random_id().unwrap();
         assert_eq!(B64.decode(&a).unwrap().len(), 32);
-        assert_ne!(a, random_id());
+        assert_ne!(a, random_id().unwrap());
+    }
+
+    /// A generator that always fails.
+    pub(crate) struct BrokenRandom;
+    impl RandomSource for BrokenRandom {
+        fn fill(&self, _: &mut [u8]) -> Result<(), RandomError> {
+            Err(RandomError)
+        }
+    }
+
+    #[test]
+    fn a_failing_generator_yields_an_error_not_an_id() {
+        assert_eq!(random_id_from(&BrokenRandom), Err(RandomError));
     }
 }

@@ -42,7 +42,10 @@ use std::path::PathBuf;
 
 pub use fhirgate_edn::{Diagnostic, Pos, Severity};
 pub use project::{load, load_sources};
-pub use seed::{SEED_ENGINES, SEED_FILE_TYPES, read_seed_edn};
+pub use seed::{
+    CLIENT_NEEDS_CREDENTIALS, SEED_ENGINES, SEED_FILE_TYPES, client_lacks_credentials,
+    read_seed_edn,
+};
 pub use sources::{FsSources, MemorySources, Sources};
 
 /// What a route's action needs from the project, as the registry of actions describes it.

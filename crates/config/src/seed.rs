@@ -39,6 +39,23 @@ const WRITE_ONLY: &[(&str, &str, &str)] = &[
     ("User", "password", "password_hash"),
 ];
 
+/// Why a Client with no credentials is refused (`check`, seeds, admin REST).
+pub const CLIENT_NEEDS_CREDENTIALS: &str = "a Client needs a secret, jwks or jwks_uri; a public app (one without credentials) must say so with auth.authorization_code.secret_required: false";
+
+/// Whether `resource` is a Client with no `secret` (or stored hash), no `jwks` and no `jwks_uri`
+/// that does not say `auth.authorization_code.secret_required: false`. Such a Client is never
+/// taken for a public one (contract §3): it could not authenticate, so it is refused up front.
+pub fn client_lacks_credentials(resource: &Json) -> bool {
+    if resource["resourceType"] != "Client" {
+        return false;
+    }
+    let text = |k: &str| resource[k].as_str().is_some_and(|s| !s.is_empty());
+    let credentials =
+        text("secret") || text("secret_hash") || resource["jwks"].is_object() || text("jwks_uri");
+    let public = resource["auth"]["authorization_code"]["secret_required"] == Json::Bool(false);
+    !credentials && !public
+}
+
 /// A problem at a position in the file being converted.
 type Problem = (Pos, String);
 
@@ -415,6 +432,10 @@ fn checked(json: Json, id_pos: Pos, body: &Node, problems: &mut Vec<Problem>) ->
             return None;
         }
     }
+    if client_lacks_credentials(&json) {
+        problems.push((id_pos, format!("Client/{id}: {CLIENT_NEEDS_CREDENTIALS}")));
+        return None;
+    }
     Some(json)
 }
 
@@ -639,6 +660,29 @@ mod tests {
         assert!(
             e[0].contains("must be a map of id to resource, found a vector"),
             "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_client_without_credentials_must_say_it_is_public() {
+        let e = read("{:Client {:app {:grant_types [\"authorization_code\"]}}}").unwrap_err();
+        assert_eq!(
+            e,
+            vec![format!(
+                "s.edn:1:11: error: Client/app: {CLIENT_NEEDS_CREDENTIALS}"
+            )]
+        );
+        for ok in [
+            "{:Client {:app {:auth {:authorization_code {:secret_required false}}}}}",
+            "{:Client {:app {:secret \"s\"}}}",
+            "{:Client {:app {:jwks_uri \"https://app/jwks\"}}}",
+            "{:Client {:app {:jwks {:keys []}}}}",
+        ] {
+            assert!(read(ok).is_ok(), "{ok}");
+        }
+        // `secret_required: true` (or absent) with nothing to check it against is refused
+        assert!(
+            read("{:Client {:app {:auth {:authorization_code {:secret_required true}}}}}").is_err()
         );
     }
 }

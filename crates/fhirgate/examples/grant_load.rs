@@ -160,8 +160,11 @@ async fn main() -> anyhow::Result<()> {
                 let now = fhirgate_auth::tokens::now();
                 let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
                 header.kid = Some("k1".into());
+                let Ok(jti) = fhirgate_auth::tokens::random_id() else {
+                    return;
+                };
                 let claims = json!({"iss": "backend", "sub": "backend", "aud": url, "exp": now + 240,
-                                    "jti": fhirgate_auth::tokens::random_id()});
+                                    "jti": jti});
                 let Ok(assertion) = jsonwebtoken::encode(&header, &claims, &key) else {
                     return;
                 };
@@ -233,8 +236,8 @@ async fn first_refresh_token(
 ) -> anyhow::Result<String> {
     let verifier = format!(
         "{}{}",
-        fhirgate_auth::tokens::random_id(),
-        fhirgate_auth::tokens::random_id()
+        fhirgate_auth::tokens::random_id()?,
+        fhirgate_auth::tokens::random_id()?
     );
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),

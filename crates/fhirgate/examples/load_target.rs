@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let core = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../core.edn");
     let project = fhirgate::load_project(&core, &registry).map_err(|d| anyhow::anyhow!("{d:?}"))?;
     let mut options = fhirgate::server::ServeOptions::new(base);
-    options.root_secret = Some(fhirgate_auth::tokens::random_id());
+    options.root_secret = Some(fhirgate_auth::tokens::random_id()?);
     let prepared = fhirgate::server::prepare(&project, store, &options)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
         "load",
         "launch/patient patient/*.rs",
         24 * 3600,
-    );
+    )?;
     claims.patient = Some("pt-1".into());
     println!("{}", prepared.auth.verifier().issue(&claims)?);
     let app = prepared.app;

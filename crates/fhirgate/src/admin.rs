@@ -10,6 +10,7 @@
 //! write without them keeps the stored hash. fhirgate's own resources (Client, User, Role,
 //! AccessPolicy, …) get both reference forms (`reference` and `id` + `resourceType`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -18,6 +19,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use fhirgate_auth::secrets::{SecretCache, hash_secret, verify_hash};
+use fhirgate_auth::server::ClientAddr;
+use fhirgate_auth::throttle::{FailureThrottle, Throttled};
 use fhirgate_router::outcome;
 use fhirgate_smart::actions::store_error;
 use fhirgate_store::{Store, StoreError};
@@ -38,7 +41,17 @@ pub struct Admin {
     /// Verified (client, secret, stored hash) triples: a request must not cost an argon2 hash
     /// each time (decisions §17). A changed hash never matches old entries.
     secrets: SecretCache,
+    /// Failed Basic authentications per (client, address) and per address (decisions §22);
+    /// `serve` shares the token endpoint's, so a secret has one budget of guesses.
+    failures: Arc<FailureThrottle>,
     access: std::sync::OnceLock<Arc<fhirgate_smart::access::AccessControl>>,
+}
+
+/// What a Basic `Authorization` header proved.
+pub(crate) enum Authn {
+    Client(String),
+    Denied,
+    Throttled(Throttled),
 }
 
 /// How `serve` set up the root client.
@@ -52,10 +65,21 @@ pub enum RootSecret {
 }
 
 impl Admin {
+    /// An admin API with its own failure throttle at the default limits (10 failures a minute
+    /// per client and address, 60 per address).
     pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+        Self::with_failure_throttle(store, Arc::new(FailureThrottle::new(10, 60)))
+    }
+
+    /// An admin API whose failed authentications count in `failures`.
+    pub fn with_failure_throttle(
+        store: Arc<dyn Store>,
+        failures: Arc<FailureThrottle>,
+    ) -> Arc<Self> {
         Arc::new(Admin {
             store,
             secrets: SecretCache::new(),
+            failures,
             access: std::sync::OnceLock::new(),
         })
     }
@@ -99,7 +123,7 @@ impl Admin {
             (Some(s), _) => (s.to_string(), RootSecret::FromEnv),
             (None, Some(_)) => return Ok(RootSecret::Stored),
             (None, None) => {
-                let s = fhirgate_auth::tokens::random_id();
+                let s = fhirgate_auth::tokens::random_id().map_err(|e| e.to_string())?;
                 (s.clone(), RootSecret::Generated(s))
             }
         };
@@ -111,19 +135,36 @@ impl Admin {
         Ok(outcome)
     }
 
-    /// The client a Basic `Authorization` header authenticates, if the secret is right.
-    pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
+    /// The client a Basic `Authorization` header authenticates, if the secret is right. A
+    /// verified secret in the cache passes on one SHA-256; anything else reserves a failure
+    /// first, so that a throttled guess costs no argon2.
+    pub(crate) async fn authenticate(&self, headers: &HeaderMap, addr: Option<IpAddr>) -> Authn {
         // RFC 6749 §2.3.1: both parts form-url-encoded (admin REST does not accept a raw secret)
-        let (id, secret, _raw) = fhirgate_auth::server::basic_credentials(headers)?.ok()?;
-        let client = self.store.read("Client", &id).await.ok()?;
-        if client["active"] == json!(false) {
-            return None;
+        let Some(Ok((id, secret, _raw))) = fhirgate_auth::server::basic_credentials(headers) else {
+            return Authn::Denied;
+        };
+        let client = self.store.read("Client", &id).await.ok();
+        let hash = client
+            .as_ref()
+            .filter(|c| c["active"] != json!(false))
+            .and_then(|c| c["secret_hash"].as_str())
+            .map(str::to_string);
+        if let Some(h) = &hash
+            && self.secrets.is_cached(&id, &secret, h)
+        {
+            return Authn::Client(id);
         }
-        let hash = client["secret_hash"].as_str()?;
-        if !self.secrets.verify(&id, &secret, hash).await {
-            return None;
+        let attempt = match self.failures.begin(&id, addr) {
+            Ok(a) => a,
+            Err(t) => return Authn::Throttled(t),
+        };
+        match hash {
+            Some(h) if self.secrets.verify(&id, &secret, &h).await => {
+                attempt.succeeded();
+                Authn::Client(id)
+            }
+            _ => Authn::Denied,
         }
-        Some(id)
     }
 }
 
@@ -201,14 +242,15 @@ fn valid_type(rt: &str) -> bool {
 /// other client when an AccessPolicy allows `method path` for it (contract §2).
 pub(crate) async fn guard(
     admin: &Admin,
+    addr: Option<IpAddr>,
     headers: &HeaderMap,
     method: &str,
     path: &str,
     rpc_method: Option<&str>,
 ) -> Result<String, Response> {
-    match admin.authenticate(headers).await {
-        Some(id) if id == "root" => Ok(id),
-        Some(id) => match admin.access.get() {
+    match admin.authenticate(headers, addr).await {
+        Authn::Client(id) if id == "root" => Ok(id),
+        Authn::Client(id) => match admin.access.get() {
             Some(ac) => ac.check_client(method, path, &id, rpc_method).map(|_| id),
             None => Err(outcome::response(
                 StatusCode::FORBIDDEN,
@@ -216,7 +258,18 @@ pub(crate) async fn guard(
                 "no AccessPolicy allows this client here",
             )),
         },
-        None => {
+        Authn::Throttled(t) => {
+            let secs = t.retry_after_secs();
+            let mut r = outcome::response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                format!("too many failed authentications; retry in {secs} s"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            Err(r)
+        }
+        Authn::Denied => {
             let mut r = outcome::response(
                 StatusCode::UNAUTHORIZED,
                 "login",
@@ -289,6 +342,14 @@ pub(crate) fn prepare_resource(
             }
         }
     }
+    // after hashing: an update that keeps the stored secret hash has credentials
+    if fhirgate_config::client_lacks_credentials(resource) {
+        return Err(PrepareError::Invalid(format!(
+            "Client/{}: {}",
+            resource["id"].as_str().unwrap_or_default(),
+            fhirgate_config::CLIENT_NEEDS_CREDENTIALS
+        )));
+    }
     if OWN_TYPES.contains(&rt.as_str()) {
         fhirgate_store::enrich_references(resource);
     }
@@ -353,11 +414,12 @@ async fn previous(admin: &Admin, rt: &str, id: &str) -> Option<Value> {
 
 async fn create(
     State(admin): State<Arc<Admin>>,
+    ClientAddr(addr): ClientAddr,
     Path(rt): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = guard(&admin, &headers, "POST", &format!("/{rt}"), None).await {
+    if let Err(r) = guard(&admin, addr, &headers, "POST", &format!("/{rt}"), None).await {
         return r;
     }
     if !valid_type(&rt) {
@@ -385,10 +447,11 @@ async fn create(
 
 async fn read(
     State(admin): State<Arc<Admin>>,
+    ClientAddr(addr): ClientAddr,
     Path((rt, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = guard(&admin, &headers, "GET", &format!("/{rt}/{id}"), None).await {
+    if let Err(r) = guard(&admin, addr, &headers, "GET", &format!("/{rt}/{id}"), None).await {
         return r;
     }
     match admin.store.read(&rt, &id).await {
@@ -399,11 +462,12 @@ async fn read(
 
 async fn update(
     State(admin): State<Arc<Admin>>,
+    ClientAddr(addr): ClientAddr,
     Path((rt, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = guard(&admin, &headers, "PUT", &format!("/{rt}/{id}"), None).await {
+    if let Err(r) = guard(&admin, addr, &headers, "PUT", &format!("/{rt}/{id}"), None).await {
         return r;
     }
     if !valid_type(&rt) {
@@ -444,10 +508,20 @@ async fn update(
 
 async fn remove(
     State(admin): State<Arc<Admin>>,
+    ClientAddr(addr): ClientAddr,
     Path((rt, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = guard(&admin, &headers, "DELETE", &format!("/{rt}/{id}"), None).await {
+    if let Err(r) = guard(
+        &admin,
+        addr,
+        &headers,
+        "DELETE",
+        &format!("/{rt}/{id}"),
+        None,
+    )
+    .await
+    {
         return r;
     }
     match admin.store.delete(&rt, &id).await {
@@ -461,8 +535,13 @@ async fn remove(
 }
 
 /// `PUT /` with an array of resources: all stored in one transaction, or none.
-async fn bulk(State(admin): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = guard(&admin, &headers, "PUT", "/", None).await {
+async fn bulk(
+    State(admin): State<Arc<Admin>>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = guard(&admin, addr, &headers, "PUT", "/", None).await {
         return r;
     }
     let items = match parse_body(&headers, &body) {

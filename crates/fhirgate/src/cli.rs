@@ -122,6 +122,25 @@ pub struct ServeArgs {
     /// The PEM private key (PKCS#8, RSA or EC) of --tls-cert.
     #[arg(long, env = "FHIRGATE_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Failed sign-ins allowed per user and client address per minute, and failed client
+    /// authentications (token endpoint, admin Basic auth) per client id and address. Correct
+    /// passwords and secrets never count.
+    #[arg(
+        long,
+        env = "FHIRGATE_LOGIN_FAILURES_PER_USER",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub login_failures_per_user: u32,
+    /// Failed sign-ins allowed per client address per minute (failed client authentications
+    /// are counted apart, with the same limit).
+    #[arg(
+        long,
+        env = "FHIRGATE_LOGIN_FAILURES_PER_ADDRESS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub login_failures_per_address: u32,
 }
 
 /// Check a base URL: absolute http(s), a host, no trailing slash, no query or fragment.
@@ -199,6 +218,30 @@ mod tests {
         );
         assert!(validate_base_url("http://x/?a=1").is_err());
         assert!(validate_base_url("not a url").is_err());
+    }
+
+    #[test]
+    fn login_failure_limits_default_to_10_and_60_and_refuse_0() {
+        let serve = |args: &[&str]| {
+            let mut argv = vec!["fhirgate", "serve"];
+            argv.extend(args);
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Serve(s) => (s.login_failures_per_user, s.login_failures_per_address),
+                _ => unreachable!(),
+            })
+        };
+        assert_eq!(serve(&[]).unwrap(), (10, 60));
+        assert_eq!(
+            serve(&[
+                "--login-failures-per-user",
+                "3",
+                "--login-failures-per-address",
+                "30"
+            ])
+            .unwrap(),
+            (3, 30)
+        );
+        assert!(serve(&["--login-failures-per-user", "0"]).is_err());
     }
 
     #[test]

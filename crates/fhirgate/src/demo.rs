@@ -318,12 +318,15 @@ impl Demo {
                 "The server does not announce PKCE S256 (code_challenge_methods_supported).",
             );
         }
-        let state = fhirgate_auth::tokens::random_id();
-        let verifier = format!(
-            "{}{}",
-            fhirgate_auth::tokens::random_id(),
-            fhirgate_auth::tokens::random_id()
-        );
+        use fhirgate_auth::tokens::random_id;
+        let (Ok(state), Ok(v1), Ok(v2)) = (random_id(), random_id(), random_id()) else {
+            return error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Error",
+                "the system random generator failed",
+            );
+        };
+        let verifier = format!("{v1}{v2}");
         let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
             aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),
         );

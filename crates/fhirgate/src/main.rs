@@ -233,6 +233,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             seeds: args.seeds.clone(),
             demo: args.demo,
             audit_events: args.audit_events,
+            login_failures_per_user: args.login_failures_per_user,
+            login_failures_per_address: args.login_failures_per_address,
         };
         let prepared = match fhirgate::server::prepare(&project, store, &options).await {
             Ok(p) => p,

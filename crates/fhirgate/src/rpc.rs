@@ -34,11 +34,17 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"error": {"message": message}}))).into_response()
 }
 
-async fn call(State(rpc): State<Rpc>, headers: HeaderMap, body: Bytes) -> Response {
+async fn call(
+    State(rpc): State<Rpc>,
+    fhirgate_auth::server::ClientAddr(addr): fhirgate_auth::server::ClientAddr,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let request = serde_json::from_slice::<Value>(&body).ok();
     let method = request.as_ref().and_then(|r| r["method"].as_str());
     // root, or a client an AccessPolicy allows (contract §5); authentication comes first
-    if let Err(resp) = crate::admin::guard(&rpc.admin, &headers, "POST", "/rpc", method).await {
+    if let Err(resp) = crate::admin::guard(&rpc.admin, addr, &headers, "POST", "/rpc", method).await
+    {
         return resp;
     }
     let Some(request) = request else {
@@ -105,7 +111,7 @@ async fn get_launch_uri(auth: &AuthServer, params: &Value) -> Response {
             "uri": l.uri, "launch": l.launch, "iss": l.iss, "launch-uri": l.uri,
         }}))
         .into_response(),
-        Err(LaunchError::Store(e)) => {
+        Err(e @ (LaunchError::Store(_) | LaunchError::Random(_))) => {
             tracing::error!("get-launch-uri: {e}");
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
         }

@@ -55,6 +55,22 @@ pub fn read_seeds(project: &Project, files: &[PathBuf]) -> Result<Vec<SeedSource
             crate::load::LoadError::Edn(diags) => diags,
             other => format!("seed {other}"),
         })?;
+        // inline EDN seeds get this check, with positions, when the project loads
+        let lacking: Vec<String> = resources
+            .iter()
+            .filter(|r| fhirgate_config::client_lacks_credentials(r))
+            .map(|r| {
+                format!(
+                    "{}: error: Client/{}: {}",
+                    path.display(),
+                    r["id"].as_str().unwrap_or_default(),
+                    fhirgate_config::CLIENT_NEEDS_CREDENTIALS
+                )
+            })
+            .collect();
+        if !lacking.is_empty() {
+            return Err(lacking.join("\n"));
+        }
         out.push(SeedSource {
             label: path.display().to_string(),
             resources,
@@ -254,7 +270,7 @@ mod tests {
     async fn store() -> std::sync::Arc<dyn Store> {
         let dir = std::env::temp_dir().join(format!(
             "fhirgate-seed-unit-{}",
-            fhirgate_auth::tokens::random_id()
+            fhirgate_auth::tokens::random_id().unwrap()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         fhirgate_store::open(&format!("sqlite:{}/db.sqlite", dir.display()))

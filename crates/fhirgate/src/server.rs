@@ -25,6 +25,12 @@ pub struct ServeOptions {
     pub demo: bool,
     /// `--audit-events`: store each data access decision as an AuditEvent resource.
     pub audit_events: bool,
+    /// `--login-failures-per-user`: failed sign-ins per user and address a minute (also failed
+    /// client authentications per client and address).
+    pub login_failures_per_user: u32,
+    /// `--login-failures-per-address`: failed sign-ins (and, apart, client authentications) per
+    /// address a minute.
+    pub login_failures_per_address: u32,
 }
 
 impl ServeOptions {
@@ -37,6 +43,8 @@ impl ServeOptions {
             seeds: Vec::new(),
             demo: false,
             audit_events: false,
+            login_failures_per_user: 10,
+            login_failures_per_address: 60,
         }
     }
 }
@@ -94,6 +102,8 @@ pub async fn prepare(
         fhirgate_smart::standing::ProviderRoles::new(project.provider_roles.iter().cloned());
     let mut auth_config = AuthConfig::new(&options.base_url, bases);
     auth_config.provider_roles = provider_roles.clone();
+    auth_config.login_failures_per_user = options.login_failures_per_user;
+    auth_config.login_failures_per_address = options.login_failures_per_address;
     let auth = AuthServer::start(store.clone(), auth_config)
         .await
         .map_err(|e| format!("cannot start the authorization server: {e}"))?;
@@ -123,7 +133,7 @@ pub async fn prepare(
             warning.message
         );
     }
-    let admin = Admin::new(store.clone());
+    let admin = Admin::with_failure_throttle(store.clone(), auth.client_failures());
     admin.set_access_control(access);
     let root = admin.bootstrap_root(options.root_secret.as_deref()).await?;
     let settings = Settings {

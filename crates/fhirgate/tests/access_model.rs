@@ -528,7 +528,8 @@ async fn start(store: Arc<dyn fhirgate_store::Store>) -> Fixture {
 impl Fixture {
     fn issue(&self, token: &Token) -> String {
         let scope: Vec<&str> = token.scopes.iter().map(|&i| POOL[i].0).collect();
-        let mut c = AccessClaims::new(BASE, &format!("{BASE}/smart"), "app", &scope.join(" "), 300);
+        let mut c = AccessClaims::new(BASE, &format!("{BASE}/smart"), "app", &scope.join(" "), 300)
+            .unwrap();
         c.sub = token.subject.to_string();
         c.patient = token.patient.map(str::to_string);
         self.verifier.issue(&c).unwrap()

@@ -371,6 +371,57 @@ async fn a_sample_client_secret_authenticates_and_survives_updates_without_it() 
     );
 }
 
+/// issue 12 §5: a Client with no secret, jwks or jwks_uri is public only when it says
+/// `secret_required: false`; admin REST refuses one that does not, naming the fix.
+#[tokio::test]
+async fn a_client_without_credentials_must_say_it_is_public() {
+    let base = start().await;
+    let root = |rb: reqwest::RequestBuilder| rb.basic_auth("root", Some(ROOT));
+    let keyless = json!({"resourceType": "Client", "id": "app", "grant_types": ["authorization_code"],
+        "auth": {"authorization_code": {"redirect_uri": "http://app.test/cb"}}});
+    for rb in [
+        root(client().put(format!("{base}/Client/app"))).json(&keyless),
+        root(client().post(format!("{base}/Client"))).json(&keyless),
+        root(client().put(format!("{base}/"))).json(&json!([keyless])),
+    ] {
+        let (s, body) = send(rb).await;
+        assert_eq!(s, 400, "{body}");
+        let outcome: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(outcome["resourceType"], "OperationOutcome");
+        let text = outcome["issue"][0]["diagnostics"].to_string();
+        assert!(
+            text.contains("auth.authorization_code.secret_required: false")
+                && text.contains("Client/app"),
+            "{outcome}"
+        );
+    }
+    assert_eq!(
+        send(root(client().get(format!("{base}/Client/app"))))
+            .await
+            .0,
+        404,
+        "nothing stored"
+    );
+    // saying so makes it a public client
+    let mut public = keyless.clone();
+    public["auth"]["authorization_code"]["secret_required"] = json!(false);
+    let (s, body) = send(root(client().put(format!("{base}/Client/app"))).json(&public)).await;
+    assert_eq!(s, 201, "{body}");
+    // and a Client whose secret is stored keeps it through an update that leaves it out
+    let (s, body) = send(
+        root(client().put(format!("{base}/Client/conf")))
+            .json(&json!({"resourceType": "Client", "secret": "s3cret"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = send(
+        root(client().put(format!("{base}/Client/conf")))
+            .json(&json!({"resourceType": "Client", "grant_types": ["basic"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+}
+
 #[tokio::test]
 async fn bad_bodies_get_operation_outcomes_and_change_nothing() {
     let base = start().await;

@@ -505,3 +505,61 @@ fn check_warns_when_no_seeded_access_policy_can_allow_the_protected_routes() {
         "{log}"
     );
 }
+
+/// issue 12 §5: `check` refuses a seeded Client with no secret, jwks or jwks_uri that does not
+/// say `secret_required: false` — inline (with its position) and in a seed file.
+#[test]
+fn check_refuses_a_client_without_credentials_that_does_not_say_it_is_public() {
+    let dir = tempdir();
+    let project = |clients: &str, files: &str| {
+        format!(
+            "{{ns core import #{{zenbox aidbox}}\n root-api {{:zen/tags #{{zenbox/api}} \"x\" {{:GET {{:action :smart.fhir/style}}}}}}\n seed {{:zen/tags #{{aidbox/service}} :engine aidbox/seed\n       :resources {{:Client {{{clients}}}}}{files}}}}}\n"
+        )
+    };
+    std::fs::write(
+        dir.join("core.edn"),
+        project(
+            ":app {:auth {:authorization_code {:redirect_uri \"http://app.test/cb\"}}}",
+            "",
+        ),
+    )
+    .unwrap();
+    let out = run(&["check", "core.edn"], &dir);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(
+            "core.edn:4:29: error: Client/app: a Client needs a secret, jwks or jwks_uri"
+        ) && err.contains("auth.authorization_code.secret_required: false"),
+        "{err}"
+    );
+
+    std::fs::write(
+        dir.join("core.edn"),
+        project(
+            ":app {:auth {:authorization_code {:redirect_uri \"http://app.test/cb\" :secret_required false}}}",
+            "\n       :files [\"clients.json\"]",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("clients.json"),
+        r#"[{"resourceType": "Client", "id": "other", "grant_types": ["authorization_code"]}]"#,
+    )
+    .unwrap();
+    let out = run(&["check", "core.edn"], &dir);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("clients.json: error: Client/other: a Client needs"),
+        "{err}"
+    );
+
+    std::fs::write(
+        dir.join("clients.json"),
+        r#"[{"resourceType": "Client", "id": "other", "secret": "s"}]"#,
+    )
+    .unwrap();
+    let out = run(&["check", "core.edn"], &dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -98,7 +98,7 @@ async fn start() -> Fixture {
 
 impl Fixture {
     fn token(&self, aud: &str, scope: &str, patient: Option<&str>) -> (AccessClaims, String) {
-        let mut c = AccessClaims::new(BASE, &format!("{BASE}{aud}"), "app", scope, 300);
+        let mut c = AccessClaims::new(BASE, &format!("{BASE}{aud}"), "app", scope, 300).unwrap();
         c.patient = patient.map(Into::into);
         if !scope.contains("system/") {
             // a User's token (a client_credentials token's subject is the client)
@@ -137,13 +137,7 @@ async fn tokens_must_be_ours_for_this_base_and_current() {
 
     let foreign = TokenVerifier::new(Arc::new(Keyring::generate().unwrap()), BASE);
     let forged = foreign
-        .issue(&AccessClaims::new(
-            BASE,
-            &format!("{BASE}/prov"),
-            "app",
-            "user/*.rs",
-            300,
-        ))
+        .issue(&AccessClaims::new(BASE, &format!("{BASE}/prov"), "app", "user/*.rs", 300).unwrap())
         .unwrap();
     assert_eq!(
         f.get("/prov/Observation", Some(&forged)).await.0,
@@ -164,7 +158,8 @@ async fn tokens_must_be_ours_for_this_base_and_current() {
         "RS256 is not an access token algorithm"
     );
 
-    let mut expired = AccessClaims::new(BASE, &format!("{BASE}/prov"), "app", "user/*.rs", 0);
+    let mut expired =
+        AccessClaims::new(BASE, &format!("{BASE}/prov"), "app", "user/*.rs", 0).unwrap();
     expired.exp -= 120;
     let expired = f.verifier.issue(&expired).unwrap();
     assert_eq!(
@@ -257,7 +252,7 @@ async fn revocation_takes_effect_on_the_next_request() {
     let f = start().await;
     let (claims, t) = f.token("/prov", "user/*.rs", None);
     assert_eq!(f.get("/prov/Observation", Some(&t)).await.0, 200);
-    f.verifier.revoke_grant(&claims.grant);
+    f.verifier.revoke_grant(&claims.grant, claims.exp);
     let (s, _, ch) = f.get("/prov/Observation", Some(&t)).await;
     assert_eq!(s, 401);
     assert!(ch.unwrap().contains("revoked"));

@@ -79,7 +79,7 @@ async fn start() -> Fixture {
 
 impl Fixture {
     fn token(&self, scope: &str, patient: Option<&str>) -> String {
-        let mut c = AccessClaims::new(BASE, &format!("{BASE}/smart"), "app", scope, 300);
+        let mut c = AccessClaims::new(BASE, &format!("{BASE}/smart"), "app", scope, 300).unwrap();
         c.patient = patient.map(Into::into);
         if !scope.contains("system/") {
             // a User's token (a client_credentials token's subject is the client)

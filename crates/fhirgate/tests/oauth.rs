@@ -1108,6 +1108,32 @@ async fn login_is_rate_limited_per_user() {
     assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == 401));
 }
 
+/// issue 12 §4: only failures count, so a user who types the right password is never refused.
+#[tokio::test]
+async fn thirty_correct_sign_ins_in_a_row_all_succeed() {
+    let s = start().await;
+    let mut b = Browser::new(&s.base);
+    for i in 0..30 {
+        let page = b.get("/auth/login").await;
+        assert_eq!(page.status, 200);
+        let r = b.login(&page, "amy", "amy-pass").await;
+        assert_eq!(r.status, 302, "sign-in {} of 30: {}", i + 1, r.body);
+    }
+    // nine failures and a success leave the budget whole: nine more failures are still 401
+    for _ in 0..9 {
+        let page = b.get("/auth/login").await;
+        assert_eq!(b.login(&page, "amy", "wrong").await.status, 401);
+    }
+    let page = b.get("/auth/login").await;
+    assert_eq!(b.login(&page, "amy", "amy-pass").await.status, 302);
+    let page = b.get("/auth/login").await;
+    assert_eq!(
+        b.login(&page, "amy", "wrong").await.status,
+        401,
+        "the tenth failure"
+    );
+}
+
 #[tokio::test]
 async fn discovery_documents() {
     let s = start().await;

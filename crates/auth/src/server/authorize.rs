@@ -18,13 +18,12 @@ use minijinja::context;
 use serde_json::Value;
 
 use super::AuthServer;
-use super::clients::ClientInfo;
+use super::clients::{ClientAuth, ClientInfo};
 use super::records::{
     self, CODE, CODE_TTL, CodeRecord, GRANT, GRANT_TTL, GrantRecord, LAUNCH, LaunchRecord, PENDING,
     PENDING_TTL, Pending, SESSION, SESSION_TTL, SessionRecord, Use, hashed, unix_now,
 };
 use super::web::{self, Params, SESSION_COOKIE, redirect, with_query};
-use crate::tokens::random_id;
 
 /// The client's address, when the server was started with connect info.
 pub struct ClientAddr(pub Option<IpAddr>);
@@ -285,6 +284,9 @@ impl AuthServer {
             state: state.map(str::to_string),
         };
         // from here on errors go back to the app
+        if client.auth == ClientAuth::Unusable {
+            return ret.error("unauthorized_client", super::clients::NO_CREDENTIALS);
+        }
         let one = |name: &str| p.one(name);
         let (
             Ok(response_type),
@@ -421,7 +423,10 @@ impl AuthServer {
                 Err(e) => return internal(self, e),
             }
         }
-        let req = random_id();
+        let req = match self.random_id() {
+            Ok(r) => r,
+            Err(e) => return internal(self, e),
+        };
         if let Err(e) = self
             .records
             .put(PENDING, &req, None, &pending, PENDING_TTL)
@@ -646,7 +651,10 @@ impl AuthServer {
         {
             return internal(self, e);
         }
-        let code = random_id();
+        let code = match self.random_id() {
+            Ok(c) => c,
+            Err(e) => return internal(self, e),
+        };
         let record = CodeRecord {
             client_id: pending.client_id.clone(),
             redirect_uri: pending.redirect_uri.clone(),
@@ -682,7 +690,15 @@ impl AuthServer {
         name: &str,
         ctx: impl Fn(&str) -> minijinja::Value,
     ) -> Response {
-        let (csrf, cookie) = web::csrf_token(headers, self.cookie_path(), self.secure_cookies);
+        let (csrf, cookie) = match web::csrf_token(
+            self.rng.as_ref(),
+            headers,
+            self.cookie_path(),
+            self.secure_cookies,
+        ) {
+            Ok(t) => t,
+            Err(e) => return internal(self, e),
+        };
         let mut resp = self.pages.render(StatusCode::OK, name, ctx(&csrf));
         if let Some(c) = cookie {
             resp.headers_mut().append(header::SET_COOKIE, c);
@@ -997,7 +1013,10 @@ impl AuthServer {
             context! { base => &self.base_path, csrf => csrf, req => req, next => next,
             error => error, username => username, client_name => &client_name }
         });
-        *resp.status_mut() = status;
+        // a page that could not be made (no CSRF value) keeps its error status
+        if resp.status().is_success() {
+            *resp.status_mut() = status;
+        }
         resp
     }
 
@@ -1020,12 +1039,6 @@ impl AuthServer {
         // an email shared by two users names neither
         matches.next().is_none().then_some(first)
     }
-}
-
-/// An argon2 hash nobody knows the password of: unknown users cost the same as wrong passwords.
-fn dummy_hash() -> &'static str {
-    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    H.get_or_init(|| crate::secrets::hash_secret(&random_id()).unwrap_or_default())
 }
 
 pub async fn login_submit(
@@ -1056,36 +1069,49 @@ pub async fn login_submit(
             )
             .await;
     }
-    if let Err(wait) = s.limits.check(&username, addr) {
-        let mut resp = s
-            .login_form(
-                &headers,
-                &p,
-                StatusCode::TOO_MANY_REQUESTS,
-                Some("Too many sign-in attempts; wait a moment and try again."),
-                &username,
-            )
-            .await;
-        let secs = wait.as_secs().max(1).to_string();
-        if let Ok(v) = HeaderValue::from_str(&secs) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return resp;
-    }
     let password = p.get("password").unwrap_or_default().to_string();
     let user = s.find_user(&username).await;
+    // failures count per account however it is named (id or email), and per address; the check
+    // comes before any argon2 work, and a right password gives its reservation back
+    let account = user
+        .as_ref()
+        .and_then(|u| u["id"].as_str())
+        .unwrap_or(&username)
+        .to_string();
+    let attempt = match s.login_failures.begin(&account, addr) {
+        Ok(a) => a,
+        Err(throttled) => {
+            let mut resp = s
+                .login_form(
+                    &headers,
+                    &p,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Some("Too many failed sign-ins; wait a moment and try again."),
+                    &username,
+                )
+                .await;
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(throttled.retry_after_secs()),
+            );
+            return resp;
+        }
+    };
     let hash = user
         .as_ref()
         .filter(|u| u["active"] != Value::Bool(false))
         .and_then(|u| u["password_hash"].as_str())
         .map(str::to_string);
     let ok = {
-        let h = hash.clone().unwrap_or_else(|| dummy_hash().to_string());
+        let h = hash
+            .clone()
+            .unwrap_or_else(|| crate::secrets::dummy_hash().to_string());
         let pw = password.clone();
         tokio::task::spawn_blocking(move || crate::secrets::verify_hash(&pw, &h))
             .await
             .unwrap_or(false)
     } && hash.is_some();
+    // a failure keeps its reservation (the attempt is dropped unredeemed)
     let (true, Some(user)) = (ok, user) else {
         return s
             .login_form(
@@ -1097,8 +1123,12 @@ pub async fn login_submit(
             )
             .await;
     };
+    attempt.succeeded();
     let user_id = user["id"].as_str().unwrap_or_default().to_string();
-    let session = random_id();
+    let session = match s.random_id() {
+        Ok(id) => id,
+        Err(e) => return internal(&s, e),
+    };
     let record = SessionRecord {
         user: user_id.clone(),
         auth_time: unix_now(),
@@ -1373,7 +1403,10 @@ pub async fn consent_submit(
         Ok(u) => u,
         Err(e) => return internal(&s, e),
     };
-    let grant_id = random_id();
+    let grant_id = match s.random_id() {
+        Ok(g) => g,
+        Err(e) => return internal(&s, e),
+    };
     let grant = GrantRecord {
         client_id: client.id.clone(),
         client_name: client.name.clone(),

@@ -2,20 +2,24 @@
 
 use serde_json::Value;
 
-use super::records::{ACCESS_TTL, REFRESH_TTL};
+use super::records::{ACCESS_TTL, MAX_ACCESS_TTL, REFRESH_TTL};
 
 /// How a client proves who it is at the token, introspection and revocation endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientAuth {
-    /// `client_id` only (no secret, `secret_required: false`, no keys).
+    /// `client_id` only: no secret, no keys, and `secret_required: false` said explicitly.
     Public,
     /// `client_secret_basic` or `client_secret_post` against the stored argon2 hash.
     Secret(String),
     /// `private_key_jwt` against the client's `jwks` or `jwks_uri`.
     PrivateKeyJwt,
-    /// Configured so that it cannot authenticate (e.g. `secret_required` with no secret).
+    /// No secret, no keys and no `secret_required: false`: it cannot authenticate, and is never
+    /// taken for a public client (fail closed; `check` and admin REST refuse such a Client).
     Unusable,
 }
+
+/// Why a Client with no credentials is refused (for `check`, admin REST and the token endpoint).
+pub const NO_CREDENTIALS: &str = "a Client needs a secret, jwks or jwks_uri; a public app (no credentials) must say so with auth.authorization_code.secret_required: false";
 
 /// A Client, read for one request.
 #[derive(Debug, Clone)]
@@ -65,10 +69,10 @@ impl ClientInfo {
             ClientAuth::PrivateKeyJwt
         } else if let Some(h) = secret_hash {
             ClientAuth::Secret(h)
-        } else if secret_required == Some(true) {
-            ClientAuth::Unusable
-        } else {
+        } else if secret_required == Some(false) {
             ClientAuth::Public
+        } else {
+            ClientAuth::Unusable
         };
         let refresh_allowed = grant_types.iter().any(|g| g == "refresh_token")
             || ac["refresh_token"].as_bool() == Some(true);
@@ -90,9 +94,10 @@ impl ClientInfo {
             redirect_uris: strings(&ac["redirect_uri"]),
             refresh_allowed,
             pkce_required,
-            access_ttl: seconds(&ac["access_token_expiration"], ACCESS_TTL),
+            access_ttl: seconds(&ac["access_token_expiration"], ACCESS_TTL).min(MAX_ACCESS_TTL),
             refresh_ttl: seconds(&ac["refresh_token_expiration"], REFRESH_TTL),
-            client_credentials_ttl: seconds(&cc["access_token_expiration"], ACCESS_TTL),
+            client_credentials_ttl: seconds(&cc["access_token_expiration"], ACCESS_TTL)
+                .min(MAX_ACCESS_TTL),
             allowed_scope,
             launch_uri: resource["smart"]["launch_uri"].as_str().map(str::to_string),
             grant_types,
@@ -148,6 +153,15 @@ mod tests {
             json!({"id": "b", "auth": {"authorization_code": {"secret_required": true}}}),
         );
         assert_eq!(broken.auth, ClientAuth::Unusable);
+        let keyless =
+            ClientInfo::from_resource(json!({"id": "n", "grant_types": ["authorization_code"],
+            "auth": {"authorization_code": {"redirect_uri": "https://n/cb"}}}));
+        assert_eq!(
+            keyless.auth,
+            ClientAuth::Unusable,
+            "no credentials and no secret_required: false is not public"
+        );
+        assert!(!keyless.is_confidential());
         let keyed = ClientInfo::from_resource(json!({"id": "k", "jwks_uri": "https://k/jwks",
             "scope": "system/*.rs  system/Patient.r", "active": false}));
         assert_eq!(keyed.auth, ClientAuth::PrivateKeyJwt);

@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::AuthServer;
+use super::authorize::ClientAddr;
 use super::records::{GRANT, GrantRecord, REFRESH, RefreshRecord, hashed};
 use super::token::{form, server_error};
 use super::web::{json_no_store, oauth_error};
@@ -50,12 +51,15 @@ impl AuthServer {
 /// body, an authenticated client, exactly one non-empty `token`.
 async fn token_request(
     s: &AuthServer,
+    addr: Option<std::net::IpAddr>,
     headers: &HeaderMap,
     body: &Bytes,
     endpoint: &str,
 ) -> Result<(super::clients::ClientInfo, super::web::Params), Response> {
     let p = form(headers, body)?;
-    let client = s.authenticate_client(headers, &p, endpoint, None).await?;
+    let client = s
+        .authenticate_client(headers, &p, endpoint, None, addr)
+        .await?;
     match p.one("token") {
         Ok(Some(_)) => Ok((client, p)),
         Ok(None) => Err(oauth_error(
@@ -73,10 +77,11 @@ async fn token_request(
 
 pub async fn introspect(
     State(s): State<Arc<AuthServer>>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (client, p) = match token_request(&s, &headers, &body, "/auth/introspect").await {
+    let (client, p) = match token_request(&s, addr, &headers, &body, "/auth/introspect").await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -127,8 +132,13 @@ pub async fn introspect(
     }
 }
 
-pub async fn revoke(State(s): State<Arc<AuthServer>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (client, p) = match token_request(&s, &headers, &body, "/auth/revoke").await {
+pub async fn revoke(
+    State(s): State<Arc<AuthServer>>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (client, p) = match token_request(&s, addr, &headers, &body, "/auth/revoke").await {
         Ok(x) => x,
         Err(r) => return r,
     };

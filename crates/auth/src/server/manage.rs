@@ -15,7 +15,6 @@ use super::authorize::is_form;
 use super::clients::ClientInfo;
 use super::records::{GRANT, GrantRecord, LAUNCH, LAUNCH_TTL, LaunchContext, LaunchRecord, hashed};
 use super::web::{self, Params, redirect, with_query};
-use crate::tokens::random_id;
 
 /// Why a launch could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +37,8 @@ pub enum LaunchError {
     },
     #[error("{0}")]
     Store(String),
+    #[error("{0}")]
+    Random(#[from] crate::tokens::RandomError),
 }
 
 /// A launch made for an app: what the RPC answers (contract §5).
@@ -111,7 +112,7 @@ impl AuthServer {
         let Some(iss) = self.fhir_base(iss).map(str::to_string) else {
             return Err(LaunchError::UnknownIss(iss.into()));
         };
-        let launch = random_id();
+        let launch = self.random_id()?;
         let record = LaunchRecord {
             client_id: info.id.clone(),
             user: user.to_string(),
@@ -172,7 +173,11 @@ pub async fn grants_page(State(s): State<Arc<AuthServer>>, headers: HeaderMap) -
             })
         })
         .collect();
-    let (csrf, cookie) = web::csrf_token(&headers, s.cookie_path(), s.secure_cookies);
+    let (csrf, cookie) =
+        match web::csrf_token(s.rng.as_ref(), &headers, s.cookie_path(), s.secure_cookies) {
+            Ok(t) => t,
+            Err(e) => return super::token::server_error(e),
+        };
     let mut resp = s.pages.render(
         StatusCode::OK,
         "grants",
@@ -280,7 +285,11 @@ pub async fn apps_page(State(s): State<Arc<AuthServer>>, headers: HeaderMap) -> 
         .and_then(|u| super::authorize::fhir_user_reference(&u))
         .and_then(|r| r.strip_prefix("Patient/").map(str::to_string))
         .unwrap_or_default();
-    let (csrf, cookie) = web::csrf_token(&headers, s.cookie_path(), s.secure_cookies);
+    let (csrf, cookie) =
+        match web::csrf_token(s.rng.as_ref(), &headers, s.cookie_path(), s.secure_cookies) {
+            Ok(t) => t,
+            Err(e) => return super::token::server_error(e),
+        };
     let mut resp = s.pages.render(
         StatusCode::OK,
         "apps",
@@ -330,6 +339,7 @@ pub async fn apps_submit(
     match s.create_launch(&user, &iss, client, context).await {
         Ok(l) => redirect(&l.uri),
         Err(LaunchError::Store(e)) => super::token::server_error(e),
+        Err(e @ LaunchError::Random(_)) => super::token::server_error(e),
         Err(e) => s
             .pages
             .error(StatusCode::BAD_REQUEST, "Cannot launch", &e.to_string()),

@@ -24,9 +24,11 @@ use serde_json::Value;
 use crate::assertion::AssertionVerifier;
 use crate::keys::{Algorithm, KeyError, Keyring, SigningKey};
 use crate::secrets::SecretCache;
-use crate::tokens::TokenVerifier;
+use crate::throttle::FailureThrottle;
+use crate::tokens::{RandomError, RandomSource, SystemRandomSource, TokenVerifier};
 use records::{KEY, NODE, REVOKED, Records};
 
+pub use authorize::ClientAddr;
 pub use manage::{Launch, LaunchError, id_of};
 pub use records::LaunchContext;
 pub use web::basic_credentials;
@@ -44,6 +46,8 @@ pub enum StartError {
     Pages(String),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("{0}")]
+    Random(#[from] RandomError),
 }
 
 /// What the authorization server needs to know about its deployment.
@@ -53,10 +57,12 @@ pub struct AuthConfig {
     pub issuer: String,
     /// Absolute URLs of the FHIR bases this server issues tokens for (the `aud` values).
     pub fhir_bases: Vec<String>,
-    /// Login attempts allowed per user name per minute.
-    pub login_per_user_per_minute: u32,
-    /// Login attempts allowed per client address per minute.
-    pub login_per_address_per_minute: u32,
+    /// Failed sign-ins allowed per user and client address per minute; also failed client
+    /// authentications per client id and address.
+    pub login_failures_per_user: u32,
+    /// Failed sign-ins (and, counted apart, failed client authentications) allowed per client
+    /// address per minute.
+    pub login_failures_per_address: u32,
     /// The Role names that give provider access (issue 12).
     pub provider_roles: fhirgate_smart::standing::ProviderRoles,
 }
@@ -66,8 +72,8 @@ impl AuthConfig {
         AuthConfig {
             issuer: issuer.trim_end_matches('/').to_string(),
             fhir_bases,
-            login_per_user_per_minute: 10,
-            login_per_address_per_minute: 60,
+            login_failures_per_user: 10,
+            login_failures_per_address: 60,
             provider_roles: fhirgate_smart::standing::ProviderRoles::default(),
         }
     }
@@ -85,12 +91,26 @@ pub struct AuthServer {
     pub(crate) secrets: SecretCache,
     pub(crate) assertions: AssertionVerifier,
     pub(crate) pages: pages::Pages,
-    pub(crate) limits: web::LoginLimits,
+    /// Failed sign-ins (decisions §22).
+    pub(crate) login_failures: Arc<FailureThrottle>,
+    /// Failed client authentications, shared with admin Basic auth.
+    pub(crate) client_failures: Arc<FailureThrottle>,
+    pub(crate) rng: Arc<dyn RandomSource>,
 }
 
 impl AuthServer {
     /// Load or create the signing keys, load revocations, subscribe to new ones.
     pub async fn start(store: Arc<dyn Store>, config: AuthConfig) -> Result<Arc<Self>, StartError> {
+        Self::start_with_random(store, config, Arc::new(SystemRandomSource)).await
+    }
+
+    /// [`AuthServer::start`] with codes, tokens, sessions and CSRF values drawn from `rng` (tests
+    /// give one that fails, to see every endpoint answer an error rather than a weak value).
+    pub async fn start_with_random(
+        store: Arc<dyn Store>,
+        config: AuthConfig,
+        rng: Arc<dyn RandomSource>,
+    ) -> Result<Arc<Self>, StartError> {
         let issuer_url = url::Url::parse(&config.issuer)
             .map_err(|e| StartError::Config(format!("base URL {:?}: {e}", config.issuer)))?;
         let state = store.auth_state();
@@ -99,9 +119,13 @@ impl AuthServer {
         // subscribe before loading, so that nothing revoked in between is missed
         let events = state.subscribe().await?;
         load_revocations(state.as_ref(), &verifier).await?;
-        let node = crate::tokens::random_id();
+        let node = crate::tokens::random_id_from(rng.as_ref())?;
         register_node(state.as_ref(), &node).await?;
-        tokio::spawn(keep_node_registered(state.clone(), node.clone()));
+        tokio::spawn(keep_node_registered(
+            state.clone(),
+            node.clone(),
+            Arc::downgrade(&verifier),
+        ));
         tokio::spawn(follow_revocations(
             events,
             state.clone(),
@@ -109,10 +133,14 @@ impl AuthServer {
             node,
         ));
         let pages = pages::Pages::new().map_err(|e| StartError::Pages(e.to_string()))?;
-        let limits = web::LoginLimits::new(
-            config.login_per_user_per_minute,
-            config.login_per_address_per_minute,
-        );
+        let login_failures = Arc::new(FailureThrottle::new(
+            config.login_failures_per_user,
+            config.login_failures_per_address,
+        ));
+        let client_failures = Arc::new(FailureThrottle::new(
+            config.login_failures_per_user,
+            config.login_failures_per_address,
+        ));
         Ok(Arc::new(AuthServer {
             base_path: issuer_url.path().trim_end_matches('/').to_string(),
             secure_cookies: issuer_url.scheme() == "https",
@@ -125,8 +153,21 @@ impl AuthServer {
             verifier,
             secrets: SecretCache::new(),
             pages,
-            limits,
+            login_failures,
+            client_failures,
+            rng,
         }))
+    }
+
+    /// A fresh 256-bit random id from this server's generator.
+    pub(crate) fn random_id(&self) -> Result<String, RandomError> {
+        crate::tokens::random_id_from(self.rng.as_ref())
+    }
+
+    /// The throttle of failed client authentications, for admin Basic auth to share (one budget
+    /// per client secret, whichever endpoint it is guessed at).
+    pub fn client_failures(&self) -> Arc<FailureThrottle> {
+        self.client_failures.clone()
     }
 
     /// The verifier the SMART middlewares check bearer tokens with.
@@ -235,7 +276,8 @@ impl AuthServer {
             g.revoked = true;
             self.records.set(records::GRANT, &rec, &g).await?;
         }
-        self.verifier.revoke_grant(grant);
+        self.verifier
+            .revoke_grant(grant, revocation_until(records::unix_now()));
         self.await_acknowledgements(&key).await
     }
 
@@ -389,10 +431,21 @@ async fn load_revocations(
     state: &dyn AuthState,
     verifier: &TokenVerifier,
 ) -> Result<(), StartError> {
+    let now = records::unix_now();
     for r in state.list(REVOKED).await? {
-        apply_revocation(verifier, &r.key);
+        // a revocation older than any access token's lifetime covers no live token
+        if revocation_until(r.created_at) >= now as u64 {
+            apply_revocation(verifier, &r.key, r.created_at);
+        }
     }
     Ok(())
+}
+
+/// The last `exp` of an access token revoked at `revoked_at`: tokens issued before then live at
+/// most [`records::MAX_ACCESS_TTL`], and none are issued under a revoked grant afterwards (code
+/// and refresh grants check the grant first).
+fn revocation_until(revoked_at: i64) -> u64 {
+    (revoked_at + records::MAX_ACCESS_TTL).max(0) as u64
 }
 
 async fn reload_keys(state: &dyn AuthState, verifier: &TokenVerifier) {
@@ -402,11 +455,12 @@ async fn reload_keys(state: &dyn AuthState, verifier: &TokenVerifier) {
     }
 }
 
-fn apply_revocation(verifier: &TokenVerifier, event: &str) {
+fn apply_revocation(verifier: &TokenVerifier, event: &str, revoked_at: i64) {
+    let until = revocation_until(revoked_at);
     if let Some(g) = event.strip_prefix("grant:") {
-        verifier.revoke_grant(g);
+        verifier.revoke_grant(g, until);
     } else if let Some(j) = event.strip_prefix("jti:") {
-        verifier.revoke_jti(j);
+        verifier.revoke_jti(j, until);
     }
 }
 
@@ -425,12 +479,20 @@ async fn register_node(
     Ok(())
 }
 
-/// Renew this process's registration while it runs.
-async fn keep_node_registered(state: Arc<dyn AuthState>, node: String) {
+/// Renew this process's registration while it runs, and sweep expired revocations.
+async fn keep_node_registered(
+    state: Arc<dyn AuthState>,
+    node: String,
+    verifier: std::sync::Weak<TokenVerifier>,
+) {
     loop {
         tokio::time::sleep(std::time::Duration::from_secs((NODE_TTL / 3) as u64)).await;
         if let Err(e) = register_node(state.as_ref(), &node).await {
             tracing::warn!("renewing this process's registration failed: {e}");
+        }
+        match verifier.upgrade() {
+            Some(v) => v.sweep_revocations(),
+            None => return,
         }
     }
 }
@@ -459,7 +521,7 @@ async fn follow_revocations(
                 }
             }
             Ok(e) if e.starts_with("grant:") || e.starts_with("jti:") => {
-                apply_revocation(&verifier, &e);
+                apply_revocation(&verifier, &e, records::unix_now());
                 if let Err(err) = state.publish(&format!("ack:{node}:{e}")).await {
                     tracing::warn!("acknowledging revocation {e} failed: {err}");
                 }

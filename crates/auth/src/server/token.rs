@@ -12,14 +12,15 @@ use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::AuthServer;
+use super::authorize::ClientAddr;
 use super::authorize::is_form;
 use super::clients::{ClientAuth, ClientInfo};
 use super::records::{
     CODE, CodeRecord, GRANT, GrantRecord, REFRESH, RefreshRecord, Use, hashed, unix_now,
 };
-use super::web::{Params, basic_credentials, json_no_store, oauth_error};
+use super::web::{Params, basic_credentials, client_throttled, json_no_store, oauth_error};
 use crate::keys::Algorithm;
-use crate::tokens::{AccessClaims, random_id};
+use crate::tokens::AccessClaims;
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -68,12 +69,16 @@ impl AuthServer {
     /// Authenticate the client of a token, introspection or revocation request by the method
     /// its registration implies (contract §3). `fallback` names the client when the request
     /// names none (a public client refreshing: the refresh token's client).
+    ///
+    /// Failures are throttled per (client id, address) and per address (decisions §22): while
+    /// throttled, only a secret already in the verified cache passes, and nothing costs argon2.
     pub(crate) async fn authenticate_client(
         &self,
         headers: &HeaderMap,
         p: &Params,
         endpoint: &str,
         fallback: Option<&str>,
+        addr: Option<std::net::IpAddr>,
     ) -> Result<ClientInfo, Response> {
         let form_id = p
             .one("client_id")
@@ -135,9 +140,32 @@ impl AuthServer {
             (id.to_string(), Presented::Nothing)
         };
         let client = match self.store.read("Client", &id).await {
-            Ok(c) => ClientInfo::from_resource(c),
-            Err(e) if e.is_client_error() => return Err(invalid_client("unknown client")),
+            Ok(c) => Some(ClientInfo::from_resource(c)),
+            Err(e) if e.is_client_error() => None,
             Err(e) => return Err(server_error(e)),
+        };
+        // a secret this process verified before costs one SHA-256 and passes even while throttled
+        if let (Some(c), Presented::Secret(secret, raw)) = (&client, &presented)
+            && c.active
+            && let ClientAuth::Secret(hash) = &c.auth
+            && (self.secrets.is_cached(&c.id, secret, hash)
+                || raw
+                    .as_deref()
+                    .is_some_and(|r| self.secrets.is_cached(&c.id, r, hash)))
+        {
+            return Ok(c.clone());
+        }
+        // anything presented may be a guess: reserve a failure before checking it (no credential
+        // at all is a public client, or a cheap mistake, and is not counted)
+        let attempt = match presented {
+            Presented::Nothing => None,
+            _ => match self.client_failures.begin(&id, addr) {
+                Ok(a) => Some(a),
+                Err(t) => return Err(client_throttled(t)),
+            },
+        };
+        let Some(client) = client else {
+            return Err(invalid_client("unknown client"));
         };
         if !client.active {
             return Err(invalid_client("the client is not active"));
@@ -176,7 +204,7 @@ impl AuthServer {
                 return Err(invalid_client("the client is public: send only client_id"));
             }
             (ClientAuth::Unusable, _) => {
-                return Err(invalid_client("the client has no usable credentials"));
+                return Err(invalid_client(super::clients::NO_CREDENTIALS));
             }
             _ => {
                 return Err(invalid_client(
@@ -184,11 +212,19 @@ impl AuthServer {
                 ));
             }
         }
+        if let Some(a) = attempt {
+            a.succeeded();
+        }
         Ok(client)
     }
 }
 
-pub async fn token(State(s): State<Arc<AuthServer>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn token(
+    State(s): State<Arc<AuthServer>>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let p = match form(&headers, &body) {
         Ok(p) => p,
         Err(r) => return r,
@@ -199,9 +235,9 @@ pub async fn token(State(s): State<Arc<AuthServer>>, headers: HeaderMap, body: B
         Err(e) => return invalid_request(&e.to_string()),
     };
     match grant_type {
-        "authorization_code" => s.code_grant(&headers, &p).await,
-        "refresh_token" => s.refresh_grant(&headers, &p).await,
-        "client_credentials" => s.client_credentials_grant(&headers, &p).await,
+        "authorization_code" => s.code_grant(&headers, &p, addr).await,
+        "refresh_token" => s.refresh_grant(&headers, &p, addr).await,
+        "client_credentials" => s.client_credentials_grant(&headers, &p, addr).await,
         _ => oauth_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -243,14 +279,19 @@ fn pkce_ok(verifier: &str, challenge: &str) -> bool {
 }
 
 impl AuthServer {
-    async fn code_grant(&self, headers: &HeaderMap, p: &Params) -> Response {
+    async fn code_grant(
+        &self,
+        headers: &HeaderMap,
+        p: &Params,
+        addr: Option<std::net::IpAddr>,
+    ) -> Response {
         let (Ok(code), Ok(redirect_uri), Ok(verifier)) =
             (p.one("code"), p.one("redirect_uri"), p.one("code_verifier"))
         else {
             return invalid_request("a parameter is repeated");
         };
         let client = match self
-            .authenticate_client(headers, p, "/auth/token", None)
+            .authenticate_client(headers, p, "/auth/token", None, addr)
             .await
         {
             Ok(c) => c,
@@ -317,7 +358,12 @@ impl AuthServer {
         .await
     }
 
-    async fn refresh_grant(&self, headers: &HeaderMap, p: &Params) -> Response {
+    async fn refresh_grant(
+        &self,
+        headers: &HeaderMap,
+        p: &Params,
+        addr: Option<std::net::IpAddr>,
+    ) -> Response {
         let (Ok(token), Ok(scope)) = (p.one("refresh_token"), p.one("scope")) else {
             return invalid_request("a parameter is repeated");
         };
@@ -332,7 +378,7 @@ impl AuthServer {
             Err(e) => return server_error(e),
         };
         let client = match self
-            .authenticate_client(headers, p, "/auth/token", fallback.as_deref())
+            .authenticate_client(headers, p, "/auth/token", fallback.as_deref(), addr)
             .await
         {
             Ok(c) => c,
@@ -415,9 +461,14 @@ impl AuthServer {
         .await
     }
 
-    async fn client_credentials_grant(&self, headers: &HeaderMap, p: &Params) -> Response {
+    async fn client_credentials_grant(
+        &self,
+        headers: &HeaderMap,
+        p: &Params,
+        addr: Option<std::net::IpAddr>,
+    ) -> Response {
         let client = match self
-            .authenticate_client(headers, p, "/auth/token", None)
+            .authenticate_client(headers, p, "/auth/token", None, addr)
             .await
         {
             Ok(c) => c,
@@ -477,6 +528,9 @@ impl AuthServer {
             Err(e) => return invalid_request(&e.to_string()),
         };
         let now = unix_now();
+        let (Ok(jti), Ok(grant)) = (self.random_id(), self.random_id()) else {
+            return server_error(crate::tokens::RandomError);
+        };
         let claims = AccessClaims {
             iss: self.config.issuer.clone(),
             aud,
@@ -486,8 +540,8 @@ impl AuthServer {
             patient: None,
             encounter: None,
             fhir_user: None,
-            jti: random_id(),
-            grant: random_id(),
+            jti,
+            grant,
             iat: now as u64,
             exp: (now + client.client_credentials_ttl) as u64,
         };
@@ -507,6 +561,10 @@ impl AuthServer {
         let now = unix_now();
         let scopes = ScopeSet::parse(i.scope);
         let fhir_user_url = i.fhir_user.map(|r| format!("{}/{r}", i.aud));
+        let jti = match self.random_id() {
+            Ok(j) => j,
+            Err(e) => return server_error(e),
+        };
         let claims = AccessClaims {
             iss: self.config.issuer.clone(),
             aud: i.aud.to_string(),
@@ -516,7 +574,7 @@ impl AuthServer {
             patient: i.context.patient.clone(),
             encounter: i.context.encounter.clone(),
             fhir_user: fhir_user_url.clone(),
-            jti: random_id(),
+            jti,
             grant: i.grant.to_string(),
             iat: now as u64,
             exp: (now + i.client.access_ttl) as u64,
@@ -537,7 +595,10 @@ impl AuthServer {
         // bind to, there is no refresh token
         let online = !offline && has("online_access") && i.session.is_some();
         if i.refresh && i.client.refresh_allowed && (offline || online) {
-            let token = random_id();
+            let token = match self.random_id() {
+                Ok(t) => t,
+                Err(e) => return server_error(e),
+            };
             let record = RefreshRecord {
                 grant: i.grant.to_string(),
                 client_id: i.client.id.clone(),

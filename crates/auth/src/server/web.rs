@@ -1,15 +1,10 @@
-//! HTTP plumbing shared by the endpoints: forms, cookies, CSRF, OAuth error bodies, redirects and
-//! login rate limits.
+//! HTTP plumbing shared by the endpoints: forms, cookies, CSRF, OAuth error bodies and redirects.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::time::Duration;
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::json;
 
@@ -120,6 +115,20 @@ pub fn oauth_error(status: StatusCode, error: &str, description: &str) -> Respon
     resp
 }
 
+/// A client authentication refused because of earlier failures: `invalid_client` (RFC 6749
+/// §5.2) with 429 and `Retry-After`.
+pub fn client_throttled(t: crate::throttle::Throttled) -> Response {
+    let secs = t.retry_after_secs();
+    let mut resp = oauth_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "invalid_client",
+        &format!("too many failed client authentications; retry in {secs} s"),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
+}
+
 /// `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749 §5.1).
 pub fn no_store(h: &mut HeaderMap) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -207,52 +216,24 @@ pub fn csrf_ok(headers: &HeaderMap, params: &Params) -> bool {
     }
 }
 
-/// The CSRF token for a page: the browser's cookie if it has a good one, else a new one (and
-/// the `Set-Cookie` to send with the page).
-pub fn csrf_token(headers: &HeaderMap, path: &str, secure: bool) -> (String, Option<HeaderValue>) {
+/// The CSRF token for a page: the browser's cookie if it has a good one, else a new one from
+/// the server's generator (and the `Set-Cookie` to send with the page).
+pub fn csrf_token(
+    rng: &dyn crate::tokens::RandomSource,
+    headers: &HeaderMap,
+    path: &str,
+    secure: bool,
+) -> Result<(String, Option<HeaderValue>), crate::tokens::RandomError> {
     if let Some(c) = cookies(headers).remove(CSRF_COOKIE)
         && c.len() >= 32
         && c.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return (c, None);
+        return Ok((c, None));
     }
-    let token = crate::tokens::random_id();
+    let token = crate::tokens::random_id_from(rng)?;
     let cookie = set_cookie(CSRF_COOKIE, &token, 8 * 3600, path, "Strict", secure);
-    (token, cookie)
-}
-
-/// Login rate limits per user name and per client address (decisions §22).
-pub struct LoginLimits {
-    per_user: DefaultKeyedRateLimiter<String>,
-    per_address: DefaultKeyedRateLimiter<IpAddr>,
-}
-
-impl LoginLimits {
-    pub fn new(per_user_per_minute: u32, per_address_per_minute: u32) -> LoginLimits {
-        let quota = |n: u32| {
-            let n = NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
-            Quota::per_minute(n).allow_burst(n)
-        };
-        LoginLimits {
-            per_user: RateLimiter::keyed(quota(per_user_per_minute)),
-            per_address: RateLimiter::keyed(quota(per_address_per_minute)),
-        }
-    }
-
-    /// `Err(wait)` when either limit is exhausted.
-    pub fn check(&self, user: &str, address: Option<IpAddr>) -> Result<(), Duration> {
-        let clock = governor::clock::DefaultClock::default();
-        use governor::clock::Clock;
-        if let Some(a) = address
-            && let Err(not_until) = self.per_address.check_key(&a)
-        {
-            return Err(not_until.wait_time_from(clock.now()));
-        }
-        self.per_user
-            .check_key(&user.to_lowercase())
-            .map_err(|not_until| not_until.wait_time_from(clock.now()))
-    }
+    Ok((token, cookie))
 }
 
 #[cfg(test)]
@@ -307,7 +288,7 @@ mod tests {
     #[test]
     fn csrf_needs_matching_cookie() {
         let mut h = HeaderMap::new();
-        let token = crate::tokens::random_id();
+        let token = crate::tokens::random_id().unwrap();
         h.insert(
             header::COOKIE,
             HeaderValue::from_str(&format!("other=1; {CSRF_COOKIE}={token}")).unwrap(),
@@ -317,17 +298,7 @@ mod tests {
         assert!(csrf_ok(&h, &good));
         assert!(!csrf_ok(&h, &bad));
         assert!(!csrf_ok(&HeaderMap::new(), &good));
-        assert_eq!(csrf_token(&h, "/", false).0, token);
-    }
-
-    #[test]
-    fn login_limits_per_user_and_address() {
-        let l = LoginLimits::new(2, 3);
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        assert!(l.check("amy", Some(a)).is_ok());
-        assert!(l.check("AMY", Some(a)).is_ok());
-        assert!(l.check("amy", Some(a)).is_err(), "third try for amy");
-        assert!(l.check("bob", Some(a)).is_err(), "the address is spent too");
-        assert!(l.check("bob", Some("127.0.0.2".parse().unwrap())).is_ok());
+        let rng = crate::tokens::SystemRandomSource;
+        assert_eq!(csrf_token(&rng, &h, "/", false).unwrap().0, token);
     }
 }

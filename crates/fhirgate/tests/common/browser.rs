@@ -259,8 +259,8 @@ impl Browser {
 pub fn pkce() -> (String, String) {
     let verifier = format!(
         "{}{}",
-        fhirgate_auth::tokens::random_id(),
-        fhirgate_auth::tokens::random_id()
+        fhirgate_auth::tokens::random_id().unwrap(),
+        fhirgate_auth::tokens::random_id().unwrap()
     );
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);

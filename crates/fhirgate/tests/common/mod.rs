@@ -20,7 +20,7 @@ pub async fn serve(app: axum::Router) -> String {
 pub fn tempdir(prefix: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "fhirgate-{prefix}-{}",
-        fhirgate_auth::tokens::random_id()
+        fhirgate_auth::tokens::random_id().unwrap()
     ));
     std::fs::create_dir_all(&d).expect("create temp dir");
     d

@@ -373,7 +373,7 @@ impl ClientKey {
         self.sign(
             json!({"typ": "JWT"}),
             &json!({"iss": client, "sub": client, "aud": aud, "iat": now(),
-                    "exp": now() + 240, "jti": random_id()}),
+                    "exp": now() + 240, "jti": random_id().unwrap()}),
         )
     }
 
@@ -382,7 +382,7 @@ impl ClientKey {
     /// header `typ: JWT` with `alg` and `kid`.
     pub fn inferno_assertion(&self, client: &str, aud: &str) -> String {
         use fhirgate_auth::tokens::{now, random_id};
-        let jti = format!("{}{}", random_id(), random_id());
+        let jti = format!("{}{}", random_id().unwrap(), random_id().unwrap());
         self.sign(
             json!({"typ": "JWT"}),
             &json!({"iss": client, "sub": client, "aud": aud, "exp": now() + 300, "jti": jti}),
