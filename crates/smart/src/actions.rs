@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::response::IntoResponse;
 use fhirgate_config::Route;
 use fhirgate_router::{Request, Response, RouteMatch, outcome};
-use fhirgate_store::{RawResource, SearchQuery, Store, StoreError};
+use fhirgate_store::{RawResource, SearchQuery, StoreError};
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -19,24 +19,7 @@ use crate::authorize::Authorized;
 use crate::enforce;
 use crate::scopes::Interaction;
 
-/// What the actions need: the store, and the public base URL for `fullUrl`s and links.
-#[derive(Clone)]
-pub struct DataAccess {
-    pub store: Arc<dyn Store>,
-    pub base_url: Arc<str>,
-    /// The AccessPolicy check every data request passes (decisions §10); `None` only for an
-    /// embedding that does not use AccessPolicies.
-    pub access: Option<Arc<crate::access::AccessControl>>,
-    /// AuditEvent resources (none: the log only).
-    pub audit: Option<Arc<crate::audit::AuditSink>>,
-}
-
-impl DataAccess {
-    /// The FHIR base a route belongs to: the public base URL plus its API's mount.
-    pub fn fhir_base(&self, route: &Route) -> String {
-        crate::discovery::fhir_base_url(&self.base_url, route)
-    }
-}
+pub use crate::confined::DataAccess;
 
 /// Which data action a route runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,109 +233,19 @@ fn audit(
     }
 }
 
-/// The live resource `id` of `resource_type`, if it is within the compartment and one of the
-/// granular alternatives: one query by primary key per alternative, each checking the
-/// compartment and the filters on that one row, instead of a read and a membership check.
-async fn confined_lookup(
-    access: &DataAccess,
-    auth: &Authorized,
-    resource_type: &str,
-    id: &str,
-) -> Result<Option<RawResource>, Response> {
-    let no_filter: [Vec<crate::scopes::Filter>; 1] = [Vec::new()];
-    let alternatives: &[Vec<crate::scopes::Filter>] = if auth.filters.is_empty() {
-        &no_filter
-    } else {
-        &auth.filters
-    };
-    for alt in alternatives {
-        let filters: Vec<fhirgate_store::Filter> = alt
-            .iter()
-            .map(|f| fhirgate_store::Filter {
-                name: f.param.clone(),
-                modifier: None,
-                values: vec![f.value.clone()],
-            })
-            .collect();
-        let found = access
-            .store
-            .lookup(resource_type, id, auth.compartment.as_deref(), &filters)
-            .await
-            .map_err(store_error)?;
-        if found.is_some() {
-            return Ok(found);
-        }
-    }
-    Ok(None)
-}
-
 async fn instance(
     access: &DataAccess,
     auth: &Authorized,
     resource_type: &str,
     id: &str,
 ) -> Response {
-    let what = format!("{resource_type}/{id}");
     if !valid_id(id) {
-        return outcome::not_found(format!("{what} not found"));
+        return outcome::not_found(format!("{resource_type}/{id} not found"));
     }
-    let confined = auth.compartment.is_some() || !auth.filters.is_empty();
-    if confined {
-        // outside the compartment or the granular scopes: the same answer as "does not exist"
-        return match confined_lookup(access, auth, resource_type, id).await {
-            Ok(Some(r)) => fhir_resource(r),
-            Ok(None) => outcome::not_found(format!("{what} not found")),
-            Err(resp) => resp,
-        };
-    }
-    match access.store.read_raw(resource_type, id).await {
+    // outside the compartment or the granular scopes: the same answer as "does not exist"
+    match access.confined(auth).read(resource_type, id).await {
         Ok(r) => fhir_resource(r),
         Err(e) => store_error(e),
-    }
-}
-
-/// The store's form of the decision: the compartment, and the granular alternatives (an empty
-/// list: no filter).
-fn confinement(
-    auth: &Authorized,
-) -> (
-    fhirgate_store::Confinement,
-    Vec<Vec<fhirgate_store::Filter>>,
-) {
-    let confinement = match &auth.compartment {
-        Some(p) => fhirgate_store::Confinement::patient(p.as_str()),
-        None => fhirgate_store::Confinement::unconfined(),
-    };
-    let alternatives = auth
-        .filters
-        .iter()
-        .map(|alt| {
-            alt.iter()
-                .map(|f| fhirgate_store::Filter {
-                    name: f.param.clone(),
-                    modifier: None,
-                    values: vec![f.value.clone()],
-                })
-                .collect()
-        })
-        .collect();
-    (confinement, alternatives)
-}
-
-/// Whether one version of a resource is within the decision: each version is judged on its
-/// own content, since a resource can change patient or category between versions.
-fn admits_version(
-    confinement: &fhirgate_store::Confinement,
-    alternatives: &[Vec<fhirgate_store::Filter>],
-    resource_type: &str,
-    resource: &Value,
-) -> bool {
-    if alternatives.is_empty() {
-        confinement.admits(resource_type, resource, &[])
-    } else {
-        alternatives
-            .iter()
-            .any(|alt| confinement.admits(resource_type, resource, alt))
     }
 }
 
@@ -365,23 +258,16 @@ async fn version(
     id: &str,
     vid: &str,
 ) -> Response {
-    let what = format!("{resource_type}/{id}/_history/{vid}");
     if !valid_id(id) || !valid_id(vid) {
-        return outcome::not_found(format!("{what} not found"));
+        return outcome::not_found(format!("{resource_type}/{id}/_history/{vid} not found"));
     }
-    let (confinement, alternatives) = confinement(auth);
-    match access.store.vread(resource_type, id, vid).await {
-        Ok(r) if admits_version(&confinement, &alternatives, resource_type, &r) => {
+    match access.confined(auth).vread(resource_type, id, vid).await {
+        Ok(r) => {
             let mut resp = fhir_json(StatusCode::OK, &r);
             if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{vid}\"")) {
                 resp.headers_mut().insert(header::ETAG, etag);
             }
             resp
-        }
-        Ok(_) => outcome::not_found(format!("{what} not found")),
-        // a deletion version has no content to judge: refused when confined
-        Err(StoreError::Gone { .. }) if auth.compartment.is_some() || !auth.filters.is_empty() => {
-            outcome::not_found(format!("{what} not found"))
         }
         Err(e) => store_error(e),
     }
@@ -402,9 +288,8 @@ async fn history(
     id: &str,
     pairs: &[(String, String)],
 ) -> Response {
-    let what = format!("{resource_type}/{id}");
     if !valid_id(id) {
-        return outcome::not_found(format!("{what} not found"));
+        return outcome::not_found(format!("{resource_type}/{id} not found"));
     }
     let mut count = HISTORY_DEFAULT_COUNT;
     let mut offset = 0usize;
@@ -427,28 +312,11 @@ async fn history(
             offset = n;
         }
     }
-    let confined = auth.compartment.is_some() || !auth.filters.is_empty();
-    if confined {
-        // the current version must be within the decision (a deleted resource's cannot be
-        // judged: its history is refused), and then each version is judged on its own
-        match confined_lookup(access, auth, resource_type, id).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return outcome::not_found(format!("{what} not found")),
-            Err(resp) => return resp,
-        }
-    }
-    let entries = match access.store.history(resource_type, id).await {
-        Ok(e) => e,
+    // each version judged on its own content; confined, the current version must be visible
+    let visible = match access.confined(auth).history(resource_type, id).await {
+        Ok(v) => v,
         Err(e) => return store_error(e),
     };
-    let (confinement, alternatives) = confinement(auth);
-    let visible: Vec<fhirgate_store::HistoryEntry> = entries
-        .into_iter()
-        .filter(|e| match &e.resource {
-            Some(r) => admits_version(&confinement, &alternatives, resource_type, r),
-            None => !confined,
-        })
-        .collect();
     let total = visible.len();
     let base = access.fhir_base(route);
     let entry: Vec<Value> = visible
@@ -580,44 +448,20 @@ async fn search(
     {
         return resp;
     }
-    let mut q = match SearchQuery::from_pairs(
+    let q = match SearchQuery::from_pairs(
         resource_type,
         pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     ) {
         Ok(q) => q,
         Err(e) => return store_error(e),
     };
-    q.patient_compartment = auth.compartment.clone();
-    // granular scopes: one alternative adds its filters; several alternatives on one parameter
-    // become one OR filter; anything else is refused rather than widened.
-    match auth.filters.as_slice() {
-        [] => {}
-        [one] => {
-            for f in one {
-                q = q.filter(&f.param, None, &[f.value.as_str()]);
-            }
-        }
-        many if many
-            .iter()
-            .all(|a| a.len() == 1 && a[0].param == many[0][0].param) =>
-        {
-            let values: Vec<&str> = many.iter().map(|a| a[0].value.as_str()).collect();
-            q = q.filter(&many[0][0].param, None, &values);
-        }
-        _ => {
-            return forbidden(
-                "this combination of granular scopes cannot be searched; ask for one category at a time",
-            );
-        }
-    }
-    let result = match access.store.search(&q).await {
+    let offset = q.offset;
+    let result = match access.confined(auth).search(q).await {
         Ok(r) => r,
-        Err(e) => return store_error(e),
+        Err(crate::confined::SearchError::Store(e)) => return store_error(e),
+        Err(e @ crate::confined::SearchError::Unsearchable) => return forbidden(e.to_string()),
     };
-    let included = match confine_included(access, auth, result.included).await {
-        Ok(i) => i,
-        Err(resp) => return resp,
-    };
+    let included = confine_included(auth, result.included);
     let base = &access.base_url;
     let fhir_base = access.fhir_base(route);
     let full_url = |r: &Value| {
@@ -652,7 +496,7 @@ async fn search(
         }
     };
     let mut link =
-        vec![json!({"relation": "self", "url": link_to(Some(q.offset).filter(|o| *o > 0))})];
+        vec![json!({"relation": "self", "url": link_to(Some(offset).filter(|o| *o > 0))})];
     if let Some(next) = result.next_offset {
         link.push(json!({"relation": "next", "url": link_to(Some(next))}));
     }
@@ -669,11 +513,7 @@ async fn search(
 /// against that type's compartment and granular filters. When confined, an included resource
 /// in no patient's compartment at all (e.g. a Provenance that targets the patient's
 /// Observation, not the patient) is kept: it is nobody's record.
-async fn confine_included(
-    _access: &DataAccess,
-    auth: &Authorized,
-    included: Vec<Value>,
-) -> Result<Vec<Value>, Response> {
+fn confine_included(auth: &Authorized, included: Vec<Value>) -> Vec<Value> {
     let mut out = Vec::with_capacity(included.len());
     for r in included {
         let Some(t) = r["resourceType"].as_str() else {
@@ -691,24 +531,14 @@ async fn confine_included(
             Some(p) => fhirgate_store::Confinement::patient(p),
             None => fhirgate_store::Confinement::unconfined(),
         };
-        let alternatives: Vec<Vec<fhirgate_store::Filter>> = grant
-            .filters
-            .iter()
-            .map(|alt| {
-                alt.iter()
-                    .map(|f| fhirgate_store::Filter {
-                        name: f.param.clone(),
-                        modifier: None,
-                        values: vec![f.value.clone()],
-                    })
-                    .collect()
-            })
-            .collect();
-        let admitted = admits_version(&confinement, &alternatives, t, &r)
+        let filters: Vec<Vec<crate::scopes::Filter>> =
+            grant.filters.iter().map(|f| f.to_vec()).collect();
+        let alternatives = crate::confined::alternatives(&filters);
+        let admitted = crate::confined::admits(&confinement, &alternatives, t, &r)
             || (grant.compartment.is_some()
                 && t != "Patient"
                 && fhirgate_store::Confinement::is_unattached(t, &r)
-                && admits_version(
+                && crate::confined::admits(
                     &fhirgate_store::Confinement::unconfined(),
                     &alternatives,
                     t,
@@ -718,7 +548,7 @@ async fn confine_included(
             out.push(r);
         }
     }
-    Ok(out)
+    out
 }
 
 /// A tower service running one data action on one route.

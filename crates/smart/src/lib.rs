@@ -15,6 +15,7 @@ pub mod access;
 pub mod actions;
 pub mod audit;
 pub mod authorize;
+pub mod confined;
 pub mod discovery;
 pub mod enforce;
 pub mod middleware;
@@ -104,12 +105,12 @@ pub fn register(registry: &mut Registry, setup: &Setup) {
         }
         match (&setup.store, actions::Kind::for_action(keyword)) {
             (Some(store), Some(kind)) => {
-                let access = actions::DataAccess {
-                    store: store.clone(),
-                    base_url: setup.base_url.as_str().into(),
-                    access: setup.access.clone(),
-                    audit: setup.audit.clone(),
-                };
+                let access = confined::DataAccess::new(
+                    store.clone(),
+                    &setup.base_url,
+                    setup.access.clone(),
+                    setup.audit.clone(),
+                );
                 registry
                     .action(keyword, spec, move |route: &Arc<Route>| {
                         actions::DataAction {

@@ -1,0 +1,238 @@
+//! The store as the SMART data actions see it: through the request's access decision.
+//!
+//! [`DataAccess`] holds the raw [`Store`] privately; the only way the data actions reach data is
+//! [`DataAccess::confined`], which takes the request's [`Authorized`] — what the middleware's
+//! [`crate::enforce::decide`] established — and gives a [`ConfinedStore`] that applies its
+//! patient compartment and granular filters to every read, vread, history and search. The
+//! unconfined form exists only where that decision left the compartment open (a `system/` or
+//! provider grant, or a type outside the Patient compartment), so a new data action cannot
+//! "forget" confinement: it has no store to forget it with.
+//!
+//! ```
+//! # async fn demo(access: &fhirgate_smart::confined::DataAccess, auth: &fhirgate_smart::authorize::Authorized) {
+//! let store = access.confined(auth);
+//! // outside the compartment or the granular scopes: the same as a resource that does not exist
+//! let read = store.read("Observation", "obs-1").await;
+//! # let _ = read;
+//! # }
+//! ```
+
+use std::sync::Arc;
+
+use fhirgate_config::Route;
+use fhirgate_store::{
+    Confinement, Filter, HistoryEntry, RawResource, SearchQuery, SearchResult, Store, StoreError,
+};
+use serde_json::Value;
+
+use crate::authorize::Authorized;
+
+/// What the data actions need: the store (private: reached only through [`Self::confined`]),
+/// the public base URL for `fullUrl`s and links, the AccessPolicy check and the audit sink.
+#[derive(Clone)]
+pub struct DataAccess {
+    store: Arc<dyn Store>,
+    pub base_url: Arc<str>,
+    /// The AccessPolicy check every data request passes (decisions §10); `None` only for an
+    /// embedding that does not use AccessPolicies.
+    pub access: Option<Arc<crate::access::AccessControl>>,
+    /// AuditEvent resources (none: the log only).
+    pub audit: Option<Arc<crate::audit::AuditSink>>,
+}
+
+impl DataAccess {
+    pub fn new(
+        store: Arc<dyn Store>,
+        base_url: &str,
+        access: Option<Arc<crate::access::AccessControl>>,
+        audit: Option<Arc<crate::audit::AuditSink>>,
+    ) -> Self {
+        DataAccess {
+            store,
+            base_url: base_url.into(),
+            access,
+            audit,
+        }
+    }
+
+    /// The FHIR base a route belongs to: the public base URL plus its API's mount.
+    pub fn fhir_base(&self, route: &Route) -> String {
+        crate::discovery::fhir_base_url(&self.base_url, route)
+    }
+
+    /// The store confined by `auth`, the request's access decision.
+    pub fn confined(&self, auth: &Authorized) -> ConfinedStore<'_> {
+        let confinement = match &auth.compartment {
+            Some(p) => Confinement::patient(p.as_str()),
+            None => Confinement::unconfined(),
+        };
+        ConfinedStore {
+            store: self.store.as_ref(),
+            confinement,
+            alternatives: alternatives(&auth.filters),
+        }
+    }
+}
+
+/// Granular scope alternatives as store filters (OR of ANDs).
+pub(crate) fn alternatives(filters: &[Vec<crate::scopes::Filter>]) -> Vec<Vec<Filter>> {
+    filters
+        .iter()
+        .map(|alt| {
+            alt.iter()
+                .map(|f| Filter {
+                    name: f.param.clone(),
+                    modifier: None,
+                    values: vec![f.value.clone()],
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Why a confined search cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Granular alternatives on different parameters: refused rather than widened.
+    #[error(
+        "this combination of granular scopes cannot be searched; ask for one category at a time"
+    )]
+    Unsearchable,
+}
+
+/// The store through one access decision.
+pub struct ConfinedStore<'a> {
+    store: &'a dyn Store,
+    confinement: Confinement,
+    /// Granular alternatives (empty: no filter).
+    alternatives: Vec<Vec<Filter>>,
+}
+
+impl ConfinedStore<'_> {
+    /// Whether the decision limits anything (a compartment or granular filters).
+    pub fn is_confined(&self) -> bool {
+        self.confinement.patient_id().is_some() || !self.alternatives.is_empty()
+    }
+
+    /// Whether one version of a resource is within the decision: judged on its own content,
+    /// since a resource can change patient or category between versions.
+    pub fn admits(&self, resource_type: &str, resource: &Value) -> bool {
+        admits(
+            &self.confinement,
+            &self.alternatives,
+            resource_type,
+            resource,
+        )
+    }
+
+    /// The live resource, if it is within the decision: [`StoreError::NotFound`] otherwise, the
+    /// same answer as for an id that does not exist (a deleted resource is `Gone` only when
+    /// unconfined). Confined, one primary-key query per alternative checks the compartment and
+    /// the filters on that one row.
+    pub async fn read(&self, resource_type: &str, id: &str) -> Result<RawResource, StoreError> {
+        if !self.is_confined() {
+            return self.store.read_raw(resource_type, id).await;
+        }
+        let none: [Vec<Filter>; 1] = [Vec::new()];
+        let alternatives: &[Vec<Filter>] = if self.alternatives.is_empty() {
+            &none
+        } else {
+            &self.alternatives
+        };
+        for alt in alternatives {
+            if let Some(found) = self
+                .store
+                .lookup(resource_type, id, self.confinement.patient_id(), alt)
+                .await?
+            {
+                return Ok(found);
+            }
+        }
+        Err(not_found(resource_type, id))
+    }
+
+    /// One version, if it is within the decision (a deletion version, whose content cannot be
+    /// judged, only when unconfined).
+    pub async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version_id: &str,
+    ) -> Result<Value, StoreError> {
+        match self.store.vread(resource_type, id, version_id).await {
+            Ok(r) if self.admits(resource_type, &r) => Ok(r),
+            Ok(_) => Err(not_found(resource_type, id)),
+            Err(StoreError::Gone { .. }) if self.is_confined() => Err(not_found(resource_type, id)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The versions of a resource within the decision, newest first. Confined, the current
+    /// version must be within it (a deleted resource's history is refused), and deletion
+    /// markers are left out.
+    pub async fn history(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        if self.is_confined() {
+            self.read(resource_type, id).await?;
+        }
+        let confined = self.is_confined();
+        Ok(self
+            .store
+            .history(resource_type, id)
+            .await?
+            .into_iter()
+            .filter(|e| match &e.resource {
+                Some(r) => self.admits(resource_type, r),
+                None => !confined,
+            })
+            .collect())
+    }
+
+    /// A search within the decision: the compartment is added to the query, and the granular
+    /// alternatives — one alternative's filters, or several alternatives on one parameter as
+    /// one OR filter; anything else is refused rather than widened.
+    pub async fn search(&self, mut q: SearchQuery) -> Result<SearchResult, SearchError> {
+        q.patient_compartment = self.confinement.patient_id().map(str::to_string);
+        match self.alternatives.as_slice() {
+            [] => {}
+            [one] => q.params.extend(one.iter().cloned()),
+            many if many
+                .iter()
+                .all(|a| a.len() == 1 && a[0].name == many[0][0].name) =>
+            {
+                let values: Vec<&str> = many.iter().map(|a| a[0].values[0].as_str()).collect();
+                q = q.filter(&many[0][0].name, None, &values);
+            }
+            _ => return Err(SearchError::Unsearchable),
+        }
+        Ok(self.store.search(&q).await?)
+    }
+}
+
+/// [`ConfinedStore::admits`] for a confinement and alternatives of another grant (includes).
+pub(crate) fn admits(
+    confinement: &Confinement,
+    alternatives: &[Vec<Filter>],
+    resource_type: &str,
+    resource: &Value,
+) -> bool {
+    if alternatives.is_empty() {
+        confinement.admits(resource_type, resource, &[])
+    } else {
+        alternatives
+            .iter()
+            .any(|alt| confinement.admits(resource_type, resource, alt))
+    }
+}
+
+fn not_found(resource_type: &str, id: &str) -> StoreError {
+    StoreError::NotFound {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+    }
+}
