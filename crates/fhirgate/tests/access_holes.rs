@@ -249,6 +249,15 @@ async fn a_patient_user_cannot_pick_another_patient() {
     );
     let consent = consent_page(&mut b, &url, "rosa-user", "rosa-pass").await;
     assert!(consent.body.contains("Rosa"), "{}", consent.body);
+    // the page speaks to her about her own record, in words; the scope only in small print
+    for words in ["your record", "Open with your record", "See your whole record"] {
+        assert!(consent.body.contains(words), "{words}: {}", consent.body);
+    }
+    assert!(
+        consent.body.contains("<small class=\"hint\"><code>patient/*.rs</code></small>"),
+        "{}",
+        consent.body
+    );
     let csrf = consent.input("csrf").unwrap();
     let req = consent.input("req").unwrap();
     let forged = b

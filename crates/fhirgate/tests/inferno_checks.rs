@@ -367,7 +367,7 @@ async fn standalone_patient_app_public_client_v2_scopes_and_refresh() {
     assert!(
         consent
             .body
-            .contains("keep access when you are not using the app, until you revoke it"),
+            .contains("Keep access when you are not using the app, until you revoke it"),
         "{}",
         consent.body
     );

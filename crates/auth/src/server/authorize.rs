@@ -12,6 +12,8 @@ use axum::extract::{ConnectInfo, FromRequestParts, RawQuery, State};
 use axum::response::Response;
 use fhirgate_smart::scopes::{Scope, ScopeSet, intersect};
 use fhirgate_smart::standing::Standing;
+
+use super::consent::{Voice, describe, granular_alternatives};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use minijinja::context;
@@ -39,56 +41,6 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
         ))
     }
 }
-
-/// US Core category slices offered as granular alternatives on the consent page (contract §4).
-const GRANULAR: &[(&str, &str, &str)] = &[
-    (
-        "Observation",
-        "http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
-        "laboratory results",
-    ),
-    (
-        "Observation",
-        "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs",
-        "vital signs",
-    ),
-    (
-        "Observation",
-        "http://terminology.hl7.org/CodeSystem/observation-category|social-history",
-        "social history",
-    ),
-    (
-        "Observation",
-        "http://terminology.hl7.org/CodeSystem/observation-category|survey",
-        "surveys",
-    ),
-    (
-        "Observation",
-        "http://hl7.org/fhir/us/core/CodeSystem/us-core-category|sdoh",
-        "social determinants of health",
-    ),
-    // ONC's "Clinical Test" sub-resource: US Core 6.1's clinical result category `procedure`
-    (
-        "Observation",
-        "http://terminology.hl7.org/CodeSystem/observation-category|procedure",
-        "clinical tests",
-    ),
-    (
-        "Condition",
-        "http://terminology.hl7.org/CodeSystem/condition-category|problem-list-item",
-        "problem list",
-    ),
-    (
-        "Condition",
-        "http://terminology.hl7.org/CodeSystem/condition-category|encounter-diagnosis",
-        "encounter diagnoses",
-    ),
-    (
-        "Condition",
-        "http://hl7.org/fhir/us/core/CodeSystem/condition-category|health-concern",
-        "health concerns",
-    ),
-];
 
 /// Where an authorization error goes once the redirect_uri is trusted.
 struct Return {
@@ -587,7 +539,12 @@ impl AuthServer {
         if prompt_none {
             return ret.error("consent_required", "the user has not approved this app");
         }
-        self.consent_page(headers, req, &pending, &client, &user_id, &offered)
+        let voice = match (&standing, &pending.context.patient) {
+            (Standing::Linked(_), _) => Voice::Own,
+            (_, Some(_)) => Voice::Patient,
+            (_, None) => Voice::Patients,
+        };
+        self.consent_page(headers, req, &pending, &client, &user_id, &offered, voice)
             .await
     }
 
@@ -848,13 +805,14 @@ impl AuthServer {
         client: &ClientInfo,
         user: &str,
         offered: &ScopeSet,
+        voice: Voice,
     ) -> Response {
         let requested: Vec<Value> = offered
             .scopes()
             .iter()
-            .map(|s| serde_json::json!({"scope": s.as_str(), "text": describe(s)}))
+            .map(|s| serde_json::json!({"scope": s.as_str(), "text": describe(s, voice)}))
             .collect();
-        let granular: Vec<Value> = granular_alternatives(offered)
+        let granular: Vec<Value> = granular_alternatives(offered, voice)
             .into_iter()
             .map(|(scope, text)| serde_json::json!({"scope": scope, "text": text}))
             .collect();
@@ -862,9 +820,10 @@ impl AuthServer {
             Some(id) => Some(self.patient_named(id).await),
             None => None,
         };
+        let own = voice == Voice::Own;
         self.page_with_csrf(headers, "consent", |csrf| {
             context! { base => &self.base_path, csrf => csrf, req => req,
-            client_name => &client.name, user => user, patient => &patient,
+            client_name => &client.name, user => user, patient => &patient, own => own,
             requested => &requested, granular => &granular }
         })
     }
@@ -894,88 +853,6 @@ fn patient_label(p: &Value) -> String {
         "" => details,
         full => format!("{full} ({details})"),
     }
-}
-
-/// What a scope means, for the consent page.
-fn describe(s: &Scope) -> String {
-    match s {
-        Scope::OpenId => "confirm who you are to the app".into(),
-        Scope::FhirUser => "tell the app which FHIR record describes you".into(),
-        Scope::Profile => "share your name and email".into(),
-        Scope::Launch => "open in the context of your current session".into(),
-        Scope::LaunchPatient => "know which patient is selected".into(),
-        Scope::LaunchEncounter => "know which encounter is selected".into(),
-        Scope::OfflineAccess => {
-            "keep access when you are not using the app, until you revoke it (a refresh token that does not expire with your session)".into()
-        }
-        Scope::OnlineAccess => "keep access while you are signed in".into(),
-        Scope::Resource(r) => {
-            let what = r.resource_type.as_deref().unwrap_or("all record types");
-            let whose = match r.context {
-                fhirgate_smart::scopes::Context::Patient => "the patient's",
-                fhirgate_smart::scopes::Context::User => "your permitted",
-                fhirgate_smart::scopes::Context::System => "all",
-            };
-            format!(
-                "{} {whose} {what} data{}",
-                verbs(&r.interactions.letters()),
-                if r.is_granular() {
-                    " (only the listed kinds)"
-                } else {
-                    ""
-                }
-            )
-        }
-        Scope::Other(_) => String::new(),
-    }
-}
-
-fn verbs(letters: &str) -> String {
-    let mut v = Vec::new();
-    for (l, w) in [
-        ('c', "create"),
-        ('r', "read"),
-        ('u', "update"),
-        ('d', "delete"),
-        ('s', "search"),
-    ] {
-        if letters.contains(l) {
-            v.push(w);
-        }
-    }
-    let s = v.join(", ");
-    let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-        .unwrap_or_default()
-}
-
-/// Category-level alternatives for the resource-level Observation and Condition scopes.
-fn granular_alternatives(offered: &ScopeSet) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for r in offered.resource_scopes() {
-        if r.is_granular() {
-            continue;
-        }
-        let Some(t) = r.resource_type.as_deref() else {
-            continue;
-        };
-        let letters = r.interactions.letters();
-        if !letters.contains('r') && !letters.contains('s') {
-            continue;
-        }
-        // granular scopes are a v2 form: read and search only
-        let rs: String = letters.chars().filter(|c| *c == 'r' || *c == 's').collect();
-        for (ty, cat, text) in GRANULAR {
-            if *ty == t {
-                let scope = format!("{}/{t}.{rs}?category={cat}", r.context.as_str());
-                if !out.iter().any(|(s, _)| s == &scope) {
-                    out.push((scope, format!("only {text}")));
-                }
-            }
-        }
-    }
-    out
 }
 
 // ---- login, logout ----
@@ -1381,7 +1258,8 @@ pub async fn consent_submit(
         Err(r) => return r,
     };
     let offered = offered_scopes(&pending.scope, &client);
-    let granular = granular_alternatives(&offered);
+    // the scope strings only: the sentences do not matter here
+    let granular = granular_alternatives(&offered, Voice::Own);
     // only what the page offered can be granted: a forged form cannot widen anything
     let mut granted: Vec<&str> = Vec::new();
     for checked in p.all("scope") {
@@ -1449,7 +1327,7 @@ mod tests {
         let offered = ScopeSet::parse(
             "openid patient/Observation.rs patient/Condition.read patient/Patient.rs user/Observation.rs?category=x|y",
         );
-        let alts: Vec<String> = granular_alternatives(&offered)
+        let alts: Vec<String> = granular_alternatives(&offered, Voice::Own)
             .into_iter()
             .map(|(s, _)| s)
             .collect();

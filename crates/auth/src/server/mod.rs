@@ -9,6 +9,7 @@
 
 mod authorize;
 pub mod clients;
+pub mod consent;
 mod endpoints;
 mod manage;
 pub mod pages;

@@ -66,17 +66,19 @@ const ENCOUNTERS: &str = r#"{% extends "layout" %}{% block title %}Choose an enc
 
 const CONSENT: &str = r#"{% extends "layout" %}{% block title %}Allow access{% endblock %}
 {% block body %}<h1>Allow {{ client_name }}?</h1>
-<p>Signed in as <strong>{{ user }}</strong>{% if patient %}; patient <strong>{{ patient }}</strong>{% endif %}.
+{% if own %}<p>Signed in as <strong>{{ user }}</strong>. <strong>{{ client_name }}</strong> asks to use <strong>your record</strong>{% if patient %} ({{ patient }}){% endif %}.
 Untick anything you do not want to share.</p>
+{% else %}<p>Signed in as <strong>{{ user }}</strong>{% if patient %}; patient <strong>{{ patient }}</strong>{% endif %}.
+Untick anything you do not want to share.</p>{% endif %}
 <form method="post" action="{{ base }}/auth/consent">
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <input type="hidden" name="req" value="{{ req }}">
-<fieldset><legend>Requested access</legend>
-{% for s in requested %}<label><input type="checkbox" name="scope" value="{{ s.scope }}" checked> <code>{{ s.scope }}</code> <span class="hint">{{ s.text }}</span></label>
+<fieldset><legend>{% if own %}What the app may do with your record{% else %}Requested access{% endif %}</legend>
+{% for s in requested %}<label><input type="checkbox" name="scope" value="{{ s.scope }}" checked> {{ s.text }} <small class="hint"><code>{{ s.scope }}</code></small></label>
 {% endfor %}</fieldset>
 {% if granular %}<fieldset><legend>Or share only some categories</legend>
 <p class="hint">Tick these and untick the matching line above to share only those categories.</p>
-{% for s in granular %}<label><input type="checkbox" name="scope" value="{{ s.scope }}"> <code>{{ s.scope }}</code> <span class="hint">{{ s.text }}</span></label>
+{% for s in granular %}<label><input type="checkbox" name="scope" value="{{ s.scope }}"> {{ s.text }} <small class="hint"><code>{{ s.scope }}</code></small></label>
 {% endfor %}</fieldset>{% endif %}
 <label><input type="checkbox" name="remember" value="yes"> Remember this decision for {{ client_name }}</label>
 <button type="submit" name="decision" value="allow">Allow</button>
