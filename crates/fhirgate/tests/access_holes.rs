@@ -250,11 +250,17 @@ async fn a_patient_user_cannot_pick_another_patient() {
     let consent = consent_page(&mut b, &url, "rosa-user", "rosa-pass").await;
     assert!(consent.body.contains("Rosa"), "{}", consent.body);
     // the page speaks to her about her own record, in words; the scope only in small print
-    for words in ["your record", "Open with your record", "See your whole record"] {
+    for words in [
+        "your record",
+        "Open with your record",
+        "See your whole record",
+    ] {
         assert!(consent.body.contains(words), "{words}: {}", consent.body);
     }
     assert!(
-        consent.body.contains("<small class=\"hint\"><code>patient/*.rs</code></small>"),
+        consent
+            .body
+            .contains("<small class=\"hint\"><code>patient/*.rs</code></small>"),
         "{}",
         consent.body
     );
