@@ -97,6 +97,8 @@ pub fn seed_source(base_url: &str) -> Result<SeedSource, String> {
     Ok(SeedSource {
         label: "the demo data (--demo)".into(),
         resources: resources(base_url)?,
+        // the operator's choice at this start, not the project's: never removed by seeding
+        project: false,
     })
 }
 
