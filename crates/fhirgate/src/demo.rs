@@ -887,6 +887,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_demo_data_is_never_removed_as_a_dropped_project_seed() {
+        // seeding removes only what the project declared; demo data is there for one start
+        assert!(!seed_source("http://localhost:9999").unwrap().project);
+    }
+
+    #[test]
     fn the_demo_data_parses_and_fills_its_placeholders() {
         let items = resources("http://localhost:9999").unwrap();
         let text = serde_json::to_string(&items).unwrap();

@@ -547,4 +547,66 @@ mod tests {
             "{err}"
         );
     }
+
+    #[tokio::test]
+    async fn only_the_projects_seeds_are_removed_and_only_as_seeded() {
+        let store = store().await;
+        let run = |project: Vec<Value>, operator: Vec<Value>| {
+            vec![
+                SeedSource {
+                    label: "core.edn".into(),
+                    resources: project,
+                    project: true,
+                },
+                SeedSource {
+                    label: "--seed".into(),
+                    resources: operator,
+                    project: false,
+                },
+            ]
+        };
+        let a = json!({"resourceType": "AccessPolicy", "id": "a", "engine": "allow"});
+        let b = json!({"resourceType": "AccessPolicy", "id": "b", "engine": "allow"});
+        let c = json!({"resourceType": "Patient", "id": "c"});
+        let o = json!({"resourceType": "Patient", "id": "o"});
+        let done = apply(
+            store.as_ref(),
+            run(vec![a.clone(), b.clone(), c.clone()], vec![o.clone()]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.written, 4);
+        // c is changed after it was seeded
+        store
+            .update(
+                json!({"resourceType": "Patient", "id": "c", "active": true}),
+                None,
+            )
+            .await
+            .unwrap();
+        let done = apply(store.as_ref(), run(vec![a.clone()], vec![]))
+            .await
+            .unwrap();
+        assert_eq!(
+            done,
+            Seeded {
+                written: 0,
+                unchanged: 1,
+                removed: vec!["AccessPolicy/b".into()],
+            }
+        );
+        assert!(matches!(
+            store.read("AccessPolicy", "b").await,
+            Err(StoreError::Gone { .. })
+        ));
+        assert_eq!(store.read("Patient", "c").await.unwrap()["active"], true);
+        assert!(store.read("Patient", "o").await.is_ok());
+        // no project seeds at all: the last one goes too
+        let done = apply(store.as_ref(), vec![]).await.unwrap();
+        assert_eq!(done.removed, vec!["AccessPolicy/a".to_string()]);
+        assert_eq!(
+            apply(store.as_ref(), vec![]).await.unwrap(),
+            Seeded::default()
+        );
+    }
 }
