@@ -8,9 +8,17 @@
 //! through what admin REST does for fhirgate's own types (write-only `secret`/`password` hashed,
 //! references enriched), and a resource equal to the stored one — ignoring `meta.versionId` and
 //! `meta.lastUpdated`, and keeping the stored hash when it verifies the given secret — is not
-//! written again, so restarting with the same seeds creates no new versions. Seeding is an
-//! upsert, not a sync: a resource removed from the seeds stays in the store, and one changed
+//! written again, so restarting with the same seeds creates no new versions. A seed changed
 //! through admin REST is set back to its seed at the next start.
+//!
+//! For the project's own seeds (inline and `:files`) seeding is a sync: an `auth_state` record
+//! (kind `seed`) keeps the `Type/id` and version of each resource they left stored, and a
+//! resource in it that no source declares any more is deleted in the same transaction — unless
+//! it was changed since (its version moved on), which keeps it, with a warning, and stops
+//! tracking it. `--seed` files and the demo data are not recorded: the operator passes them to
+//! one start, and leaving a file off the command line is no decision to delete what it held. The
+//! record lives outside the resources so that they stay as declared (no marker in `meta.tag` that
+//! clients see and that every existing seed would need a new version for).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
