@@ -97,6 +97,8 @@ pub fn seed_source(base_url: &str) -> Result<SeedSource, String> {
     Ok(SeedSource {
         label: "the demo data (--demo)".into(),
         resources: resources(base_url)?,
+        // the operator's choice at this start, not the project's: never removed by seeding
+        project: false,
     })
 }
 
@@ -883,6 +885,12 @@ fn protect(mut resp: Response) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_data_is_never_removed_as_a_dropped_project_seed() {
+        // seeding removes only what the project declared; demo data is there for one start
+        assert!(!seed_source("http://localhost:9999").unwrap().project);
+    }
 
     #[test]
     fn the_demo_data_parses_and_fills_its_placeholders() {

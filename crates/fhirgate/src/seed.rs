@@ -8,16 +8,24 @@
 //! through what admin REST does for fhirgate's own types (write-only `secret`/`password` hashed,
 //! references enriched), and a resource equal to the stored one — ignoring `meta.versionId` and
 //! `meta.lastUpdated`, and keeping the stored hash when it verifies the given secret — is not
-//! written again, so restarting with the same seeds creates no new versions. Seeding is an
-//! upsert, not a sync: a resource removed from the seeds stays in the store, and one changed
+//! written again, so restarting with the same seeds creates no new versions. A seed changed
 //! through admin REST is set back to its seed at the next start.
+//!
+//! For the project's own seeds (inline and `:files`) seeding is a sync: an `auth_state` record
+//! (kind `seed`) keeps the `Type/id` and version of each resource they left stored, and a
+//! resource in it that no source declares any more is deleted in the same transaction — unless
+//! it was changed since (its version moved on), which keeps it, with a warning, and stops
+//! tracking it. `--seed` files and the demo data are not recorded: the operator passes them to
+//! one start, and leaving a file off the command line is no decision to delete what it held. The
+//! record lives outside the resources so that they stay as declared (no marker in `meta.tag` that
+//! clients see and that every existing seed would need a new version for).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use fhirgate_config::Project;
 use fhirgate_smart::access::{POLICIES_CHANGED, POLICY_TYPES};
-use fhirgate_store::{Store, StoreError};
+use fhirgate_store::{Deletion, Store, StoreError};
 use serde_json::Value;
 
 use crate::admin::prepare_resource;
@@ -28,6 +36,9 @@ pub struct SeedSource {
     /// Where they come from, for messages: the project's entry file or a seed file's path.
     pub label: String,
     pub resources: Vec<Value>,
+    /// Whether the project declares them (its inline resources and `:files`), so that they are
+    /// removed once it no longer does; `--seed` files and the demo data are the operator's.
+    pub project: bool,
 }
 
 /// What seeding did.
@@ -37,6 +48,8 @@ pub struct Seeded {
     pub written: usize,
     /// Resources already stored exactly so.
     pub unchanged: usize,
+    /// `Type/id` of the resources deleted because the project no longer declares them.
+    pub removed: Vec<String>,
 }
 
 /// Read every seed of `project` and every file of `files` (`--seed`), without writing anything.
@@ -47,9 +60,11 @@ pub fn read_seeds(project: &Project, files: &[PathBuf]) -> Result<Vec<SeedSource
         out.push(SeedSource {
             label: project.entry.display().to_string(),
             resources: project.seeds.clone(),
+            project: true,
         });
     }
-    for path in project.seed_files.iter().chain(files) {
+    let project_files = project.seed_files.iter().map(|p| (p, true));
+    for (path, from_project) in project_files.chain(files.iter().map(|p| (p, false))) {
         let resources = crate::load::read_seed_file(path).map_err(|e| match e {
             // already `PATH:LINE:COL: error: …`
             crate::load::LoadError::Edn(diags) => diags,
@@ -74,16 +89,27 @@ pub fn read_seeds(project: &Project, files: &[PathBuf]) -> Result<Vec<SeedSource
         out.push(SeedSource {
             label: path.display().to_string(),
             resources,
+            project: from_project,
         });
     }
     Ok(out)
 }
 
-/// Upsert `sources` in one transaction, skipping resources stored exactly so.
+/// The `auth_state` record (kind, key) listing what the project's seeds last left stored:
+/// `{"Type/id": "versionId"}`. In the database, so every process and every restart sees it.
+const RECORD_KIND: &str = "seed";
+const RECORD_KEY: &str = "project";
+
+/// Upsert `sources` and delete what the project seeded before but no longer declares, in one
+/// transaction, skipping resources stored exactly so.
+///
+/// A resource is deleted only if it is still at the version the project's seeds left it at:
+/// one changed since (through admin REST) is kept, with a warning, and no longer tracked.
 pub async fn apply(store: &dyn Store, sources: Vec<SeedSource>) -> Result<Seeded, String> {
     // a later source wins for a resource two of them name
     let mut order: Vec<(String, String)> = Vec::new();
     let mut latest: HashMap<(String, String), (String, Value)> = HashMap::new();
+    let mut from_project: HashSet<(String, String)> = HashSet::new();
     for source in sources {
         for resource in source.resources {
             let rt = resource["resourceType"].as_str().unwrap_or_default();
@@ -101,13 +127,21 @@ pub async fn apply(store: &dyn Store, sources: Vec<SeedSource>) -> Result<Seeded
                 ));
             }
             let key = (rt.to_string(), id.to_string());
+            if source.project {
+                from_project.insert(key.clone());
+            }
             if !latest.contains_key(&key) {
                 order.push(key.clone());
             }
             latest.insert(key, (source.label.clone(), resource));
         }
     }
+    let declared: HashSet<(String, String)> = order.iter().cloned().collect();
+    let recorded = read_record(store).await?;
+
     let mut changed = Vec::new();
+    // the version each project seed is at after this run: known now for unchanged ones
+    let mut versions: BTreeMap<String, String> = BTreeMap::new();
     let mut seeded = Seeded::default();
     for key in order {
         let Some((label, mut resource)) = latest.remove(&key) else {
@@ -121,23 +155,73 @@ pub async fn apply(store: &dyn Store, sources: Vec<SeedSource>) -> Result<Seeded
         };
         prepare_resource(&mut resource, previous.as_ref())
             .map_err(|e| format!("seed {label}: {rt}/{id}: {e}"))?;
-        if previous.is_some_and(|p| same(&p, &resource)) {
-            seeded.unchanged += 1;
-        } else {
-            changed.push(resource);
+        match previous {
+            Some(p) if same(&p, &resource) => {
+                seeded.unchanged += 1;
+                if from_project.contains(&(rt.clone(), id.clone())) {
+                    versions.insert(format!("{rt}/{id}"), version_of(&p));
+                }
+            }
+            _ => changed.push(resource),
         }
     }
     seeded.written = changed.len();
-    let policies = changed.iter().any(|r| {
-        r["resourceType"]
-            .as_str()
-            .is_some_and(|t| POLICY_TYPES.contains(&t))
-    });
-    if !changed.is_empty() {
-        store
-            .upsert_all(changed)
+
+    // what the project seeded before and no one declares now
+    let mut deletes = Vec::new();
+    for (reference, version) in &recorded {
+        let Some((rt, id)) = reference.split_once('/') else {
+            continue;
+        };
+        if declared.contains(&(rt.to_string(), id.to_string())) {
+            continue;
+        }
+        let stored = match store.read(rt, id).await {
+            Ok(v) => v,
+            Err(StoreError::NotFound { .. } | StoreError::Gone { .. }) => continue,
+            Err(e) => return Err(format!("cannot read {reference}, a former seed: {e}")),
+        };
+        if version_of(&stored) == *version {
+            deletes.push(Deletion {
+                resource_type: rt.to_string(),
+                id: id.to_string(),
+                if_match: Some(version.clone()),
+            });
+        } else {
+            tracing::warn!(
+                "{reference} was seeded by the project, which no longer declares it, but was changed since: it is kept, and no longer managed by the seeds"
+            );
+        }
+    }
+
+    let policies = changed
+        .iter()
+        .filter_map(|r| r["resourceType"].as_str())
+        .chain(deletes.iter().map(|d| d.resource_type.as_str()))
+        .any(|t| POLICY_TYPES.contains(&t));
+    seeded.removed = deletes
+        .iter()
+        .map(|d| format!("{}/{}", d.resource_type, d.id))
+        .collect();
+    if !changed.is_empty() || !deletes.is_empty() {
+        // a deletion expects the version read above: a resource edited meanwhile fails the
+        // whole transaction rather than being deleted
+        let stored = store
+            .upsert_and_delete(changed, deletes)
             .await
             .map_err(|e| format!("seeding failed: {e}"))?;
+        for s in stored {
+            if s.resource.is_some()
+                && from_project.contains(&(s.resource_type.clone(), s.id.clone()))
+            {
+                versions.insert(format!("{}/{}", s.resource_type, s.id), s.version_id);
+            }
+        }
+    }
+    // after the transaction: if this fails, the old record stays, which can only keep a
+    // resource that could have been deleted (its version no longer matches), never delete one
+    if versions != recorded {
+        write_record(store, &versions).await?;
     }
     // other processes reload their AccessPolicy snapshot when policies, users, roles or
     // clients changed (this one loads its snapshot after seeding)
@@ -145,6 +229,56 @@ pub async fn apply(store: &dyn Store, sources: Vec<SeedSource>) -> Result<Seeded
         tracing::warn!("could not tell other processes about seeded policies: {e}");
     }
     Ok(seeded)
+}
+
+/// `meta.versionId` of a stored resource.
+fn version_of(v: &Value) -> String {
+    v["meta"]["versionId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// What the project's seeds left stored at the last start (empty before the first).
+async fn read_record(store: &dyn Store) -> Result<BTreeMap<String, String>, String> {
+    let record = store
+        .auth_state()
+        .get(RECORD_KIND, RECORD_KEY)
+        .await
+        .map_err(|e| format!("cannot read the record of seeded resources: {e}"))?;
+    match record {
+        None => Ok(BTreeMap::new()),
+        Some(r) => serde_json::from_value(r.value)
+            .map_err(|e| format!("the record of seeded resources is damaged: {e}")),
+    }
+}
+
+async fn write_record(
+    store: &dyn Store,
+    versions: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let state = store.auth_state();
+    let value = serde_json::json!(versions);
+    let failed = |e: StoreError| format!("cannot record the seeded resources: {e}");
+    if state
+        .replace(RECORD_KIND, RECORD_KEY, &value, i64::MAX)
+        .await
+        .map_err(failed)?
+    {
+        return Ok(());
+    }
+    match state
+        .insert(RECORD_KIND, RECORD_KEY, None, &value, i64::MAX)
+        .await
+    {
+        // another process starting at the same time wrote it first: this one's is as good
+        Err(StoreError::AlreadyExists { .. }) => state
+            .replace(RECORD_KIND, RECORD_KEY, &value, i64::MAX)
+            .await
+            .map(|_| ())
+            .map_err(failed),
+        other => other.map_err(failed),
+    }
 }
 
 /// Read and upsert every seed of `project` and `files`; log what it did.
@@ -171,17 +305,24 @@ pub async fn seed_all_with(
         let at = sources.len() - files.len();
         sources.insert(at, extra);
     }
-    if sources.is_empty() {
-        return Ok(Seeded::default());
-    }
     let labels: Vec<String> = sources.iter().map(|s| s.label.clone()).collect();
+    // even with no seeds left: the project may have dropped all of them
     let seeded = apply(store, sources).await?;
-    tracing::info!(
-        "seeded from {}: {} written, {} unchanged",
-        labels.join(", "),
-        seeded.written,
-        seeded.unchanged
-    );
+    if !labels.is_empty() {
+        tracing::info!(
+            "seeded from {}: {} written, {} unchanged",
+            labels.join(", "),
+            seeded.written,
+            seeded.unchanged
+        );
+    }
+    if !seeded.removed.is_empty() {
+        tracing::info!(
+            "removed {} resources the project's seeds no longer declare: {}",
+            seeded.removed.len(),
+            seeded.removed.join(", ")
+        );
+    }
     Ok(seeded)
 }
 
@@ -282,6 +423,7 @@ mod tests {
         vec![SeedSource {
             label: "test".into(),
             resources,
+            project: true,
         }]
     }
 
@@ -299,7 +441,8 @@ mod tests {
             first,
             Seeded {
                 written: 3,
-                unchanged: 0
+                unchanged: 0,
+                ..Seeded::default()
             }
         );
         let user = store.read("User", "u1").await.unwrap();
@@ -314,7 +457,8 @@ mod tests {
             again,
             Seeded {
                 written: 0,
-                unchanged: 3
+                unchanged: 3,
+                ..Seeded::default()
             }
         );
         assert_eq!(
@@ -331,7 +475,8 @@ mod tests {
             third,
             Seeded {
                 written: 2,
-                unchanged: 1
+                unchanged: 1,
+                ..Seeded::default()
             }
         );
         let user = store.read("User", "u1").await.unwrap();
@@ -367,10 +512,12 @@ mod tests {
             SeedSource {
                 label: "core.edn".into(),
                 resources: vec![json!({"resourceType": "Patient", "id": "p", "active": false})],
+                project: true,
             },
             SeedSource {
                 label: "extra.yaml".into(),
                 resources: vec![json!({"resourceType": "Patient", "id": "p", "active": true})],
+                project: false,
             },
         ];
         let done = apply(store.as_ref(), sources.clone()).await.unwrap();
@@ -378,7 +525,8 @@ mod tests {
             done,
             Seeded {
                 written: 1,
-                unchanged: 0
+                unchanged: 0,
+                ..Seeded::default()
             }
         );
         assert_eq!(store.read("Patient", "p").await.unwrap()["active"], true);
@@ -387,7 +535,8 @@ mod tests {
             done,
             Seeded {
                 written: 0,
-                unchanged: 1
+                unchanged: 1,
+                ..Seeded::default()
             }
         );
 
@@ -396,6 +545,7 @@ mod tests {
             vec![SeedSource {
                 label: "x.json".into(),
                 resources: vec![json!({"resourceType": "Patient", "id": "a b"})],
+                project: false,
             }],
         )
         .await
@@ -403,6 +553,68 @@ mod tests {
         assert!(
             err.starts_with("seed x.json: Patient/\"a b\": not a valid id"),
             "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_projects_seeds_are_removed_and_only_as_seeded() {
+        let store = store().await;
+        let run = |project: Vec<Value>, operator: Vec<Value>| {
+            vec![
+                SeedSource {
+                    label: "core.edn".into(),
+                    resources: project,
+                    project: true,
+                },
+                SeedSource {
+                    label: "--seed".into(),
+                    resources: operator,
+                    project: false,
+                },
+            ]
+        };
+        let a = json!({"resourceType": "AccessPolicy", "id": "a", "engine": "allow"});
+        let b = json!({"resourceType": "AccessPolicy", "id": "b", "engine": "allow"});
+        let c = json!({"resourceType": "Patient", "id": "c"});
+        let o = json!({"resourceType": "Patient", "id": "o"});
+        let done = apply(
+            store.as_ref(),
+            run(vec![a.clone(), b.clone(), c.clone()], vec![o.clone()]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.written, 4);
+        // c is changed after it was seeded
+        store
+            .update(
+                json!({"resourceType": "Patient", "id": "c", "active": true}),
+                None,
+            )
+            .await
+            .unwrap();
+        let done = apply(store.as_ref(), run(vec![a.clone()], vec![]))
+            .await
+            .unwrap();
+        assert_eq!(
+            done,
+            Seeded {
+                written: 0,
+                unchanged: 1,
+                removed: vec!["AccessPolicy/b".into()],
+            }
+        );
+        assert!(matches!(
+            store.read("AccessPolicy", "b").await,
+            Err(StoreError::Gone { .. })
+        ));
+        assert_eq!(store.read("Patient", "c").await.unwrap()["active"], true);
+        assert!(store.read("Patient", "o").await.is_ok());
+        // no project seeds at all: the last one goes too
+        let done = apply(store.as_ref(), vec![]).await.unwrap();
+        assert_eq!(done.removed, vec!["AccessPolicy/a".to_string()]);
+        assert_eq!(
+            apply(store.as_ref(), vec![]).await.unwrap(),
+            Seeded::default()
         );
     }
 }

@@ -33,6 +33,14 @@ async fn start() -> Server {
         {"resourceType": "Practitioner", "id": "pr-9", "name": [{"family": "Nurse"}]},
         {"resourceType": "User", "id": "doc", "password": "doc-pass", "fhirUser": {"reference": "Practitioner/pr-9"}},
         {"resourceType": "Role", "id": "doc-practitioner", "name": "practitioner", "user": {"id": "doc", "resourceType": "User"}},
+        // a parent linked to two children through Roles
+        {"resourceType": "Patient", "id": "kid-1", "name": [{"family": "Delgado", "given": ["Ana"]}]},
+        {"resourceType": "Patient", "id": "kid-2", "name": [{"family": "Delgado", "given": ["Leo"]}]},
+        {"resourceType": "User", "id": "parent", "password": "parent-pass"},
+        {"resourceType": "Role", "id": "parent-kid-1", "name": "patient", "user": {"id": "parent", "resourceType": "User"},
+         "links": {"patient": {"reference": "Patient/kid-1"}}},
+        {"resourceType": "Role", "id": "parent-kid-2", "name": "patient", "user": {"id": "parent", "resourceType": "User"},
+         "links": {"patient": {"reference": "Patient/kid-2"}}},
         // a public app that lists no `scope`: it may ask for anything the server supports
         {"resourceType": "Client", "id": "open-app", "grant_types": ["authorization_code"],
          "auth": {"authorization_code": {"redirect_uri": REDIRECT, "secret_required": false}},
@@ -369,4 +377,58 @@ async fn post_search_takes_form_bodies_only_and_checks_them() {
         .find(|l| l["relation"] == "self")
         .unwrap();
     assert!(!next["url"].as_str().unwrap().contains("100000"), "{b}");
+}
+
+#[tokio::test]
+async fn a_user_linked_to_several_patients_picks_among_them_only() {
+    let s = start().await;
+    let (verifier, challenge) = pkce();
+    let mut b = Browser::new(&s.base);
+    // no launch/patient asked: a linked User's token still carries one of their patients
+    let url = s.authorize_url("open-app", "openid fhirUser user/*.rs", Some(&challenge), &[]);
+    let page = b.open(&url).await;
+    let picker = common::smart::login_if_asked(&mut b, page, "parent", "parent-pass").await;
+    assert_eq!(picker.status, 200, "{}", picker.body);
+    let mut listed: Vec<String> = picker.inputs("patient").into_iter().map(|(v, _)| v).collect();
+    listed.sort();
+    assert_eq!(listed, ["kid-1", "kid-2"], "their own patients, no search: {}", picker.body);
+    assert!(!picker.body.contains("name=\"q\""), "no search for a linked User");
+    let csrf = picker.input("csrf").unwrap();
+    let req = picker.input("req").unwrap();
+    // a search cannot widen the list
+    let searched = b
+        .post("/auth/picker", &[("csrf", &csrf), ("req", &req), ("q", "james"), ("decision", "search")])
+        .await;
+    let mut listed: Vec<String> = searched.inputs("patient").into_iter().map(|(v, _)| v).collect();
+    listed.sort();
+    assert_eq!(listed, ["kid-1", "kid-2"], "{}", searched.body);
+    // another patient cannot be chosen
+    let forged = b
+        .post("/auth/picker", &[("csrf", &csrf), ("req", &req), ("patient", "james"), ("decision", "allow")])
+        .await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    let chosen = b
+        .post("/auth/picker", &[("csrf", &csrf), ("req", &req), ("patient", "kid-2"), ("decision", "allow")])
+        .await;
+    let consent = b.follow(chosen).await;
+    let back = b.consent(&consent, "allow", None, false).await;
+    let code = back.redirect_params()["code"].clone();
+    let (st, t) = s
+        .token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("client_id", "open-app"),
+                ("code_verifier", &verifier),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{t}");
+    assert_eq!(t["patient"], "kid-2");
+    let access = t["access_token"].as_str().unwrap();
+    assert_eq!(s.fhir_get("Patient/kid-2", access).await.0, 200);
+    assert_eq!(s.fhir_get("Patient/kid-1", access).await.0, 404, "one patient per token");
+    assert_eq!(s.fhir_get("Patient/james", access).await.0, 404);
 }

@@ -66,15 +66,23 @@ struct Server {
     log: PathBuf,
 }
 
+/// The database of the servers that `Server::start` starts.
+const SQLITE: &str = "sqlite:data/db.sqlite";
+
 impl Server {
     /// Start `serve` in `dir` (its database under it) with `extra` arguments and environment.
     fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_on(dir, SQLITE, extra, env)
+    }
+
+    /// [`Server::start`] on the database `db`.
+    fn start_on(dir: &Path, db: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let log = dir.join(format!("serve-{port}.log"));
         let mut cmd = bin();
         cmd.current_dir(dir)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--database-url", "sqlite:data/db.sqlite"])
+            .args(["--database-url", db])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -116,6 +124,26 @@ impl Server {
             let status = r.status().as_u16();
             (status, r.json().await.unwrap_or(Value::Null))
         })
+    }
+
+    /// Admin REST `PUT` as root.
+    fn root_put(&self, path: &str, body: &Value) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let status = rt.block_on(async {
+            reqwest::Client::new()
+                .put(format!("{}{path}", self.base))
+                .basic_auth("root", Some(ROOT_SECRET))
+                .json(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+        assert_eq!(status, 200, "PUT {path}");
     }
 
     fn root_get(&self, path: &str) -> Value {
@@ -366,4 +394,170 @@ fn a_broken_seed_stops_startup_with_one_clear_line() {
         "{}",
         text(&out.stdout)
     );
+}
+
+/// A project seeding `resources` (EDN, the `:resources` map) and the resource files `files`.
+fn write_project(dir: &Path, resources: &str, files: &[&str]) -> PathBuf {
+    let core = dir.join("core.edn");
+    let files: Vec<String> = files.iter().map(|f| format!("{f:?}")).collect();
+    std::fs::write(
+        &core,
+        format!(
+            r#"{{ns core
+ import #{{zenbox aidbox}}
+ root-api {{:zen/tags #{{zenbox/api}} "health-ish" {{:GET {{:action :smart.fhir/style :public true}}}}}}
+ seed {{:zen/tags #{{aidbox/service}} :engine aidbox/seed :files [{}] :resources {resources}}}}}
+"#,
+            files.join(" ")
+        ),
+    )
+    .unwrap();
+    core
+}
+
+/// A fresh schema on the PostgreSQL server `FHIRGATE_TEST_POSTGRES_URL` names, as a database
+/// URL; `None` (reported as not run) without one.
+fn postgres_schema(test: &str) -> Option<String> {
+    let url = match std::env::var("FHIRGATE_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            common::not_run(
+                test,
+                "FHIRGATE_TEST_POSTGRES_URL is not set (scripts/test starts a throwaway PostgreSQL and sets it)",
+            );
+            return None;
+        }
+    };
+    let schema = format!("seed_{}", std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        for sql in [
+            format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+            format!("CREATE SCHEMA {schema}"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    });
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Some(format!("{url}{sep}options[search_path]={schema}"))
+}
+
+/// The status of admin REST `GET path` as root.
+fn status(s: &Server, path: &str) -> u16 {
+    s.get(path, ("root", ROOT_SECRET)).0
+}
+
+/// Seeds the project no longer declares are deleted at start, unless they were changed since;
+/// `--seed` files are never removed; the same seeds again write and delete nothing.
+fn seeds_the_project_drops_are_removed(db: &str, dir: &Path) {
+    std::fs::create_dir_all(dir.join("seeds")).unwrap();
+    std::fs::write(
+        dir.join("seeds/orgs.ndjson"),
+        "{\"resourceType\":\"Organization\",\"id\":\"org-gone\",\"name\":\"Old clinic\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("operator.yaml"),
+        "- resourceType: Practitioner\n  id: op-1\n  name: [{family: Who}]\n",
+    )
+    .unwrap();
+    let policy = "{:engine :matcho :matcho {:jwt {:patient \"present?\"}}}";
+    let all = write_project(
+        dir,
+        &format!(
+            "{{:AccessPolicy {{:kept {policy} :gone {policy}}} :Patient {{:edited {{:active true}}}}}}"
+        ),
+        &["seeds/orgs.ndjson"],
+    );
+    let args = ["--config", all.to_str().unwrap(), "--seed", "operator.yaml"];
+    let refs = [
+        "AccessPolicy/kept",
+        "AccessPolicy/gone",
+        "Patient/edited",
+        "Organization/org-gone",
+        "Practitioner/op-1",
+    ];
+    let s = Server::start_on(dir, db, &args, &[]);
+    let first = versions(&s, &refs);
+    let log = s.stop();
+    assert!(log.contains("5 written, 0 unchanged"), "{log}");
+
+    // the same seeds again: nothing written, nothing removed
+    let s = Server::start_on(dir, db, &args, &[]);
+    assert_eq!(versions(&s, &refs), first, "no new versions on restart");
+    // an operator edits one of the project's seeds through admin REST
+    s.root_put(
+        "/Patient/edited",
+        &json!({"resourceType": "Patient", "id": "edited", "active": false}),
+    );
+    let log = s.stop();
+    assert!(log.contains("0 written, 5 unchanged"), "{log}");
+    assert!(!log.contains("removed"), "{log}");
+
+    // the project now declares only AccessPolicy/kept, and the operator dropped `--seed`
+    let only_kept = write_project(dir, &format!("{{:AccessPolicy {{:kept {policy}}}}}"), &[]);
+    let args = ["--config", only_kept.to_str().unwrap()];
+    let s = Server::start_on(dir, db, &args, &[]);
+    assert_eq!(status(&s, "/AccessPolicy/gone"), 410, "dropped inline seed");
+    assert_eq!(
+        status(&s, "/Organization/org-gone"),
+        410,
+        "dropped :files seed"
+    );
+    assert_eq!(
+        s.root_get("/Patient/edited")["active"],
+        false,
+        "changed since it was seeded: kept as edited"
+    );
+    assert_eq!(
+        s.root_get("/Practitioner/op-1")["name"][0]["family"],
+        "Who",
+        "a --seed file's resources are the operator's: never removed"
+    );
+    let kept = versions(&s, &["AccessPolicy/kept"]);
+    assert_eq!(kept[0], first[0]);
+    let log = s.stop();
+    assert!(
+        log.contains(
+            "removed 2 resources the project's seeds no longer declare: AccessPolicy/gone, Organization/org-gone"
+        ),
+        "{log}"
+    );
+    let warned = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("Patient/edited") && l.contains("kept"))
+    };
+    assert!(warned(&log), "{log}");
+
+    // and again: nothing written or removed, and the kept resource is no longer the seeds'
+    let s = Server::start_on(dir, db, &args, &[]);
+    assert_eq!(versions(&s, &["AccessPolicy/kept"]), kept);
+    assert_eq!(s.root_get("/Patient/edited")["active"], false);
+    let log = s.stop();
+    assert!(log.contains("0 written, 1 unchanged"), "{log}");
+    assert!(!log.contains("removed"), "{log}");
+    assert!(!warned(&log), "{log}");
+}
+
+#[test]
+fn seeds_the_project_drops_are_removed_sqlite() {
+    let dir = common::tempdir("seed-sync");
+    seeds_the_project_drops_are_removed(SQLITE, &dir);
+}
+
+#[test]
+fn seeds_the_project_drops_are_removed_postgres() {
+    let Some(db) = postgres_schema("seeds_the_project_drops_are_removed_postgres") else {
+        return;
+    };
+    let dir = common::tempdir("seed-sync-pg");
+    seeds_the_project_drops_are_removed(&db, &dir);
 }

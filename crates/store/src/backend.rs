@@ -30,7 +30,7 @@ use crate::error::{Result, StoreError};
 use crate::inline::Readers;
 use crate::search::{self, Bind, Filter, SearchQuery, SearchResult, SharedText, Sql, TotalMode};
 use crate::write::{self, Current, Op, PreparedBatch, Stored};
-use crate::{Backend, HistoryEntry, RawResource, Store};
+use crate::{Backend, Deletion, HistoryEntry, RawResource, Store};
 
 /// The store on an SQLite file (WAL mode).
 #[derive(Debug, Clone)]
@@ -601,7 +601,7 @@ macro_rules! store_impl {
             }
 
             async fn delete(&self, resource_type: &str, id: &str) -> Result<Option<Stored>> {
-                self.write_one(Op::Delete { resource_type: resource_type.into(), id: id.into() }).await
+                self.write_one(Op::Delete { resource_type: resource_type.into(), id: id.into(), if_match: None }).await
             }
 
             async fn history(&self, resource_type: &str, id: &str) -> Result<Vec<HistoryEntry>> {
@@ -630,6 +630,15 @@ macro_rules! store_impl {
 
             async fn upsert_all(&self, resources: Vec<Value>) -> Result<Vec<Stored>> {
                 let ops = resources.into_iter().map(|resource| Op::Put { resource, if_match: None }).collect();
+                Ok(self.write(ops).await?.into_iter().flatten().collect())
+            }
+
+            async fn upsert_and_delete(&self, resources: Vec<Value>, deletes: Vec<Deletion>) -> Result<Vec<Stored>> {
+                let ops = resources
+                    .into_iter()
+                    .map(|resource| Op::Put { resource, if_match: None })
+                    .chain(deletes.into_iter().map(|d| Op::Delete { resource_type: d.resource_type, id: d.id, if_match: d.if_match }))
+                    .collect();
                 Ok(self.write(ops).await?.into_iter().flatten().collect())
             }
 

@@ -51,6 +51,15 @@ pub enum Backend {
     Postgres,
 }
 
+/// A deletion for [`Store::upsert_and_delete`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    pub resource_type: String,
+    pub id: String,
+    /// Delete only if the live resource is at this version (`meta.versionId`).
+    pub if_match: Option<String>,
+}
+
 /// One version of a resource, as `_history` lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryEntry {
@@ -130,6 +139,17 @@ pub trait Store: Send + Sync {
 
     /// Create or replace all of `resources` in one transaction: all of them or none.
     async fn upsert_all(&self, resources: Vec<Value>) -> Result<Vec<Stored>>;
+
+    /// [`Store::upsert_all`] of `resources` and the deletion of `deletes`, in one transaction:
+    /// all of them or none. A deletion whose resource is not live does nothing; one with
+    /// `if_match` whose resource is live at another version is [`StoreError::VersionConflict`]
+    /// (and nothing is written). Returns what was written, deletions included (`resource` is
+    /// `None` for them).
+    async fn upsert_and_delete(
+        &self,
+        resources: Vec<Value>,
+        deletes: Vec<Deletion>,
+    ) -> Result<Vec<Stored>>;
 
     /// [`Store::upsert_all`] for a batch that [`prepare_upserts`] made ahead of time (bulk
     /// loads prepare the next batch while this one is written): one transaction, all or none.

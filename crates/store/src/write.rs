@@ -31,9 +31,11 @@ pub(crate) enum Op {
         resource: Value,
         if_match: Option<String>,
     },
+    /// Delete; with `if_match`, a live resource must be at that version.
     Delete {
         resource_type: String,
         id: String,
+        if_match: Option<String>,
     },
 }
 
@@ -218,7 +220,7 @@ impl SortedRows {
 enum Kind {
     Create,
     Put(Option<String>),
-    Delete,
+    Delete(Option<String>),
 }
 
 /// The current state of a resource inside the write transaction.
@@ -249,12 +251,16 @@ pub struct Stored {
 pub(crate) fn prepare(ops: Vec<Op>, keep: bool) -> Result<Vec<Prepared>> {
     ops.into_iter()
         .map(|op| match op {
-            Op::Delete { resource_type, id } => {
+            Op::Delete {
+                resource_type,
+                id,
+                if_match,
+            } => {
                 check_type(&resource_type)?;
                 check_id(&id)?;
                 Ok(Prepared {
                     key: (resource_type, id),
-                    kind: Kind::Delete,
+                    kind: Kind::Delete(if_match),
                     doc: None,
                     body: None,
                     rows: IndexRows::default(),
@@ -449,9 +455,19 @@ pub(crate) fn plan(
                     current: live.map(|c| c.version.to_string()),
                 });
             }
-            Kind::Delete if live.is_none() => {
+            Kind::Delete(_) if live.is_none() => {
                 outcomes.push(None);
                 continue;
+            }
+            Kind::Delete(Some(expected))
+                if live.map(|c| c.version.to_string()).as_deref() != Some(expected.as_str()) =>
+            {
+                return Err(StoreError::VersionConflict {
+                    resource_type: rt,
+                    id,
+                    expected: expected.clone(),
+                    current: live.map(|c| c.version.to_string()),
+                });
             }
             _ => {}
         }
@@ -469,7 +485,7 @@ pub(crate) fn plan(
         };
         let version = cur.map_or(1, |c| c.version + 1);
         let vid = version.to_string();
-        let deleted = matches!(p.kind, Kind::Delete);
+        let deleted = matches!(p.kind, Kind::Delete(_));
         let body = match (deleted, p.body) {
             (false, Some(mut body)) => {
                 stamp(&mut body, &vid, &now);

@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::Arc;
 
-use fhirgate_store::{Store, StoreError};
+use fhirgate_store::{Deletion, Store, StoreError};
 use serde_json::{Value, json};
 
 suite!(
@@ -16,6 +16,7 @@ suite!(
     invalid_resources_are_client_errors,
     upsert_all_is_all_or_nothing,
     upsert_all_versions_repeated_resources_in_order,
+    upsert_and_delete_is_all_or_nothing_and_deletes_only_the_expected_version,
     concurrent_updates_of_one_resource_all_get_distinct_versions,
     concurrent_conditional_updates_let_exactly_one_win,
     concurrent_creates_of_one_id_serialize,
@@ -311,6 +312,77 @@ async fn upsert_all_is_all_or_nothing(s: Arc<dyn Store>) {
         vec![("a0", "2", false), ("a1", "1", true), ("a2", "1", true)]
     );
     assert_eq!(s.search(&q).await.expect("search").matches.len(), 1);
+}
+
+fn deletion(t: &str, id: &str, if_match: Option<&str>) -> Deletion {
+    Deletion {
+        resource_type: t.into(),
+        id: id.into(),
+        if_match: if_match.map(str::to_string),
+    }
+}
+
+async fn upsert_and_delete_is_all_or_nothing_and_deletes_only_the_expected_version(
+    s: Arc<dyn Store>,
+) {
+    for id in ["d1", "d2"] {
+        s.update(json!({"resourceType": "Patient", "id": id}), None)
+            .await
+            .expect("existing");
+    }
+    s.update(
+        json!({"resourceType": "Patient", "id": "d2", "active": true}),
+        None,
+    )
+    .await
+    .expect("d2 v2");
+    // d2 is at version 2: a deletion expecting 1 fails, and takes the rest of the batch with it
+    let err = s
+        .upsert_and_delete(
+            vec![json!({"resourceType": "Patient", "id": "n1"})],
+            vec![
+                deletion("Patient", "d1", Some("1")),
+                deletion("Patient", "d2", Some("1")),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::VersionConflict { id, .. } if id == "d2"),
+        "{err:?}"
+    );
+    assert!(s.read("Patient", "d1").await.is_ok(), "d1 untouched");
+    assert!(matches!(
+        s.read("Patient", "n1").await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // at the expected versions, and with one already gone (nothing to do): all done at once
+    let stored = s
+        .upsert_and_delete(
+            vec![json!({"resourceType": "Patient", "id": "n1"})],
+            vec![
+                deletion("Patient", "d1", Some("1")),
+                deletion("Patient", "d2", Some("2")),
+                deletion("Patient", "never", Some("1")),
+            ],
+        )
+        .await
+        .expect("batch");
+    assert_eq!(
+        stored
+            .iter()
+            .map(|x| (x.id.as_str(), x.version_id.as_str(), x.resource.is_some()))
+            .collect::<Vec<_>>(),
+        vec![("n1", "1", true), ("d1", "2", false), ("d2", "3", false)]
+    );
+    for id in ["d1", "d2"] {
+        assert!(matches!(
+            s.read("Patient", id).await,
+            Err(StoreError::Gone { .. })
+        ));
+    }
+    assert!(s.read("Patient", "n1").await.is_ok());
 }
 
 async fn upsert_all_versions_repeated_resources_in_order(s: Arc<dyn Store>) {
