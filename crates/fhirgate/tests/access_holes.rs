@@ -385,30 +385,75 @@ async fn a_user_linked_to_several_patients_picks_among_them_only() {
     let (verifier, challenge) = pkce();
     let mut b = Browser::new(&s.base);
     // no launch/patient asked: a linked User's token still carries one of their patients
-    let url = s.authorize_url("open-app", "openid fhirUser user/*.rs", Some(&challenge), &[]);
+    let url = s.authorize_url(
+        "open-app",
+        "openid fhirUser user/*.rs",
+        Some(&challenge),
+        &[],
+    );
     let page = b.open(&url).await;
     let picker = common::smart::login_if_asked(&mut b, page, "parent", "parent-pass").await;
     assert_eq!(picker.status, 200, "{}", picker.body);
-    let mut listed: Vec<String> = picker.inputs("patient").into_iter().map(|(v, _)| v).collect();
+    let mut listed: Vec<String> = picker
+        .inputs("patient")
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect();
     listed.sort();
-    assert_eq!(listed, ["kid-1", "kid-2"], "their own patients, no search: {}", picker.body);
-    assert!(!picker.body.contains("name=\"q\""), "no search for a linked User");
+    assert_eq!(
+        listed,
+        ["kid-1", "kid-2"],
+        "their own patients, no search: {}",
+        picker.body
+    );
+    assert!(
+        !picker.body.contains("name=\"q\""),
+        "no search for a linked User"
+    );
     let csrf = picker.input("csrf").unwrap();
     let req = picker.input("req").unwrap();
     // a search cannot widen the list
     let searched = b
-        .post("/auth/picker", &[("csrf", &csrf), ("req", &req), ("q", "james"), ("decision", "search")])
+        .post(
+            "/auth/picker",
+            &[
+                ("csrf", &csrf),
+                ("req", &req),
+                ("q", "james"),
+                ("decision", "search"),
+            ],
+        )
         .await;
-    let mut listed: Vec<String> = searched.inputs("patient").into_iter().map(|(v, _)| v).collect();
+    let mut listed: Vec<String> = searched
+        .inputs("patient")
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect();
     listed.sort();
     assert_eq!(listed, ["kid-1", "kid-2"], "{}", searched.body);
     // another patient cannot be chosen
     let forged = b
-        .post("/auth/picker", &[("csrf", &csrf), ("req", &req), ("patient", "james"), ("decision", "allow")])
+        .post(
+            "/auth/picker",
+            &[
+                ("csrf", &csrf),
+                ("req", &req),
+                ("patient", "james"),
+                ("decision", "allow"),
+            ],
+        )
         .await;
     assert_eq!(forged.status, 403, "{}", forged.body);
     let chosen = b
-        .post("/auth/picker", &[("csrf", &csrf), ("req", &req), ("patient", "kid-2"), ("decision", "allow")])
+        .post(
+            "/auth/picker",
+            &[
+                ("csrf", &csrf),
+                ("req", &req),
+                ("patient", "kid-2"),
+                ("decision", "allow"),
+            ],
+        )
         .await;
     let consent = b.follow(chosen).await;
     let back = b.consent(&consent, "allow", None, false).await;
@@ -429,6 +474,10 @@ async fn a_user_linked_to_several_patients_picks_among_them_only() {
     assert_eq!(t["patient"], "kid-2");
     let access = t["access_token"].as_str().unwrap();
     assert_eq!(s.fhir_get("Patient/kid-2", access).await.0, 200);
-    assert_eq!(s.fhir_get("Patient/kid-1", access).await.0, 404, "one patient per token");
+    assert_eq!(
+        s.fhir_get("Patient/kid-1", access).await.0,
+        404,
+        "one patient per token"
+    );
     assert_eq!(s.fhir_get("Patient/james", access).await.0, 404);
 }

@@ -544,7 +544,7 @@ impl AuthServer {
             (_, Some(_)) => Voice::Patient,
             (_, None) => Voice::Patients,
         };
-        self.consent_page(headers, req, &pending, &client, &user_id, &offered, voice)
+        self.consent_page(headers, req, &pending, &client, &offered, voice)
             .await
     }
 
@@ -803,10 +803,10 @@ impl AuthServer {
         req: &str,
         pending: &Pending,
         client: &ClientInfo,
-        user: &str,
         offered: &ScopeSet,
         voice: Voice,
     ) -> Response {
+        let user = pending.user.as_deref().unwrap_or_default();
         let requested: Vec<Value> = offered
             .scopes()
             .iter()
