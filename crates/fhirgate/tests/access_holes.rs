@@ -268,7 +268,7 @@ async fn a_patient_user_cannot_pick_another_patient() {
     assert!(
         consent
             .body
-            .contains("<small class=\"hint\"><code>patient/*.rs</code></small>"),
+            .contains("<small class=\"hint\"><code>patient&#x2f;*.rs</code></small>"),
         "{}",
         consent.body
     );
