@@ -30,10 +30,10 @@ async fn main() -> anyhow::Result<()> {
             "code": {"coding": [{"system": "http://loinc.org", "code": "1234-5"}]}, "subject": {"reference": "Patient/pt-1"},
             "effectiveDateTime": format!("2024-01-{:02}", i % 28 + 1)}));
     }
-    // the policy that opens the SMART API to any valid token (the root project seeds it too)
+    // the patient's User (linked through fhirUser): the token below is hers; the root project's
+    // seeded `fhirgate-patient-access` policy lets tokens with a patient in context through
     seed.push(
-        json!({"resourceType": "AccessPolicy", "id": "fhirgate-smart-api", "engine": "matcho",
-                     "matcho": {"jwt": {"scope": "present?"}}}),
+        json!({"resourceType": "User", "id": "amy", "fhirUser": {"reference": "Patient/pt-1"}}),
     );
     store.upsert_all(seed).await?;
     let registry = fhirgate::registry();
@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         "launch/patient patient/*.rs",
         24 * 3600,
     )?;
+    claims.sub = "amy".into();
     claims.patient = Some("pt-1".into());
     println!("{}", prepared.auth.verifier().issue(&claims)?);
     let app = prepared.app;
