@@ -106,6 +106,15 @@ pub fn search_params(
         .flat_map(|m| m.iter().map(|(k, v)| (k.as_str(), v)))
 }
 
+/// Whether `id` is a FHIR id: 1 to 64 of `[A-Za-z0-9\-\.]`. Anything else cannot exist, so a
+/// request naming it is "not found".
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 /// Whether `name` is an R4 resource type that has search parameters of its own.
 pub fn is_resource_type(name: &str) -> bool {
     !matches!(name, "Resource" | "DomainResource") && table().resources.contains_key(name)
@@ -179,6 +188,13 @@ mod tests {
         );
         assert!(patient_compartment_params("Organization").is_none());
         assert!(patient_compartment_params("Medication").is_none());
+    }
+
+    #[test]
+    fn ids() {
+        assert!(is_valid_id("pt-1") && is_valid_id("a.b") && is_valid_id(&"x".repeat(64)));
+        assert!(!is_valid_id("") && !is_valid_id("a/b") && !is_valid_id("..%2F"));
+        assert!(!is_valid_id(&"x".repeat(65)) && !is_valid_id("é"));
     }
 
     #[test]

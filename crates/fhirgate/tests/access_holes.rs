@@ -50,6 +50,24 @@ async fn start() -> Server {
     s
 }
 
+/// Redeem `code` for open-app; the token response (asserted 200).
+async fn exchange(s: &Server, code: &str, verifier: &str) -> Value {
+    let (st, t) = s
+        .token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", REDIRECT),
+                ("client_id", "open-app"),
+                ("code_verifier", verifier),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{t}");
+    t
+}
+
 /// Sign in as `user` and allow everything the consent page offers; the token response.
 async fn token_for(
     s: &Server,
@@ -62,20 +80,7 @@ async fn token_for(
     let mut b = Browser::new(&s.base);
     let url = s.authorize_url("open-app", scope, Some(&challenge), extra);
     let code = authorize_code(&mut b, &url, user, password, None).await;
-    let (st, t) = s
-        .token(
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT),
-                ("client_id", "open-app"),
-                ("code_verifier", &verifier),
-            ],
-            None,
-        )
-        .await;
-    assert_eq!(st, 200, "{t}");
-    t
+    exchange(s, &code, &verifier).await
 }
 
 #[tokio::test]
@@ -458,19 +463,7 @@ async fn a_user_linked_to_several_patients_picks_among_them_only() {
     let consent = b.follow(chosen).await;
     let back = b.consent(&consent, "allow", None, false).await;
     let code = back.redirect_params()["code"].clone();
-    let (st, t) = s
-        .token(
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT),
-                ("client_id", "open-app"),
-                ("code_verifier", &verifier),
-            ],
-            None,
-        )
-        .await;
-    assert_eq!(st, 200, "{t}");
+    let t = exchange(&s, &code, &verifier).await;
     assert_eq!(t["patient"], "kid-2");
     let access = t["access_token"].as_str().unwrap();
     assert_eq!(s.fhir_get("Patient/kid-2", access).await.0, 200);

@@ -914,21 +914,8 @@ fn no_token_reaches_outside_the_oracle_postgres() {
     };
     let open = || async move {
         let schema = format!("access_{}", std::process::id());
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        for sql in [
-            format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-            format!("CREATE SCHEMA {schema}"),
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-        pool.close().await;
-        let sep = if url.contains('?') { '&' } else { '?' };
-        fhirgate_store::open(&format!("{url}{sep}options[search_path]={schema}"))
-            .await
-            .unwrap()
+        let db = common::fresh_postgres_schema(&url, &schema).await;
+        fhirgate_store::open(&db).await.unwrap()
     };
     run(open, cases(200));
 }

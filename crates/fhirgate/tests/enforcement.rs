@@ -47,16 +47,6 @@ struct Fixture {
     verifier: Arc<TokenVerifier>,
 }
 
-fn provider_or_service(
-    p: &fhirgate_smart::enforce::Principal,
-) -> fhirgate_smart::standing::Standing {
-    if p.is_service() {
-        fhirgate_smart::standing::Standing::Service
-    } else {
-        fhirgate_smart::standing::Standing::Provider
-    }
-}
-
 async fn start() -> Fixture {
     let verifier = Arc::new(TokenVerifier::new(
         Arc::new(Keyring::generate().unwrap()),
@@ -69,8 +59,7 @@ async fn start() -> Fixture {
         // the SMART layer alone; tests/oauth.rs covers AccessPolicies through `serve`'s wiring
         access: None,
         audit: None,
-        // Users here are providers (tests/access_model.rs covers the other standings)
-        standings: Some(std::sync::Arc::new(provider_or_service)),
+        standings: Some(std::sync::Arc::new(common::provider_or_service)),
     });
     for kw in [
         "smart.fhir/search",

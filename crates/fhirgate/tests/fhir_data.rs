@@ -25,16 +25,6 @@ struct Fixture {
     verifier: Arc<TokenVerifier>,
 }
 
-fn provider_or_service(
-    p: &fhirgate_smart::enforce::Principal,
-) -> fhirgate_smart::standing::Standing {
-    if p.is_service() {
-        fhirgate_smart::standing::Standing::Service
-    } else {
-        fhirgate_smart::standing::Standing::Provider
-    }
-}
-
 async fn start() -> Fixture {
     let store = common::sqlite_store("data").await;
     store
@@ -63,8 +53,7 @@ async fn start() -> Fixture {
         // the SMART layer alone; tests/oauth.rs covers AccessPolicies through `serve`'s wiring
         access: None,
         audit: None,
-        // Users here are providers (tests/access_model.rs covers the other standings)
-        standings: Some(std::sync::Arc::new(provider_or_service)),
+        standings: Some(std::sync::Arc::new(common::provider_or_service)),
     });
     let core = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../core.edn");
     let project = fhirgate::load_project(&core, &registry).unwrap();
@@ -327,8 +316,7 @@ async fn a_data_action_without_a_smart_middleware_fails_closed() {
         // the SMART layer alone; tests/oauth.rs covers AccessPolicies through `serve`'s wiring
         access: None,
         audit: None,
-        // Users here are providers (tests/access_model.rs covers the other standings)
-        standings: Some(std::sync::Arc::new(provider_or_service)),
+        standings: Some(std::sync::Arc::new(common::provider_or_service)),
     });
     let src = r#"{ns core import #{zenbox} root-api {:zen/tags #{zenbox/api} "open" {"Patient" {[:id] {:GET {:action :smart.fhir/read :resource/type "Patient"}}}}}}"#;
     let sources = fhirgate_config::MemorySources::new([("core.edn", src)]);

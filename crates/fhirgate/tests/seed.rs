@@ -433,21 +433,7 @@ fn postgres_schema(test: &str) -> Option<String> {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        for sql in [
-            format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-            format!("CREATE SCHEMA {schema}"),
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-        pool.close().await;
-    });
-    let sep = if url.contains('?') { '&' } else { '?' };
-    Some(format!("{url}{sep}options[search_path]={schema}"))
+    Some(rt.block_on(common::fresh_postgres_schema(&url, &schema)))
 }
 
 /// The status of admin REST `GET path` as root.

@@ -69,19 +69,7 @@ async fn postgres_schema() -> Option<String> {
         ),
     };
     let schema = format!("two_{}", std::process::id());
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    for sql in [
-        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-        format!("CREATE SCHEMA {schema}"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    pool.close().await;
-    let sep = if url.contains('?') { '&' } else { '?' };
-    Some(format!("{url}{sep}options[search_path]={schema}"))
+    Some(common::fresh_postgres_schema(&url, &schema).await)
 }
 
 #[tokio::test(flavor = "multi_thread")]

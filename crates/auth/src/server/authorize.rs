@@ -98,14 +98,6 @@ pub async fn authorize_post(
     }
 }
 
-/// A FHIR id: what a picker search may look up by `_id`.
-pub(crate) fn valid_patient_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
-
 pub fn is_form(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -764,7 +756,7 @@ impl AuthServer {
             .replace(',', "\\,")
             .replace('|', "\\|");
         let mut queries = vec![("name", escaped.clone()), ("identifier", escaped.clone())];
-        if valid_patient_id(q) {
+        if fhirgate_fhir::is_valid_id(q) {
             queries.push(("_id", q.to_string()));
         }
         if q.len() >= 4 && q.bytes().all(|b| b.is_ascii_digit() || b == b'-') {

@@ -126,3 +126,33 @@ pub async fn demo_backend_patients(client: &reqwest::Client, base: &str) -> serd
     assert_eq!(r.status(), 200);
     r.json().await.expect("a Bundle")
 }
+
+/// A fresh, empty schema `schema` on the PostgreSQL server `url` names (dropped first if it
+/// exists), as a database URL whose connections use it.
+pub async fn fresh_postgres_schema(url: &str, schema: &str) -> String {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    for sql in [
+        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        format!("CREATE SCHEMA {schema}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options[search_path]={schema}")
+}
+
+/// The standing tests of the SMART layer alone give their tokens: a service for a backend
+/// service's token, a provider for any User's (tests/access_model.rs covers the others).
+pub fn provider_or_service(
+    p: &fhirgate_smart::enforce::Principal,
+) -> fhirgate_smart::standing::Standing {
+    if p.is_service() {
+        fhirgate_smart::standing::Standing::Service
+    } else {
+        fhirgate_smart::standing::Standing::Provider
+    }
+}
