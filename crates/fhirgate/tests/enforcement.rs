@@ -33,10 +33,10 @@ const PROJECT: &str = r#"
 async fn echo(auth: Option<Extension<Authorized>>) -> Json<Value> {
     Json(match auth {
         Some(Extension(a)) => json!({
-            "client": a.principal.client_id,
-            "context": a.context.as_str(),
-            "compartment": a.compartment,
-            "filters": a.filters.iter().map(|alt| alt.iter().map(|f| format!("{}={}", f.param, f.value)).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "client": a.principal().client_id,
+            "context": a.context().as_str(),
+            "compartment": a.compartment(),
+            "filters": a.filters().iter().map(|alt| alt.iter().map(|f| format!("{}={}", f.param, f.value)).collect::<Vec<_>>()).collect::<Vec<_>>(),
         }),
         None => json!({"authorized": null}),
     })

@@ -34,15 +34,47 @@ pub trait BearerVerifier: Send + Sync + 'static {
 /// What the middleware established, for the action to apply: it must confine reads and searches
 /// to `compartment` and to one of `filters` (when non-empty). `mode` and `standing` let the
 /// action ask [`enforce::decide`] again for the other types a request touches (includes).
+///
+/// Only the SMART middleware makes one (its fields are private outside this crate), from
+/// [`enforce::decide`]: an unconfined `Authorized` — and so an unconfined
+/// [`crate::confined::ConfinedStore`] — exists only where that decision left the compartment
+/// open (a `system/` or provider grant, or a type outside the Patient compartment).
 #[derive(Debug, Clone)]
 pub struct Authorized {
-    pub principal: Arc<Principal>,
-    pub mode: Mode,
-    pub standing: Arc<Standing>,
-    pub context: Context,
-    pub compartment: Option<String>,
+    pub(crate) principal: Arc<Principal>,
+    pub(crate) mode: Mode,
+    pub(crate) standing: Arc<Standing>,
+    pub(crate) context: Context,
+    pub(crate) compartment: Option<String>,
     /// Granular alternatives (OR of ANDs); empty: no filter.
-    pub filters: Vec<Vec<Filter>>,
+    pub(crate) filters: Vec<Vec<Filter>>,
+}
+
+impl Authorized {
+    /// Who is asking.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The context of the scope that granted the request.
+    pub fn context(&self) -> Context {
+        self.context
+    }
+
+    /// The patient whose compartment confines the request, if any.
+    pub fn compartment(&self) -> Option<&str> {
+        self.compartment.as_deref()
+    }
+
+    /// The granular alternatives (OR of ANDs); empty: no filter.
+    pub fn filters(&self) -> &[Vec<Filter>] {
+        &self.filters
+    }
+
+    /// What the token's User may reach at most.
+    pub fn standing(&self) -> &Standing {
+        &self.standing
+    }
 }
 
 /// The decision of one SMART middleware on one route.

@@ -42,7 +42,10 @@ impl Confinement {
         }
     }
 
-    /// No compartment limit. SMART code builds this only from a `system/` or provider decision.
+    /// No compartment limit. The SMART data actions get one only through
+    /// `fhirgate_smart::confined::DataAccess::confined`, from an access decision that left the
+    /// compartment open (a `system/` or provider grant); admin REST and the authorization server
+    /// use the store's own entry points, not this.
     pub fn unconfined() -> Self {
         Confinement { patient: None }
     }
