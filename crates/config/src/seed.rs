@@ -269,7 +269,7 @@ fn resources(node: &Node, problems: &mut Vec<Problem>) -> Vec<(Pos, Json)> {
                 let Some(rt) = name(tk, "resource type", problems) else {
                     continue;
                 };
-                if !valid_type(&rt) {
+                if !fhirgate_fhir::is_valid_type_name(&rt) {
                     problems.push((
                         tk.span.start,
                         format!("{rt:?} is not a resource type name (an uppercase letter, then letters and digits)"),
@@ -379,7 +379,7 @@ fn listed_resource(item: &Node, problems: &mut Vec<Problem>) -> Option<Json> {
     }
     let json = convert(item, problems)?;
     match (json["resourceType"].as_str(), json["id"].as_str()) {
-        (Some(rt), Some(_)) if !valid_type(rt) => {
+        (Some(rt), Some(_)) if !fhirgate_fhir::is_valid_type_name(rt) => {
             let pos = field_pos(item, "resourceType").unwrap_or(item.span.start);
             problems.push((pos, format!("{rt:?} is not a resource type name")));
             None
@@ -400,7 +400,7 @@ fn listed_resource(item: &Node, problems: &mut Vec<Problem>) -> Option<Json> {
 fn checked(json: Json, id_pos: Pos, body: &Node, problems: &mut Vec<Problem>) -> Option<Json> {
     let rt = json["resourceType"].as_str().unwrap_or_default();
     let id = json["id"].as_str().unwrap_or_default();
-    if !valid_id(id) {
+    if !fhirgate_fhir::is_valid_id(id) {
         let pos = field_pos(body, "id").unwrap_or(id_pos);
         problems.push((
             pos,
@@ -446,22 +446,6 @@ fn field_pos(map: &Node, field: &str) -> Option<Pos> {
         .iter()
         .find(|(k, _)| matches!(&k.value, Value::Keyword(s) | Value::Str(s) if s == field))
         .map(|(k, _)| k.span.start)
-}
-
-/// `Patient`, `AccessPolicy`: what the store accepts as a type name.
-fn valid_type(t: &str) -> bool {
-    t.len() <= 64
-        && t.starts_with(|c: char| c.is_ascii_uppercase())
-        && t.chars().all(|c| c.is_ascii_alphanumeric())
-}
-
-/// A FHIR id: 1 to 64 of `[A-Za-z0-9.-]`.
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
 /// An EDN form as JSON: keywords and symbols → strings, vectors, lists and sets → arrays, maps

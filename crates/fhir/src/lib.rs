@@ -115,6 +115,14 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// Whether `name` can name a resource type in the store: `[A-Z][A-Za-z0-9]*`, at most 64
+/// characters (R4's types, and fhirgate's own such as `AccessPolicy`).
+pub fn is_valid_type_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_uppercase())
+        && name.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
 /// Whether `name` is an R4 resource type that has search parameters of its own.
 pub fn is_resource_type(name: &str) -> bool {
     !matches!(name, "Resource" | "DomainResource") && table().resources.contains_key(name)
@@ -195,6 +203,9 @@ mod tests {
         assert!(is_valid_id("pt-1") && is_valid_id("a.b") && is_valid_id(&"x".repeat(64)));
         assert!(!is_valid_id("") && !is_valid_id("a/b") && !is_valid_id("..%2F"));
         assert!(!is_valid_id(&"x".repeat(65)) && !is_valid_id("é"));
+        assert!(is_valid_type_name("AccessPolicy") && is_valid_type_name("Patient"));
+        assert!(!is_valid_type_name("patient") && !is_valid_type_name("Pa-tient"));
+        assert!(!is_valid_type_name("") && !is_valid_type_name(&format!("P{}", "a".repeat(64))));
     }
 
     #[test]

@@ -231,12 +231,6 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, Response> {
     }
 }
 
-fn valid_type(rt: &str) -> bool {
-    rt.starts_with(|c: char| c.is_ascii_uppercase())
-        && rt.len() <= 64
-        && rt.chars().all(|c| c.is_ascii_alphanumeric())
-}
-
 /// Authenticate, then authorize: root may do anything; other clients await AccessPolicies.
 /// Authenticate an admin request (HTTP Basic of a Client) and authorize it: `root` always; any
 /// other client when an AccessPolicy allows `method path` for it (contract §2).
@@ -422,7 +416,7 @@ async fn create(
     if let Err(r) = guard(&admin, addr, &headers, "POST", &format!("/{rt}"), None).await {
         return r;
     }
-    if !valid_type(&rt) {
+    if !fhirgate_fhir::is_valid_type_name(&rt) {
         return outcome::not_found(format!("no resource type {rt}"));
     }
     let mut resource = match parse_body(&headers, &body) {
@@ -470,7 +464,7 @@ async fn update(
     if let Err(r) = guard(&admin, addr, &headers, "PUT", &format!("/{rt}/{id}"), None).await {
         return r;
     }
-    if !valid_type(&rt) {
+    if !fhirgate_fhir::is_valid_type_name(&rt) {
         return outcome::not_found(format!("no resource type {rt}"));
     }
     let mut resource = match parse_body(&headers, &body) {
@@ -560,7 +554,7 @@ async fn bulk(
                 format!("resource #{} needs resourceType and id", i + 1),
             );
         };
-        if !valid_type(&rt) {
+        if !fhirgate_fhir::is_valid_type_name(&rt) {
             return outcome::bad_request(
                 "invalid",
                 format!("resource #{}: {rt:?} is not a resource type", i + 1),

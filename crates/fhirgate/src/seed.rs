@@ -114,13 +114,13 @@ pub async fn apply(store: &dyn Store, sources: Vec<SeedSource>) -> Result<Seeded
         for resource in source.resources {
             let rt = resource["resourceType"].as_str().unwrap_or_default();
             let id = resource["id"].as_str().unwrap_or_default();
-            if !valid_type(rt) {
+            if !fhirgate_fhir::is_valid_type_name(rt) {
                 return Err(format!(
                     "seed {}: {rt:?} is not a resource type",
                     source.label
                 ));
             }
-            if !valid_id(id) {
+            if !fhirgate_fhir::is_valid_id(id) {
                 return Err(format!(
                     "seed {}: {rt}/{id:?}: not a valid id (1 to 64 letters, digits, '-' and '.')",
                     source.label
@@ -362,22 +362,6 @@ pub async fn retire_blanket_policy(store: &dyn Store) -> Result<bool, String> {
         .map_err(|e| format!("cannot delete AccessPolicy/{RETIRED_POLICY}: {e}"))?;
     tracing::info!("deleted the retired blanket AccessPolicy/{RETIRED_POLICY}");
     Ok(true)
-}
-
-/// `Patient`, `AccessPolicy`: what the store accepts as a type name.
-fn valid_type(t: &str) -> bool {
-    t.len() <= 64
-        && t.starts_with(|c: char| c.is_ascii_uppercase())
-        && t.chars().all(|c| c.is_ascii_alphanumeric())
-}
-
-/// A FHIR id: 1 to 64 of `[A-Za-z0-9.-]`.
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
 /// Whether `stored` already is `given`, apart from the version stamp.

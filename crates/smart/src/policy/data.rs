@@ -206,13 +206,8 @@ pub(crate) fn is_type_name(s: &str) -> bool {
     chars.next().is_some_and(|c| c.is_ascii_uppercase()) && chars.all(|c| c.is_ascii_alphabetic())
 }
 
-/// A FHIR id: `[A-Za-z0-9\-\.]{1,64}`.
-pub(crate) fn is_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
+/// A FHIR id (one definition: [`fhirgate_fhir::is_valid_id`]).
+pub(crate) use fhirgate_fhir::is_valid_id as is_id;
 
 /// Parse a reference string into a node; `None` when it is not exactly one well-formed
 /// reference (a comma-separated list, a query, a path trick such as `Patient/a/../b`).
