@@ -266,10 +266,6 @@ async fn version(
     }
 }
 
-/// Most history entries on one page, and the page size when `_count` says nothing.
-const HISTORY_MAX_COUNT: usize = 1000;
-const HISTORY_DEFAULT_COUNT: usize = 100;
-
 /// Instance history: every version the decision admits (each judged on its own content;
 /// deletion versions only when unconfined), newest first, a page at a time (`_count`,
 /// `_offset`). The resource must exist (live or deleted) and, when confined, be visible now.
@@ -284,7 +280,8 @@ async fn history(
     if !valid_id(id) {
         return outcome::not_found(format!("{resource_type}/{id} not found"));
     }
-    let mut count = HISTORY_DEFAULT_COUNT;
+    // the same page sizes as searches: the store's default and cap
+    let mut count = fhirgate_store::DEFAULT_COUNT;
     let mut offset = 0usize;
     for (k, v) in pairs {
         let n = match k.as_str() {
@@ -300,7 +297,7 @@ async fn history(
             _ => continue,
         };
         if k == "_count" {
-            count = n.min(HISTORY_MAX_COUNT);
+            count = n.min(fhirgate_store::MAX_COUNT);
         } else {
             offset = n;
         }
@@ -506,37 +503,45 @@ async fn search(
 /// against that type's compartment and granular filters. When confined, an included resource
 /// in no patient's compartment at all (e.g. a Provenance that targets the patient's
 /// Observation, not the patient) is kept: it is nobody's record.
+/// What one grant limits a type to: its compartment and its granular alternatives.
+type Limits = (
+    fhirgate_store::Confinement,
+    Vec<Vec<fhirgate_store::Filter>>,
+);
+
 fn confine_included(auth: &Authorized, included: Vec<Value>) -> Vec<Value> {
+    use fhirgate_store::Confinement;
+    // one decision per included type, not per resource: (confinement, alternatives), or None
+    // where the decision refuses the type
+    let mut decided: std::collections::HashMap<String, Option<Limits>> =
+        std::collections::HashMap::new();
     let mut out = Vec::with_capacity(included.len());
     for r in included {
         let Some(t) = r["resourceType"].as_str() else {
             continue;
         };
-        let Ok(grant) = enforce::decide(
-            auth.mode,
-            &auth.principal,
-            &auth.standing,
-            &enforce::Target::new(t, Interaction::Read),
-        ) else {
+        let limits = decided.entry(t.to_string()).or_insert_with(|| {
+            let grant = enforce::decide(
+                auth.mode,
+                &auth.principal,
+                &auth.standing,
+                &enforce::Target::new(t, Interaction::Read),
+            )
+            .ok()?;
+            let confinement = match grant.compartment {
+                Some(p) => Confinement::patient(p),
+                None => Confinement::unconfined(),
+            };
+            Some((confinement, crate::confined::alternatives(&grant.filters)))
+        });
+        let Some((confinement, alternatives)) = limits else {
             continue;
         };
-        let confinement = match grant.compartment {
-            Some(p) => fhirgate_store::Confinement::patient(p),
-            None => fhirgate_store::Confinement::unconfined(),
-        };
-        let filters: Vec<Vec<crate::scopes::Filter>> =
-            grant.filters.iter().map(|f| f.to_vec()).collect();
-        let alternatives = crate::confined::alternatives(&filters);
-        let admitted = crate::confined::admits(&confinement, &alternatives, t, &r)
-            || (grant.compartment.is_some()
+        let admitted = crate::confined::admits(confinement, alternatives, t, &r)
+            || (confinement.patient_id().is_some()
                 && t != "Patient"
-                && fhirgate_store::Confinement::is_unattached(t, &r)
-                && crate::confined::admits(
-                    &fhirgate_store::Confinement::unconfined(),
-                    &alternatives,
-                    t,
-                    &r,
-                ));
+                && Confinement::is_unattached(t, &r)
+                && crate::confined::admits(&Confinement::unconfined(), alternatives, t, &r));
         if admitted {
             out.push(r);
         }

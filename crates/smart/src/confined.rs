@@ -74,12 +74,14 @@ impl DataAccess {
     }
 }
 
-/// Granular scope alternatives as store filters (OR of ANDs).
-pub(crate) fn alternatives(filters: &[Vec<crate::scopes::Filter>]) -> Vec<Vec<Filter>> {
+/// Granular scope alternatives (the request's, or another grant's for includes) as store
+/// filters (OR of ANDs).
+pub(crate) fn alternatives<A: AsRef<[crate::scopes::Filter]>>(filters: &[A]) -> Vec<Vec<Filter>> {
     filters
         .iter()
         .map(|alt| {
-            alt.iter()
+            alt.as_ref()
+                .iter()
                 .map(|f| Filter {
                     name: f.param.clone(),
                     modifier: None,
