@@ -128,20 +128,9 @@ impl AccessControl {
         }
         let mut standings = HashMap::with_capacity(users.len());
         for (id, user) in &users {
-            let related = match crate::standing::fhir_user_reference(user)
-                .as_deref()
-                .and_then(|r| r.strip_prefix("RelatedPerson/"))
-            {
-                Some(rp) => crate::standing::related_patient(store, rp).await?,
-                None => None,
-            };
             let user_roles = roles.get(id).map(Vec::as_slice).unwrap_or_default();
-            let standing = crate::standing::standing_of(
-                user,
-                user_roles,
-                related.as_deref(),
-                &self.provider_roles,
-            );
+            let standing =
+                crate::standing::resolve(store, user, user_roles, &self.provider_roles).await?;
             standings.insert(id.clone(), standing);
         }
         let snapshot = Arc::new(Snapshot {
@@ -262,11 +251,6 @@ impl Standings for AccessControl {
 }
 
 impl AccessControl {
-    /// The provider roles of the project (for the authorization server's own checks).
-    pub fn provider_roles(&self) -> &ProviderRoles {
-        &self.provider_roles
-    }
-
     /// Decide an admin REST or `/rpc` request by a client authenticated with HTTP Basic (not
     /// `root`, which is always allowed): some AccessPolicy must allow `{uri, request-method,
     /// client}` (plus `rpc: {method}` for RPC calls). Aidbox semantics: an `allow` policy linked

@@ -234,6 +234,17 @@ pub async fn load(
 ) -> Result<Standing, StoreError> {
     let id = user["id"].as_str().unwrap_or_default();
     let roles = roles_of(store, id).await?;
+    resolve(store, user, &roles, provider_roles).await
+}
+
+/// The standing of `user` whose Roles are known: [`standing_of`], after reading the
+/// RelatedPerson its `fhirUser` names, if it names one.
+pub async fn resolve(
+    store: &dyn Store,
+    user: &Value,
+    roles: &[Value],
+    provider_roles: &ProviderRoles,
+) -> Result<Standing, StoreError> {
     let related = match fhir_user_reference(user)
         .as_deref()
         .and_then(|r| r.strip_prefix("RelatedPerson/"))
@@ -241,12 +252,7 @@ pub async fn load(
         Some(rp) => related_patient(store, rp).await?,
         None => None,
     };
-    Ok(standing_of(
-        user,
-        &roles,
-        related.as_deref(),
-        provider_roles,
-    ))
+    Ok(standing_of(user, roles, related.as_deref(), provider_roles))
 }
 
 #[cfg(test)]
