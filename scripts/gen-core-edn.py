@@ -3,9 +3,10 @@
 
 One FHIR base, /smart, behind :smart.fhir/authorization-middleware, so that every SMART scenario
 (standalone patient, EHR practitioner, public and confidential clients, backend services) works
-on it. It covers the US Core 6.1 resource types; each search op allows every FHIR R4 search
+on it. It covers the US Core 6.1 and 7.0 resource types; each search op allows every FHIR R4 search
 parameter of its type (from crates/fhir/data/r4-search-parameters.json, itself generated from the
-R4 SearchParameter resources), so nothing here is typed by hand.
+R4 SearchParameter resources) and US Core's own (crates/fhir/data/us-core.json), and every
+include of its reference parameters, typed ones included, so nothing here is typed by hand.
 
 Usage: scripts/gen-core-edn.py > core.edn
 """
@@ -13,7 +14,10 @@ import json
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TABLE = json.load(open(os.path.join(HERE, "..", "crates", "fhir", "data", "r4-search-parameters.json")))["resources"]
+DATA = os.path.join(HERE, "..", "crates", "fhir", "data")
+TABLE = json.load(open(os.path.join(DATA, "r4-search-parameters.json")))["resources"]
+# US Core 6.1's and 7.0's own parameters, those R4 lacks (race, asserted-date, …)
+US_CORE = json.load(open(os.path.join(DATA, "us-core.json")))["searchParameters"]
 
 # Aidbox's 20 SMART sample types plus the rest of US Core 6.1's.
 TYPES = sorted([
@@ -30,9 +34,19 @@ COMMON = ["_id", "_lastUpdated"]
 
 
 def params(rt):
-    own = TABLE.get(rt, {})
+    own = dict(US_CORE.get(rt, {}))
+    own.update(TABLE.get(rt, {}))
     names = [n for n, p in own.items() if p["type"] not in ("composite", "special")]
-    includes = sorted(f"{rt}:{n}" for n, p in own.items() if p["type"] == "reference")
+    includes = set()
+    for n, p in own.items():
+        if p["type"] != "reference":
+            continue
+        includes.add(f"{rt}:{n}")
+        # typed includes (CareTeam:participant:Practitioner) where the parameter has several
+        # target types, for the targets this API serves
+        if len(p["target"]) > 1:
+            includes.update(f"{rt}:{n}:{t}" for t in p["target"] if t in TYPES)
+    includes = sorted(includes)
     lines = [f":{n} {{}}" for n in sorted(set(names) | set(COMMON))]
     lines.append(":_count {:max 1000}")
     if includes:

@@ -396,6 +396,52 @@ mod tests {
     }
 
     #[test]
+    fn us_core_own_params_are_extracted() {
+        let race = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race";
+        let p = json!({
+            "resourceType": "Patient", "id": "p1",
+            "extension": [
+                {"url": race, "extension": [
+                    {"url": "ombCategory", "valueCoding": {"system": "urn:oid:2.16.840.1.113883.6.238", "code": "2106-3"}},
+                    {"url": "text", "valueString": "White"}
+                ]},
+                {"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity", "extension": [
+                    {"url": "ombCategory", "valueCoding": {"code": "2186-5"}}
+                ]},
+                {"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-genderIdentity",
+                 "valueCodeableConcept": {"coding": [{"code": "446141000124107"}]}}
+            ]
+        });
+        let rows = extract("Patient", &p);
+        let codes = |param: &str| -> Vec<&str> {
+            rows.tokens
+                .iter()
+                .filter(|t| t.0 == param)
+                .map(|t| t.2.as_str())
+                .collect()
+        };
+        // the expression selects `.value.code`: the code alone, never the text
+        assert_eq!(codes("race"), ["2106-3"]);
+        assert_eq!(codes("ethnicity"), ["2186-5"]);
+        assert_eq!(codes("gender-identity"), ["446141000124107"]);
+
+        let c = json!({
+            "resourceType": "Condition", "id": "c1",
+            "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/condition-assertedDate",
+                           "valueDateTime": "2021-05-06"}]
+        });
+        let rows = extract("Condition", &c);
+        assert!(rows.dates.iter().any(|d| d.0 == "asserted-date"));
+        for (t, code) in [
+            ("Encounter", "discharge-disposition"),
+            ("CareTeam", "role"),
+            ("Goal", "description"),
+        ] {
+            assert!(param(t, code).is_some(), "{t}.{code} should be indexed");
+        }
+    }
+
+    #[test]
     fn extracts_each_kind() {
         let o = json!({
             "resourceType": "Observation", "id": "o1", "status": "final",
