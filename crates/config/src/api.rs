@@ -284,6 +284,7 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
         let mut public = false;
         let mut resource_type = None;
         let mut params_node = None;
+        let mut us_core = None;
         for (k, v) in entries {
             match k.value.as_keyword() {
                 Some("action") => match v.value.as_keyword() {
@@ -336,6 +337,32 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
                     }
                 },
                 Some("params") => params_node = Some(v),
+                Some("us-core/version") => match v.value.as_str() {
+                    Some(s) => match fhirgate_fhir::UsCoreVersion::parse(s) {
+                        Some(version) => us_core = Some((version, v.span.start)),
+                        None => {
+                            self.error(
+                                file,
+                                v.span.start,
+                                format!(
+                                    ":us-core/version {s:?} is not a US Core release fhirgate knows (\"6.1.0\" or \"7.0.0\")"
+                                ),
+                            );
+                            ok = false;
+                        }
+                    },
+                    None => {
+                        self.error(
+                            file,
+                            v.span.start,
+                            format!(
+                                ":us-core/version must be a string such as \"7.0.0\", found {}",
+                                v.value.kind()
+                            ),
+                        );
+                        ok = false;
+                    }
+                },
                 Some("zen/desc") => {}
                 _ => self.loader.warning(
                     file,
@@ -360,6 +387,18 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
                 action_pos,
                 format!(
                     "action :{action} needs :resource/type (or a [:resource/type] path parameter)"
+                ),
+            );
+            ok = false;
+        }
+        if let Some((_, pos)) = us_core
+            && !spec.describes_base
+        {
+            self.error(
+                file,
+                pos,
+                format!(
+                    ":us-core/version belongs on the op that serves the CapabilityStatement, not on :{action}"
                 ),
             );
             ok = false;
@@ -417,6 +456,7 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
             public,
             resource_type,
             params,
+            us_core: us_core.map(|(v, _)| v),
             middlewares: self.middlewares.clone(),
             api: ctx.api.clone(),
             location: here,

@@ -12,7 +12,7 @@
 //! struct Known;
 //! impl Catalog for Known {
 //!     fn action(&self, kw: &str) -> Option<ActionSpec> {
-//!         (kw == "smart.fhir/read").then_some(ActionSpec { needs_resource_type: true })
+//!         (kw == "smart.fhir/read").then_some(ActionSpec { needs_resource_type: true, describes_base: false })
 //!     }
 //!     fn has_middleware(&self, kw: &str) -> bool { kw == "my/auth" }
 //! }
@@ -43,8 +43,8 @@ use std::path::PathBuf;
 pub use fhirgate_edn::{Diagnostic, Pos, Severity};
 pub use project::{load, load_sources};
 pub use seed::{
-    CLIENT_NEEDS_CREDENTIALS, SEED_ENGINES, SEED_FILE_TYPES, client_lacks_credentials,
-    read_seed_edn,
+    CLIENT_FHIR_CONTEXT_FORMAT, CLIENT_NEEDS_CREDENTIALS, SEED_ENGINES, SEED_FILE_TYPES,
+    client_problem, read_seed_edn,
 };
 pub use sources::{FsSources, MemorySources, Sources};
 
@@ -53,6 +53,9 @@ pub use sources::{FsSources, MemorySources, Sources};
 pub struct ActionSpec {
     /// The op must name `:resource/type`, or sit under a `[:resource/type]` path parameter.
     pub needs_resource_type: bool,
+    /// The action serves its FHIR base's CapabilityStatement: its op may say which US Core
+    /// release the base follows (`:us-core/version`).
+    pub describes_base: bool,
 }
 
 /// The actions and middlewares a project may name, by keyword (without the colon).
@@ -170,6 +173,10 @@ pub struct Route {
     pub resource_type: Option<String>,
     /// The `:params` allow-list; `None` when the op declares none (then any parameter passes).
     pub params: Option<BTreeMap<String, ParamSpec>>,
+    /// `:us-core/version` of a `:smart.fhir/capability` op: the US Core release its FHIR base
+    /// claims to follow (`None`: the default, 6.1.0). It changes what the CapabilityStatement
+    /// claims, never what is indexed.
+    pub us_core: Option<fhirgate_fhir::UsCoreVersion>,
     /// Middleware keywords, outermost first.
     pub middlewares: Vec<String>,
     /// The qualified symbol of the API that declares the op (`core/smart-api`).

@@ -93,6 +93,9 @@ pub fn build_app(
     let mut builtin = axum::Router::new().route("/health", get(move || health(store.clone())));
     if let Some(auth) = &settings.auth {
         builtin = builtin.merge(auth.routes());
+        if let Some(store) = &settings.store {
+            builtin = builtin.merge(crate::brands::routes(store.clone(), &settings.base_url));
+        }
         if let Some(admin) = &settings.admin {
             builtin = builtin.merge(crate::rpc::routes(admin.clone(), auth.clone()));
         }

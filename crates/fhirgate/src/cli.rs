@@ -141,6 +141,11 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub login_failures_per_address: u32,
+    /// Where apps find the user-access Brand Bundle (`user_access_brand_bundle` in SMART
+    /// discovery), when it is published elsewhere than fhirgate's own `{base}/brands.json`
+    /// (e.g. a CDN copy of it).
+    #[arg(long, env = "FHIRGATE_BRAND_BUNDLE_URL", value_name = "URL")]
+    pub brand_bundle_url: Option<String>,
 }
 
 /// Check a base URL: absolute http(s), a host, no trailing slash, no query or fragment.

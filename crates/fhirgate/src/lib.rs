@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod brands;
 pub mod cli;
 pub mod demo;
 pub mod load;

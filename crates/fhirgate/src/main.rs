@@ -235,6 +235,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             audit_events: args.audit_events,
             login_failures_per_user: args.login_failures_per_user,
             login_failures_per_address: args.login_failures_per_address,
+            brand_bundle_url: args.brand_bundle_url.clone(),
         };
         let prepared = match fhirgate::server::prepare(&project, store, &options).await {
             Ok(p) => p,

@@ -31,6 +31,8 @@ pub struct ServeOptions {
     /// `--login-failures-per-address`: failed sign-ins (and, apart, client authentications) per
     /// address a minute.
     pub login_failures_per_address: u32,
+    /// `--brand-bundle-url`: where discovery says the Brand Bundle is (none: `{base}/brands.json`).
+    pub brand_bundle_url: Option<String>,
 }
 
 impl ServeOptions {
@@ -45,6 +47,7 @@ impl ServeOptions {
             audit_events: false,
             login_failures_per_user: 10,
             login_failures_per_address: 60,
+            brand_bundle_url: None,
         }
     }
 }
@@ -122,6 +125,7 @@ pub async fn prepare(
         audit: options
             .audit_events
             .then(|| fhirgate_smart::audit::AuditSink::start(store.clone())),
+        brand_bundle_url: options.brand_bundle_url.clone(),
     });
     if no_policies
         && let Some(warning) =

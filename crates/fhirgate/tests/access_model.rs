@@ -438,6 +438,35 @@ fn sees(token: &Token, r: &Value, search: bool) -> bool {
         || observation_category(r).is_some_and(|c| g.categories.iter().any(|x| *x == c))
 }
 
+/// Reads (read, vread, history) of one resource: what [`sees`] allows, plus — when confined
+/// to a patient — a Provenance that references no patient but targets one of that patient's
+/// records (live, and in the patient's compartment).
+fn sees_read(f: &Fixture, token: &Token, r: &Value) -> bool {
+    if sees(token, r, false) {
+        return true;
+    }
+    if r["resourceType"] != "Provenance" || !unattached(r) {
+        return false;
+    }
+    let Some(OGrant {
+        confined_to: Some(p),
+        categories,
+    }) = grant(token, "Provenance", false)
+    else {
+        return false;
+    };
+    categories.is_empty()
+        && r["target"].as_array().into_iter().flatten().any(|t| {
+            t["reference"]
+                .as_str()
+                .and_then(|x| x.split_once('/'))
+                .filter(|(ty, _)| *ty != "Provenance" && in_compartment_type(ty))
+                .and_then(|(ty, id)| f.stored.get(&(ty.to_string(), id.to_string()))?.last())
+                .and_then(|(_, cur)| cur.as_ref())
+                .is_some_and(|cur| patients_of(cur).contains(&p))
+        })
+}
+
 /// Included resources: what [`sees`] allows, plus — when confined — a resource of a
 /// compartment type that references no patient at all (nobody's record).
 fn sees_included(token: &Token, r: &Value) -> bool {
@@ -509,6 +538,7 @@ async fn start(store: Arc<dyn fhirgate_store::Store>) -> Fixture {
         access: Some(access.clone()),
         standings: Some(access),
         audit: None,
+        brand_bundle_url: None,
     });
     let project = fhirgate::load_project(&common::root_core_edn(), &registry).unwrap();
     let settings = Settings {
@@ -615,7 +645,7 @@ async fn check_inner(f: &Fixture, token: &Token, req: &Req, data: &mut bool) -> 
                 .map_err(|e| e.to_string())?;
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap_or(Value::Null);
-            let expected = f.current(t, id).is_some_and(|cur| sees(token, cur, false));
+            let expected = f.current(t, id).is_some_and(|cur| sees_read(f, token, cur));
             if std::env::var("ACCESS_DEBUG").is_ok() {
                 eprintln!("read {t}/{id} {token:?} -> {status} {body}");
             }
@@ -645,7 +675,7 @@ async fn check_inner(f: &Fixture, token: &Token, req: &Req, data: &mut bool) -> 
                 .map_err(|e| e.to_string())?;
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap_or(Value::Null);
-            let expected = content.as_ref().is_some_and(|c| sees(token, c, false));
+            let expected = content.as_ref().is_some_and(|c| sees_read(f, token, c));
             if status == 200 && !expected {
                 return Err(format!("vread {t}/{id}/{vid} leaked: {body}"));
             }
@@ -670,13 +700,13 @@ async fn check_inner(f: &Fixture, token: &Token, req: &Req, data: &mut bool) -> 
             let versions = &f.stored[&(t.clone(), id.clone())];
             let allowed: BTreeSet<String> = versions
                 .iter()
-                .filter(|(_, c)| c.as_ref().is_some_and(|c| sees(token, c, false)))
+                .filter(|(_, c)| c.as_ref().is_some_and(|c| sees_read(f, token, c)))
                 .map(|(v, _)| v.clone())
                 .collect();
             if status != 200 {
                 // refused outright: nothing leaked; it must be refused only when the current
                 // version is invisible
-                let current_visible = f.current(t, id).is_some_and(|c| sees(token, c, false));
+                let current_visible = f.current(t, id).is_some_and(|c| sees_read(f, token, c));
                 if current_visible {
                     return Err(format!(
                         "history {t}/{id}: status {status}, current version visible"
@@ -689,7 +719,7 @@ async fn check_inner(f: &Fixture, token: &Token, req: &Req, data: &mut bool) -> 
             for e in &returned {
                 match e.get("resource") {
                     Some(r) => {
-                        if !sees(token, r, false) {
+                        if !sees_read(f, token, r) {
                             return Err(format!("history {t}/{id} leaked a version: {r}"));
                         }
                         got.insert(

@@ -21,6 +21,7 @@ async fn start() -> String {
         access: None,
         audit: None,
         standings: None,
+        brand_bundle_url: None,
     });
     let project = load_project(&common::root_core_edn(), &registry)
         .unwrap_or_else(|d| panic!("root core.edn: {d:#?}"));
@@ -72,6 +73,42 @@ fn assert_no_empty(v: &Value, at: &str) {
         Value::String(s) => assert!(!s.is_empty(), "empty string at {at}"),
         _ => {}
     }
+}
+
+/// Each capability the server advertises has a row in docs/conformance.md naming the tests that
+/// exercise it (the conformance report runs them), and the table lists nothing else.
+#[tokio::test]
+async fn every_advertised_capability_has_a_row() {
+    let base = start().await;
+    let (_, c, _) = get(&format!("{base}/smart/.well-known/smart-configuration")).await;
+    let served: std::collections::BTreeSet<String> = strings(&c["capabilities"])
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/conformance.md"),
+    )
+    .expect("docs/conformance.md");
+    let section = doc
+        .split("## Capabilities the discovery document lists")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("the capabilities section");
+    let mut rows = std::collections::BTreeSet::new();
+    for line in section.lines().filter(|l| l.starts_with("| C")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let capability = cells[2].trim_matches('`').to_string();
+        let tests = cells[4];
+        assert!(
+            ["IC `", "OA `", "DI `"].iter().any(|p| tests.contains(p)),
+            "{capability}: the row names no test"
+        );
+        rows.insert(capability);
+    }
+    assert_eq!(
+        served, rows,
+        "advertised capabilities vs docs/conformance.md's table"
+    );
 }
 
 #[tokio::test]
@@ -252,10 +289,12 @@ async fn capability_statement_describes_the_smart_base() {
         }
         for p in r["searchParam"].as_array().into_iter().flatten() {
             assert!(p["name"].is_string() && p["type"].is_string(), "{p}");
+            // R4's definitions, and US Core's for the parameters R4 lacks
             assert!(
-                p["definition"]
-                    .as_str()
-                    .is_some_and(|d| d.starts_with("http://hl7.org/fhir/SearchParameter/")),
+                p["definition"].as_str().is_some_and(|d| {
+                    d.starts_with("http://hl7.org/fhir/SearchParameter/")
+                        || d.starts_with("http://hl7.org/fhir/us/core/SearchParameter/us-core-")
+                }),
                 "{p}"
             );
         }

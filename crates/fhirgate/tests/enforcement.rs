@@ -60,6 +60,7 @@ async fn start() -> Fixture {
         access: None,
         audit: None,
         standings: Some(std::sync::Arc::new(common::provider_or_service)),
+        brand_bundle_url: None,
     });
     for kw in [
         "smart.fhir/search",
@@ -70,6 +71,7 @@ async fn start() -> Fixture {
             kw,
             ActionSpec {
                 needs_resource_type: kw != "smart.fhir/capability",
+                describes_base: kw == "smart.fhir/capability",
             },
             echo,
         );

@@ -54,6 +54,7 @@ async fn start() -> Fixture {
         access: None,
         audit: None,
         standings: Some(std::sync::Arc::new(common::provider_or_service)),
+        brand_bundle_url: None,
     });
     let core = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../core.edn");
     let project = fhirgate::load_project(&core, &registry).unwrap();
@@ -317,6 +318,7 @@ async fn a_data_action_without_a_smart_middleware_fails_closed() {
         access: None,
         audit: None,
         standings: Some(std::sync::Arc::new(common::provider_or_service)),
+        brand_bundle_url: None,
     });
     let src = r#"{ns core import #{zenbox} root-api {:zen/tags #{zenbox/api} "open" {"Patient" {[:id] {:GET {:action :smart.fhir/read :resource/type "Patient"}}}}}}"#;
     let sources = fhirgate_config::MemorySources::new([("core.edn", src)]);

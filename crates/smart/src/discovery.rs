@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use fhirgate_config::{Route, RouteTable, Segment};
+use fhirgate_fhir::UsCoreVersion;
 use fhirgate_router::{Request, Response, outcome};
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
@@ -100,8 +101,12 @@ pub const SCOPES: &[&str] = &[
     "system/*.read",
 ];
 
-/// `.well-known/smart-configuration` of a server whose public base URL is `base_url`.
-pub fn smart_configuration(base_url: &str) -> Value {
+/// Where fhirgate itself serves the user-access Brand Bundle, under the public base URL.
+pub const BRANDS_PATH: &str = "/brands.json";
+
+/// `.well-known/smart-configuration` of a server whose public base URL is `base_url`, whose
+/// Brand Bundle is at `brands` (`{base_url}/brands.json` unless published elsewhere).
+pub fn smart_configuration(base_url: &str, brands: &str) -> Value {
     let e = Endpoints::new(base_url);
     json!({
         "issuer": e.issuer,
@@ -120,6 +125,7 @@ pub fn smart_configuration(base_url: &str) -> Value {
         "response_types_supported": ["code"],
         "scopes_supported": SCOPES,
         "capabilities": CAPABILITIES,
+        "user_access_brand_bundle": brands,
     })
 }
 
@@ -212,8 +218,14 @@ impl TypeSupport {
         }
     }
 
-    fn to_json(&self, resource_type: &str) -> Value {
+    /// The `rest.resource` entry; `us_core` adds the profiles that release lists for the type.
+    fn to_json(&self, resource_type: &str, us_core: Option<UsCoreVersion>) -> Value {
         let mut entry = json!({ "type": resource_type });
+        if let Some(r) = us_core.and_then(|v| v.resource(resource_type))
+            && !r.supported_profile.is_empty()
+        {
+            entry["supportedProfile"] = json!(r.supported_profile);
+        }
         // FHIR JSON has no empty arrays: leave out what is empty
         if !self.interactions.is_empty() {
             entry["interaction"] = self
@@ -329,9 +341,14 @@ pub fn capability_statement(
     let e = Endpoints::new(base_url);
     let fhir_base = fhir_base_url(base_url, route);
     let uri = |name: &str, url: &str| json!({ "url": name, "valueUri": url });
-    let resource: Vec<Value> = resources(route, table)
+    let types = resources(route, table);
+    // A base claims US Core only when it serves US Core's one mandatory profile, Patient.
+    let us_core = types
+        .contains_key("Patient")
+        .then(|| route.us_core.unwrap_or_default());
+    let resource: Vec<Value> = types
         .iter()
-        .map(|(t, support)| support.to_json(t))
+        .map(|(t, support)| support.to_json(t, us_core))
         .collect();
     let mut rest = json!({
         "mode": "server",
@@ -361,7 +378,11 @@ pub fn capability_statement(
     if !resource.is_empty() {
         rest["resource"] = Value::Array(resource);
     }
-    json!({
+    let mut guides = vec![SMART_APP_LAUNCH_IG];
+    if let Some(v) = us_core {
+        guides.insert(0, v.implementation_guide());
+    }
+    let mut statement = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": date,
@@ -371,9 +392,18 @@ pub fn capability_statement(
         "implementation": {"description": format!("fhirgate FHIR API at {}", route.mount()), "url": fhir_base},
         "fhirVersion": "4.0.1",
         "format": ["json"],
+        "implementationGuide": guides,
         "rest": [rest],
-    })
+    });
+    if let Some(v) = us_core {
+        statement["instantiates"] = json!([v.capability_statement()]);
+    }
+    statement
 }
+
+/// The SMART App Launch release the authorization server implements, as a versioned canonical.
+const SMART_APP_LAUNCH_IG: &str =
+    "http://hl7.org/fhir/smart-app-launch/ImplementationGuide/hl7.fhir.uv.smart-app-launch|2.2.0";
 
 /// Now, as a FHIR dateTime in UTC (`2025-01-31T12:00:00Z`).
 pub fn now_datetime() -> String {
@@ -501,7 +531,13 @@ impl tower::Service<Request> for Document {
 
 /// The discovery document that `action` serves on `route`: the CapabilityStatement for
 /// [`CAPABILITY`], the style for [`STYLE`], else the SMART configuration.
-pub fn document(action: &str, base_url: &str, route: &Arc<Route>, table: &RouteTable) -> Document {
+pub fn document(
+    action: &str,
+    base_url: &str,
+    brands: &str,
+    route: &Arc<Route>,
+    table: &RouteTable,
+) -> Document {
     match action {
         CAPABILITY => Document::fhir_json(&capability_statement(
             base_url,
@@ -510,7 +546,7 @@ pub fn document(action: &str, base_url: &str, route: &Arc<Route>, table: &RouteT
             &now_datetime(),
         )),
         STYLE => Document::json(&style()),
-        _ => Document::json(&smart_configuration(base_url)),
+        _ => Document::json(&smart_configuration(base_url, brands)),
     }
 }
 
@@ -593,7 +629,7 @@ mod tests {
 
     #[test]
     fn smart_configuration_names_our_endpoints() {
-        let c = smart_configuration(BASE);
+        let c = smart_configuration(BASE, &format!("{BASE}/brands.json"));
         assert_eq!(c["issuer"], BASE);
         assert_eq!(c["jwks_uri"], "https://ehr.example/.well-known/jwks.json");
         assert_eq!(
@@ -608,6 +644,10 @@ mod tests {
         assert_eq!(c["revocation_endpoint"], "https://ehr.example/auth/revoke");
         assert_eq!(c["userinfo_endpoint"], "https://ehr.example/auth/userinfo");
         assert_eq!(c["management_endpoint"], "https://ehr.example/auth/grants");
+        assert_eq!(
+            c["user_access_brand_bundle"],
+            "https://ehr.example/brands.json"
+        );
         assert_eq!(c["code_challenge_methods_supported"], json!(["S256"]));
         assert_eq!(c["response_types_supported"], json!(["code"]));
         assert_eq!(
@@ -713,7 +753,7 @@ mod tests {
                 )
             })
             .collect();
-        let conf = smart_configuration(BASE);
+        let conf = smart_configuration(BASE, &format!("{BASE}/brands.json"));
         for (name, key) in [
             ("authorize", "authorization_endpoint"),
             ("token", "token_endpoint"),
@@ -722,6 +762,97 @@ mod tests {
             ("manage", "management_endpoint"),
         ] {
             assert_eq!(Some(&json!(uris[name])), conf.get(key), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_base_that_serves_patient_claims_us_core_with_its_profiles() {
+        let p = project(PROJECT);
+        let cs = capability_of(&p, "/smart/metadata");
+        assert_eq!(
+            cs["instantiates"],
+            json!(["http://hl7.org/fhir/us/core/CapabilityStatement/us-core-server|6.1.0"])
+        );
+        assert_eq!(
+            cs["implementationGuide"][0],
+            "http://hl7.org/fhir/us/core/ImplementationGuide/hl7.fhir.us.core|6.1.0"
+        );
+        assert_eq!(
+            resource(&cs, "Patient")["supportedProfile"],
+            json!(["http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient|6.1.0"])
+        );
+        let obs = resource(&cs, "Observation")["supportedProfile"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(obs.contains(&json!(
+            "http://hl7.org/fhir/us/core/StructureDefinition/us-core-observation-lab|6.1.0"
+        )));
+        // 7.0.0's new Observation profiles are not claimed by a 6.1.0 base
+        assert!(!obs.iter().any(|p| {
+            p.as_str()
+                .is_some_and(|p| p.contains("average-blood-pressure"))
+        }));
+
+        // without Patient, the other base claims no US Core conformance (only SMART)
+        let other = capability_of(&p, "/other/metadata");
+        assert!(other.get("instantiates").is_none());
+        assert!(
+            resource(&other, "Condition")
+                .get("supportedProfile")
+                .is_none()
+        );
+        assert_eq!(other["implementationGuide"], json!([SMART_APP_LAUNCH_IG]));
+    }
+
+    #[test]
+    fn us_core_version_is_chosen_on_the_capability_op() {
+        let src = PROJECT.replace(
+            r#""metadata" {:GET {:action :smart.fhir/capability :public true}}
+  ".well-known""#,
+            r#""metadata" {:GET {:action :smart.fhir/capability :public true :us-core/version "7.0.0"}}
+  ".well-known""#,
+        );
+        assert_ne!(src, PROJECT);
+        let p = project(&src);
+        let cs = capability_of(&p, "/smart/metadata");
+        assert_eq!(
+            cs["instantiates"],
+            json!(["http://hl7.org/fhir/us/core/CapabilityStatement/us-core-server|7.0.0"])
+        );
+        let obs = &resource(&cs, "Observation")["supportedProfile"];
+        assert!(obs.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|p| p.as_str().is_some_and(|p| p.ends_with("|7.0.0")))
+        }));
+        assert!(obs.as_array().is_some_and(|a| a.iter().any(|p| {
+            p.as_str()
+                .is_some_and(|p| p.contains("us-core-average-blood-pressure"))
+        })));
+
+        // an unknown release, or the key on another op, stops loading with a precise diagnostic
+        for (bad, says) in [
+            (
+                src.replace(r#":us-core/version "7.0.0""#, r#":us-core/version "5.0.1""#),
+                r#":us-core/version "5.0.1" is not a US Core release fhirgate knows"#,
+            ),
+            (
+                src.replace(r#":us-core/version "7.0.0""#, ":us-core/version 7"),
+                ":us-core/version must be a string",
+            ),
+            (
+                src.replace(
+                    r#":action :smart.fhir/search :resource/type "Condition""#,
+                    r#":action :smart.fhir/search :resource/type "Condition" :us-core/version "6.1.0""#,
+                ),
+                ":us-core/version belongs on the op that serves the CapabilityStatement",
+            ),
+        ] {
+            let files = MemorySources::new([("core.edn", bad.as_str())]);
+            let err = load_sources("core.edn", &files, &registry())
+                .expect_err("the project must not load");
+            let text: Vec<String> = err.iter().map(ToString::to_string).collect();
+            assert!(text.iter().any(|d| d.contains(says)), "{text:?}");
         }
     }
 

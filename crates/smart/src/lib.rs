@@ -69,6 +69,9 @@ pub struct Setup {
     /// The standing of tokens' Users (none: every User is taken as linked to nobody, so
     /// only non-compartment types and backend services' `system/` tokens get data).
     pub standings: Option<Arc<dyn standing::Standings>>,
+    /// Where the user-access Brand Bundle is published, when not at `{base_url}/brands.json`
+    /// (`user_access_brand_bundle` in SMART discovery).
+    pub brand_bundle_url: Option<String>,
 }
 
 impl Default for Setup {
@@ -80,6 +83,7 @@ impl Default for Setup {
             access: None,
             audit: None,
             standings: None,
+            brand_bundle_url: None,
         }
     }
 }
@@ -89,15 +93,20 @@ pub fn register(registry: &mut Registry, setup: &Setup) {
     for (keyword, needs_resource_type) in ACTIONS {
         let spec = ActionSpec {
             needs_resource_type: *needs_resource_type,
+            describes_base: *keyword == discovery::CAPABILITY,
         };
         if discovery::is_discovery(keyword) {
             let base_url = setup.base_url.clone();
+            let brands = setup
+                .brand_bundle_url
+                .clone()
+                .unwrap_or_else(|| format!("{base_url}{}", discovery::BRANDS_PATH));
             registry
                 .action_with_routes(
                     keyword,
                     spec,
                     move |route: &Arc<Route>, table: &RouteTable| {
-                        discovery::document(keyword, &base_url, route, table)
+                        discovery::document(keyword, &base_url, &brands, route, table)
                     },
                 )
                 .accept_options(keyword);

@@ -26,6 +26,7 @@ impl Catalog for TestCatalog {
             );
         known.then_some(ActionSpec {
             needs_resource_type: needs,
+            describes_base: kw == "smart.fhir/capability",
         })
     }
     fn has_middleware(&self, kw: &str) -> bool {
