@@ -42,18 +42,30 @@ const WRITE_ONLY: &[(&str, &str, &str)] = &[
 /// Why a Client with no credentials is refused (`check`, seeds, admin REST).
 pub const CLIENT_NEEDS_CREDENTIALS: &str = "a Client needs a secret, jwks or jwks_uri; a public app (one without credentials) must say so with auth.authorization_code.secret_required: false";
 
-/// Whether `resource` is a Client with no `secret` (or stored hash), no `jwks` and no `jwks_uri`
-/// that does not say `auth.authorization_code.secret_required: false`. Such a Client is never
-/// taken for a public one (contract §3): it could not authenticate, so it is refused up front.
-pub fn client_lacks_credentials(resource: &Json) -> bool {
+/// Why a Client's `smart.fhir_context_format` is refused.
+pub const CLIENT_FHIR_CONTEXT_FORMAT: &str = "smart.fhir_context_format must be \"2.2.0\" (objects, the default) or \"2.0.0\" (reference strings)";
+
+/// What is wrong with `resource` as a Client (`check`, seeds, admin REST), if anything:
+/// - no `secret` (or stored hash), no `jwks` and no `jwks_uri`, and no
+///   `auth.authorization_code.secret_required: false`. Such a Client is never taken for a public
+///   one (contract §3): it could not authenticate, so it is refused up front;
+/// - a `smart.fhir_context_format` other than `"2.0.0"` or `"2.2.0"`.
+pub fn client_problem(resource: &Json) -> Option<&'static str> {
     if resource["resourceType"] != "Client" {
-        return false;
+        return None;
     }
     let text = |k: &str| resource[k].as_str().is_some_and(|s| !s.is_empty());
     let credentials =
         text("secret") || text("secret_hash") || resource["jwks"].is_object() || text("jwks_uri");
     let public = resource["auth"]["authorization_code"]["secret_required"] == Json::Bool(false);
-    !credentials && !public
+    if !credentials && !public {
+        return Some(CLIENT_NEEDS_CREDENTIALS);
+    }
+    match &resource["smart"]["fhir_context_format"] {
+        Json::Null => None,
+        Json::String(s) if s == "2.0.0" || s == "2.2.0" => None,
+        _ => Some(CLIENT_FHIR_CONTEXT_FORMAT),
+    }
 }
 
 /// A problem at a position in the file being converted.
@@ -432,8 +444,8 @@ fn checked(json: Json, id_pos: Pos, body: &Node, problems: &mut Vec<Problem>) ->
             return None;
         }
     }
-    if client_lacks_credentials(&json) {
-        problems.push((id_pos, format!("Client/{id}: {CLIENT_NEEDS_CREDENTIALS}")));
+    if let Some(problem) = client_problem(&json) {
+        problems.push((id_pos, format!("Client/{id}: {problem}")));
         return None;
     }
     Some(json)
@@ -668,5 +680,27 @@ mod tests {
         assert!(
             read("{:Client {:app {:auth {:authorization_code {:secret_required true}}}}}").is_err()
         );
+    }
+
+    #[test]
+    fn a_client_names_a_fhir_context_format_smart_knows() {
+        for ok in ["2.0.0", "2.2.0"] {
+            let src = format!(
+                "{{:Client {{:app {{:secret \"s\" :smart {{:fhir_context_format \"{ok}\"}}}}}}}}"
+            );
+            assert!(read(&src).is_ok(), "{src}");
+        }
+        for bad in ["\"2.1\"", "2"] {
+            let src = format!(
+                "{{:Client {{:app {{:secret \"s\" :smart {{:fhir_context_format {bad}}}}}}}}}"
+            );
+            assert_eq!(
+                read(&src).unwrap_err(),
+                vec![format!(
+                    "s.edn:1:11: error: Client/app: {CLIENT_FHIR_CONTEXT_FORMAT}"
+                )],
+                "{src}"
+            );
+        }
     }
 }

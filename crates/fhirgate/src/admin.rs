@@ -337,11 +337,10 @@ pub(crate) fn prepare_resource(
         }
     }
     // after hashing: an update that keeps the stored secret hash has credentials
-    if fhirgate_config::client_lacks_credentials(resource) {
+    if let Some(problem) = fhirgate_config::client_problem(resource) {
         return Err(PrepareError::Invalid(format!(
-            "Client/{}: {}",
+            "Client/{}: {problem}",
             resource["id"].as_str().unwrap_or_default(),
-            fhirgate_config::CLIENT_NEEDS_CREDENTIALS
         )));
     }
     if OWN_TYPES.contains(&rt.as_str()) {

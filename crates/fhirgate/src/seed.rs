@@ -73,14 +73,14 @@ pub fn read_seeds(project: &Project, files: &[PathBuf]) -> Result<Vec<SeedSource
         // inline EDN seeds get this check, with positions, when the project loads
         let lacking: Vec<String> = resources
             .iter()
-            .filter(|r| fhirgate_config::client_lacks_credentials(r))
-            .map(|r| {
-                format!(
-                    "{}: error: Client/{}: {}",
-                    path.display(),
-                    r["id"].as_str().unwrap_or_default(),
-                    fhirgate_config::CLIENT_NEEDS_CREDENTIALS
-                )
+            .filter_map(|r| {
+                fhirgate_config::client_problem(r).map(|problem| {
+                    format!(
+                        "{}: error: Client/{}: {problem}",
+                        path.display(),
+                        r["id"].as_str().unwrap_or_default(),
+                    )
+                })
             })
             .collect();
         if !lacking.is_empty() {

@@ -372,6 +372,61 @@ async fn confidential_client_refresh_rotation_and_reuse() {
     );
 }
 
+/// (g)(10) attests refresh tokens "valid for no shorter than three months" and renewable: the
+/// default lifetime is 92 days, and each refresh starts a new full period.
+#[tokio::test]
+async fn refresh_tokens_last_three_months_and_renew() {
+    let s = start().await;
+    let basic = ("conf-app", "conf-secret");
+    let t = launch(
+        &s,
+        "conf-app",
+        "launch/patient offline_access patient/Patient.rs",
+        "amy",
+        "amy-pass",
+        Some(basic),
+    )
+    .await;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let exp_of = |token: String| {
+        let s = &s;
+        async move {
+            let (st, i) = s
+                .form_post("/auth/introspect", &[("token", &token)], basic)
+                .await;
+            assert_eq!((st, &i["active"]), (200, &json!(true)), "{i}");
+            i["exp"].as_i64().unwrap()
+        }
+    };
+    const NINETY_TWO_DAYS: i64 = 92 * 24 * 3600;
+    let r1 = t["refresh_token"].as_str().unwrap().to_string();
+    let before = now();
+    let exp1 = exp_of(r1.clone()).await;
+    assert!(
+        (before - 5..=before + 5).contains(&(exp1 - NINETY_TWO_DAYS)),
+        "a refresh token lives 92 days by default: exp {exp1}, now {before}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (st, t2) = s
+        .token(
+            &[("grant_type", "refresh_token"), ("refresh_token", &r1)],
+            Some(basic),
+        )
+        .await;
+    assert_eq!(st, 200, "{t2}");
+    let exp2 = exp_of(t2["refresh_token"].as_str().unwrap().to_string()).await;
+    assert!(
+        exp2 > exp1,
+        "a refresh starts a new full period: {exp2} > {exp1}"
+    );
+    assert!(exp2 - now() >= NINETY_TWO_DAYS - 5);
+}
+
 #[tokio::test]
 async fn client_secret_post_and_public_refresh_without_client_id() {
     let s = start().await;
@@ -656,6 +711,47 @@ async fn ehr_launch_through_the_rpc() {
         .await;
     assert_eq!(again.status, 302);
     assert_eq!(again.redirect_params()["error"], "invalid_request");
+
+    // a Client written for SMART 2.0.0 asks for its fhirContext form: reference strings
+    let client = |format: &str| {
+        json!([{"resourceType": "Client", "id": "conf-app", "secret": "conf-secret",
+         "grant_types": ["authorization_code", "basic"],
+         "auth": {"authorization_code": {"redirect_uri": [REDIRECT], "refresh_token": true, "secret_required": true}},
+         "smart": {"launch_uri": "http://app.test/launch?x=1", "fhir_context_format": format}}])
+    };
+    let refused = s
+        .http
+        .put(format!("{}/", s.base))
+        .basic_auth("root", Some(ROOT_SECRET))
+        .json(&client("2.1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400, "an unknown format is refused");
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("fhir_context_format")
+    );
+    s.put(&client("2.0.0")).await;
+    let (_, r) = rpc(call.clone(), ROOT_SECRET).await;
+    let launch = r["result"]["launch"].as_str().unwrap().to_string();
+    let (verifier, challenge) = pkce();
+    let mut b = Browser::new(&s.base);
+    let url = authorize_url(
+        &s,
+        "conf-app",
+        "launch openid fhirUser patient/*.rs",
+        &challenge,
+        &[("launch", &launch)],
+    );
+    let back = authorize_as(&mut b, &url, "drwho", "doc-pass", None).await;
+    let code = back.redirect_params()["code"].clone();
+    let t = exchange(&s, &code, &verifier, Some(("conf-app", "conf-secret"))).await;
+    assert_eq!(t["fhirContext"], json!(["Encounter/enc-1"]));
+    assert_eq!(t["encounter"], "enc-1");
 }
 
 #[tokio::test]

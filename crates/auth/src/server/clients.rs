@@ -39,6 +39,10 @@ pub struct ClientInfo {
     /// Scopes it may be granted (`None`: whatever the server supports).
     pub allowed_scope: Option<String>,
     pub launch_uri: Option<String>,
+    /// `smart.fhir_context_format: "2.0.0"`: the token response's `fhirContext` is SMART
+    /// 2.0.0's array of reference strings instead of 2.2's objects (for apps and test kits
+    /// written against 2.0.0).
+    pub fhir_context_v2_0: bool,
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -100,6 +104,7 @@ impl ClientInfo {
                 .min(MAX_ACCESS_TTL),
             allowed_scope,
             launch_uri: resource["smart"]["launch_uri"].as_str().map(str::to_string),
+            fhir_context_v2_0: resource["smart"]["fhir_context_format"] == "2.0.0",
             grant_types,
             id,
             resource,

@@ -33,7 +33,9 @@ pub const ACCESS_TTL: i64 = 3600;
 /// The longest an access token may live, whatever its Client asks for: revocations are kept in
 /// memory this long, and a retired signing key verifies this long (`RETIRED_KEY_TTL`).
 pub const MAX_ACCESS_TTL: i64 = 7 * 24 * 3600;
-pub const REFRESH_TTL: i64 = 90 * 24 * 3600;
+/// Three calendar months at least ((g)(10) attests it; decisions §15); each refresh starts a new
+/// full period.
+pub const REFRESH_TTL: i64 = 92 * 24 * 3600;
 /// A remembered grant outlives its refresh tokens: it is what skips the consent page.
 pub const GRANT_TTL: i64 = 365 * 24 * 3600;
 

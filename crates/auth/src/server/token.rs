@@ -668,7 +668,11 @@ impl AuthServer {
             body["encounter"] = json!(enc);
         }
         if let Some(fc) = &i.context.fhir_context {
-            body["fhirContext"] = fc.clone();
+            body["fhirContext"] = if i.client.fhir_context_v2_0 {
+                fhir_context_v2_0(fc)
+            } else {
+                fc.clone()
+            };
         }
         if i.context.patient.is_some() {
             body["need_patient_banner"] = json!(i.context.need_patient_banner);
@@ -678,9 +682,34 @@ impl AuthServer {
     }
 }
 
+/// SMART 2.0.0's `fhirContext`: the relative references of 2.2's objects, as strings. 2.0.0 has
+/// no form for a context given only by `canonical` or `identifier`, so those are left out.
+fn fhir_context_v2_0(fc: &Value) -> Value {
+    let refs = fc.as_array().into_iter().flatten().filter_map(|item| {
+        item.get("reference")
+            .and_then(Value::as_str)
+            .or_else(|| item.as_str())
+    });
+    Value::Array(refs.map(|r| json!(r)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fhir_context_in_the_2_0_0_form() {
+        let fc = json!([
+            {"reference": "Encounter/e1"},
+            {"reference": "ImagingStudy/s1", "role": "https://example.org/role"},
+            {"canonical": "http://example.org/Questionnaire/q|1", "type": "Questionnaire"}
+        ]);
+        assert_eq!(
+            fhir_context_v2_0(&fc),
+            json!(["Encounter/e1", "ImagingStudy/s1"])
+        );
+        assert_eq!(fhir_context_v2_0(&json!([])), json!([]));
+    }
 
     #[test]
     fn pkce_s256_per_rfc7636_appendix_b() {
