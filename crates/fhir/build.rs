@@ -1,9 +1,13 @@
 //! Compiles FHIR R4's patient CompartmentDefinition (data/r4-patient-compartment.json) into a
 //! Rust table, so that the compartment rule cannot fall back to an empty table at run time: a
 //! file that does not parse, or that lost its core members, fails the build (fail closed).
+//! fhirgate adds `Device` (through `patient`) to it: see `ADDITIONS`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+
+/// Types added to R4's patient compartment, with the parameters through which they belong.
+const ADDITIONS: &[(&str, &[&str])] = &[("Device", &["patient"])];
 
 fn main() {
     let path = "data/r4-patient-compartment.json";
@@ -39,6 +43,17 @@ fn main() {
         assert!(table.contains_key(t), "{path}: {t} is missing");
     }
     assert!(table.len() > 60, "{path}: only {} types", table.len());
+    // fhirgate's additions: records that are one patient's own but that R4's definition leaves
+    // out of the compartment, which would make them readable by every patient's token.
+    // - Device: US Core's Implantable Device profile requires `Device.patient` (UDI, serial
+    //   number: the patient's record); R4 puts Device in a Device compartment only.
+    for &(t, params) in ADDITIONS {
+        assert!(
+            !table.contains_key(t),
+            "{path}: {t} is in R4's compartment now: drop the addition"
+        );
+        table.insert(t, params.to_vec());
+    }
     let mut out = String::from(
         "/// FHIR R4 `CompartmentDefinition/patient`: (type, parameters), sorted by type.\n\
          pub(crate) static PATIENT_COMPARTMENT: &[(&str, &[&str])] = &[\n",

@@ -11,6 +11,12 @@ missing prerequisite: Aidbox's sample files, curl, …), was ignored, or lives i
 did not run (a run against a deployment runs inferno_checks only); with CI=true a "not run" row
 is a failure too. Names of helpers (functions that are not tests, e.g. `assert_token_response`)
 are allowed and skipped.
+
+The US Core rows are not in the document: crates/fhirgate/tests/us_core_kit.rs lists one trial
+per check of Inferno's US Core kit from the kit's own metadata (tests/us-core/*/kit.json), and
+this report makes one row per US Core release and profile from the trials in its log. A trial
+it ignored is a search the IG's examples give no values for, which the kit skips too: "skip",
+never a failure.
 """
 import argparse
 import json
@@ -22,7 +28,7 @@ from pathlib import Path
 # The abbreviations docs/conformance.md uses for the test files of crates/fhirgate/tests/.
 # AU: fhirgate-auth's unit tests, whose names carry their module path (assertion::tests::…).
 FILES = {"IC": "inferno_checks", "OA": "oauth", "DI": "discovery", "FD": "fhir_data", "TL": "tls",
-         "AU": "auth_unit"}
+         "AU": "auth_unit", "UC": "us_core_kit"}
 # Where each file's tests and helpers are defined (relative to the repository), for telling a
 # test that did not run or a misspelt name from a helper's name.
 SOURCES = {
@@ -32,7 +38,12 @@ SOURCES = {
     "fhir_data": ["crates/fhirgate/tests/fhir_data.rs", "crates/fhirgate/tests/common"],
     "tls": ["crates/fhirgate/tests/tls.rs", "crates/fhirgate/tests/common"],
     "auth_unit": ["crates/auth/src"],
+    # trials listed at run time, not test functions
+    "us_core_kit": [],
 }
+US_CORE = "us_core_kit"
+SKIPPED = "skipped: the IG's examples give no values for it (the kit skips it too)"
+TRIAL = re.compile(r"^(v\d+)_(.+?)_(read|search_.*|provenance_revinclude|include_.*|capability_statement)$")
 TEST_FN = re.compile(r"#\[(?:tokio::)?test\b[^\]]*\]\s*(?:#\[[^\]]*\]\s*)*(?:pub\s+)?(?:async\s+)?fn\s+(\w+)")
 ANY_FN = re.compile(r"\bfn\s+(\w+)")
 ROW_ID = re.compile(r"^[A-Z]\d+$")
@@ -119,6 +130,34 @@ def read_rows(doc: Path):
     return rows
 
 
+def us_core_rows(results):
+    """One row per US Core release and profile, from the us_core_kit trials that ran."""
+    trials = results.get(US_CORE, {})
+    groups = {}
+    for name in sorted(trials):
+        if name.endswith("_capability_statement"):
+            key = (name.split("_")[0], "CapabilityStatement: instantiates, supportedProfile, SHALL searchParams")
+        else:
+            m = TRIAL.match(name)
+            if not m:
+                key = ("oracle", "the oracle's own date and token rules")
+            else:
+                key = (m.group(1), m.group(2))
+        groups.setdefault(key, []).append(name)
+    rows = []
+    for i, ((tag, what), names) in enumerate(sorted(groups.items()), 1):
+        version = f"{tag[1]}.{tag[2]}.{tag[3:]}" if tag.startswith("v") else ""
+        rows.append({
+            "id": f"U{i}",
+            "section": f"US Core {version} Single Patient API (trials from the kit's metadata)" if version
+                       else "US Core: the oracle",
+            "kit_test": what,
+            "open": False,
+            "refs": [(US_CORE, n) for n in names],
+        })
+    return rows
+
+
 def judge(row, results, sources, not_run):
     """The row's state; the tests it names with their outcomes ("ok", "FAILED", "not run: …",
     "ignored", "did not run", "no such test"); the files of its tests this run did not run."""
@@ -129,6 +168,8 @@ def judge(row, results, sources, not_run):
             continue
         tests, fns = sources.get(file, (set(), set()))
         outcome = results[file].get(test)
+        if file == US_CORE and outcome == "ignored":
+            outcome = SKIPPED
         if (file, test) in not_run:
             outcome = "not run: " + not_run[(file, test)]
         elif outcome is None:
@@ -146,7 +187,9 @@ def judge(row, results, sources, not_run):
         state = "open"  # what is built passes; the document says what is not
     elif not ran and not missing_files:
         state = "no test"
-    elif missing_files or any(o != "ok" for o in outcomes):
+    elif outcomes and all(o == SKIPPED for o in outcomes):
+        state = "skip"
+    elif missing_files or any(o not in ("ok", SKIPPED) for o in outcomes):
         state = "not run"  # a "not run: reason", an ignored test, or a file not run here
     else:
         state = "pass"
@@ -173,6 +216,7 @@ def main():
     if not rows:
         print("report: no rows in", a.doc, file=sys.stderr)
         return 1
+    rows += us_core_rows(results)
 
     sources = read_sources(a.repo)
     not_run = read_not_run(a.not_run)
@@ -188,10 +232,11 @@ def main():
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     failed_tests = [(f, t) for f, tests in results.items() for t, o in tests.items() if o == "FAILED"]
     # every named test that is not a plain "ok", once: what the summary lists
-    problems = sorted({(f, t, o) for r in judged for f, t, o in r["ran"] if o != "ok"})
+    problems = sorted({(f, t, o) for r in judged for f, t, o in r["ran"] if o not in ("ok", SKIPPED)})
     unmapped = sorted((f, t) for f, tests in results.items() for t in tests if (f, t) not in mapped)
 
-    mark = {"pass": "✅ pass", "FAIL": "❌ FAIL", "open": "⚪ open", "not run": "➖ not run", "no test": "⚠️ no test"}
+    mark = {"pass": "✅ pass", "FAIL": "❌ FAIL", "open": "⚪ open", "not run": "➖ not run", "no test": "⚠️ no test",
+            "skip": "⏭ skip"}
     out = [
         "# fhirgate conformance report",
         "",
@@ -204,7 +249,7 @@ def main():
         "| result | rows |",
         "|---|---|",
     ]
-    for state in ["pass", "FAIL", "open", "not run", "no test"]:
+    for state in ["pass", "FAIL", "open", "skip", "not run", "no test"]:
         if counts.get(state):
             out.append(f"| {mark[state]} | {counts[state]} |")
     out.append(f"| test functions run | {sum(len(t) for t in results.values())} in {', '.join(sorted(results))} |")

@@ -26,6 +26,9 @@ async fn start() -> Server {
         obs("rosa-obs", "rosa"),
         obs("james-obs", "james"),
         {"resourceType": "Condition", "id": "james-cond", "subject": {"reference": "Patient/james"}},
+        {"resourceType": "Device", "id": "james-knee", "status": "active", "serialNumber": "AC221",
+         "patient": {"reference": "Patient/james"}},
+        {"resourceType": "Device", "id": "rosa-pump", "status": "active", "patient": {"reference": "Patient/rosa"}},
         // Rosa signs in as a patient: linked through her fhirUser
         {"resourceType": "User", "id": "rosa-user", "password": "rosa-pass", "fhirUser": {"reference": "Patient/rosa"}},
         // a practitioner with no provider Role: neither linked nor a provider
@@ -102,6 +105,12 @@ async fn a_patient_users_user_scopes_stay_in_her_record() {
     assert_eq!(s.fhir_get("Observation/james-obs", access).await.0, 404);
     assert_eq!(s.fhir_get("Condition/james-cond", access).await.0, 404);
     assert_eq!(s.fhir_get("Condition?patient=james", access).await.0, 403);
+    // an implanted Device is its patient's record, though R4's compartment leaves it out
+    assert_eq!(s.fhir_get("Device/james-knee", access).await.0, 404);
+    assert_eq!(s.fhir_get("Device/rosa-pump", access).await.0, 200);
+    let (st, b) = s.fhir_get("Device", access).await;
+    assert_eq!((st, match_ids(&b)), (200, vec!["rosa-pump".to_string()]));
+    assert_eq!(s.fhir_get("Device?patient=james", access).await.0, 403);
     let (st, b) = s.fhir_get("Observation", access).await;
     assert_eq!(st, 200, "{b}");
     assert_eq!(match_ids(&b), ["rosa-obs"], "confined, never widened");

@@ -152,7 +152,62 @@ impl ConfinedStore<'_> {
                 return Ok(found);
             }
         }
+        if resource_type == "Provenance" && self.confinement.patient_id().is_some() {
+            match self.store.read_raw(resource_type, id).await {
+                Ok(raw) => {
+                    if let Ok(r) = raw.parse()
+                        && self.admits_unattached_provenance(&r).await?
+                    {
+                        return Ok(raw);
+                    }
+                }
+                Err(StoreError::NotFound { .. } | StoreError::Gone { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         Err(not_found(resource_type, id))
+    }
+
+    /// A Provenance in no patient's compartment (its targets are records, not a Patient)
+    /// belongs to the patients whose records it targets: a patient-confined token may read it
+    /// when one of its targets is in that patient's compartment — what
+    /// `_revinclude=Provenance:target` returns with those records. Granular filters still
+    /// apply to the Provenance itself.
+    async fn admits_unattached_provenance(&self, provenance: &Value) -> Result<bool, StoreError> {
+        let Some(patient) = self.confinement.patient_id() else {
+            return Ok(false);
+        };
+        if !Confinement::is_unattached("Provenance", provenance)
+            || !admits(
+                &Confinement::unconfined(),
+                &self.alternatives,
+                "Provenance",
+                provenance,
+            )
+        {
+            return Ok(false);
+        }
+        for target in provenance["target"].as_array().into_iter().flatten() {
+            let Some((t, id)) = target["reference"].as_str().and_then(|r| r.split_once('/')) else {
+                continue;
+            };
+            // only records of the compartment's types (another Provenance is no record of its own)
+            if t == "Provenance"
+                || fhirgate_fhir::patient_compartment_params(t).is_none()
+                || !fhirgate_fhir::is_valid_id(id)
+            {
+                continue;
+            }
+            if self
+                .store
+                .lookup(t, id, Some(patient), &[])
+                .await?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// One version, if it is within the decision (a deletion version, whose content cannot be
@@ -165,6 +220,12 @@ impl ConfinedStore<'_> {
     ) -> Result<Value, StoreError> {
         match self.store.vread(resource_type, id, version_id).await {
             Ok(r) if self.admits(resource_type, &r) => Ok(r),
+            Ok(r)
+                if resource_type == "Provenance"
+                    && self.admits_unattached_provenance(&r).await? =>
+            {
+                Ok(r)
+            }
             Ok(_) => Err(not_found(resource_type, id)),
             Err(StoreError::Gone { .. }) if self.is_confined() => Err(not_found(resource_type, id)),
             Err(e) => Err(e),
@@ -183,16 +244,21 @@ impl ConfinedStore<'_> {
             self.read(resource_type, id).await?;
         }
         let confined = self.is_confined();
-        Ok(self
-            .store
-            .history(resource_type, id)
-            .await?
-            .into_iter()
-            .filter(|e| match &e.resource {
-                Some(r) => self.admits(resource_type, r),
+        let mut out = Vec::new();
+        for e in self.store.history(resource_type, id).await? {
+            let keep = match &e.resource {
+                Some(r) => {
+                    self.admits(resource_type, r)
+                        || (resource_type == "Provenance"
+                            && self.admits_unattached_provenance(r).await?)
+                }
                 None => !confined,
-            })
-            .collect())
+            };
+            if keep {
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
 
     /// A search within the decision: the compartment is added to the query, and the granular
