@@ -107,6 +107,12 @@ def main():
     out.append('  "style-v1.json" {:GET {:action :smart.fhir/style :public true}}')
     out.append('  [:resource/type] {[:id] {"_history" {:GET {:action :smart.fhir/history}')
     out.append('                               [:vid] {:GET {:action :smart.fhir/vread}}}}}')
+    out.append("")
+    out.append("  ;; SMART App State (docs/edn.md): Basic resources apps keep for themselves")
+    out.append('  "Basic" {:GET {:action :smart.fhir/app-state-search :resource/type "Basic"}')
+    out.append('           :POST {:action :smart.fhir/app-state-create :resource/type "Basic"}')
+    out.append('           [:id] {:PUT {:action :smart.fhir/app-state-update :resource/type "Basic"}')
+    out.append('                  :DELETE {:action :smart.fhir/app-state-delete :resource/type "Basic"}}}')
     for rt in TYPES:
         suffix = "-public" if rt in PUBLIC else ""
         p = params(rt)

@@ -43,8 +43,8 @@ use std::path::PathBuf;
 pub use fhirgate_edn::{Diagnostic, Pos, Severity};
 pub use project::{load, load_sources};
 pub use seed::{
-    CLIENT_FHIR_CONTEXT_FORMAT, CLIENT_NEEDS_CREDENTIALS, SEED_ENGINES, SEED_FILE_TYPES,
-    client_problem, read_seed_edn,
+    CLIENT_APP_STATE, CLIENT_FHIR_CONTEXT_FORMAT, CLIENT_NEEDS_CREDENTIALS, SEED_ENGINES,
+    SEED_FILE_TYPES, client_problem, read_seed_edn,
 };
 pub use sources::{FsSources, MemorySources, Sources};
 

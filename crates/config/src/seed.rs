@@ -42,6 +42,9 @@ const WRITE_ONLY: &[(&str, &str, &str)] = &[
 /// Why a Client with no credentials is refused (`check`, seeds, admin REST).
 pub const CLIENT_NEEDS_CREDENTIALS: &str = "a Client needs a secret, jwks or jwks_uri; a public app (one without credentials) must say so with auth.authorization_code.secret_required: false";
 
+/// Why a Client's `smart.app_state` is refused.
+pub const CLIENT_APP_STATE: &str = "smart.app_state must be {\"read\": [...], \"write\": [...]}, each a list of state codes \"system|code\"";
+
 /// Why a Client's `smart.fhir_context_format` is refused.
 pub const CLIENT_FHIR_CONTEXT_FORMAT: &str = "smart.fhir_context_format must be \"2.2.0\" (objects, the default) or \"2.0.0\" (reference strings)";
 
@@ -49,7 +52,8 @@ pub const CLIENT_FHIR_CONTEXT_FORMAT: &str = "smart.fhir_context_format must be 
 /// - no `secret` (or stored hash), no `jwks` and no `jwks_uri`, and no
 ///   `auth.authorization_code.secret_required: false`. Such a Client is never taken for a public
 ///   one (contract §3): it could not authenticate, so it is refused up front;
-/// - a `smart.fhir_context_format` other than `"2.0.0"` or `"2.2.0"`.
+/// - a `smart.fhir_context_format` other than `"2.0.0"` or `"2.2.0"`;
+/// - a `smart.app_state` that is not `{"read": [...], "write": [...]}` of `system|code` strings.
 pub fn client_problem(resource: &Json) -> Option<&'static str> {
     if resource["resourceType"] != "Client" {
         return None;
@@ -62,9 +66,26 @@ pub fn client_problem(resource: &Json) -> Option<&'static str> {
         return Some(CLIENT_NEEDS_CREDENTIALS);
     }
     match &resource["smart"]["fhir_context_format"] {
+        Json::Null => {}
+        Json::String(s) if s == "2.0.0" || s == "2.2.0" => {}
+        _ => return Some(CLIENT_FHIR_CONTEXT_FORMAT),
+    }
+    match &resource["smart"]["app_state"] {
         Json::Null => None,
-        Json::String(s) if s == "2.0.0" || s == "2.2.0" => None,
-        _ => Some(CLIENT_FHIR_CONTEXT_FORMAT),
+        Json::Object(o) => {
+            let codes_ok = |v: &Json| {
+                v.as_array().is_some_and(|a| {
+                    a.iter().all(|c| {
+                        c.as_str()
+                            .and_then(|c| c.split_once('|'))
+                            .is_some_and(|(s, code)| !s.is_empty() && !code.is_empty())
+                    })
+                })
+            };
+            let known = o.keys().all(|k| k == "read" || k == "write");
+            (!known || !o.values().all(codes_ok)).then_some(CLIENT_APP_STATE)
+        }
+        _ => Some(CLIENT_APP_STATE),
     }
 }
 
@@ -680,6 +701,23 @@ mod tests {
         assert!(
             read("{:Client {:app {:auth {:authorization_code {:secret_required true}}}}}").is_err()
         );
+    }
+
+    #[test]
+    fn a_client_lists_app_state_codes_as_system_bar_code() {
+        let ok = r#"{:Client {:app {:secret "s" :smart {:app_state {:read ["https://app.example|shared"] :write ["https://app.example|prefs"]}}}}}"#;
+        assert!(read(ok).is_ok());
+        for bad in [
+            r#"{:Client {:app {:secret "s" :smart {:app_state {:read ["no-bar"]}}}}}"#,
+            r#"{:Client {:app {:secret "s" :smart {:app_state {:admin ["a|b"]}}}}}"#,
+            r#"{:Client {:app {:secret "s" :smart {:app_state ["a|b"]}}}}"#,
+        ] {
+            assert_eq!(
+                read(bad).unwrap_err(),
+                vec![format!("s.edn:1:11: error: Client/app: {CLIENT_APP_STATE}")],
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -100,7 +100,9 @@ async fn every_advertised_capability_has_a_row() {
         let capability = cells[2].trim_matches('`').to_string();
         let tests = cells[4];
         assert!(
-            ["IC `", "OA `", "DI `"].iter().any(|p| tests.contains(p)),
+            ["IC `", "OA `", "DI `", "AS `", "BR `"]
+                .iter()
+                .any(|p| tests.contains(p)),
             "{capability}: the row names no test"
         );
         rows.insert(capability);
@@ -170,6 +172,8 @@ async fn smart_configuration_is_public_and_complete() {
         "permission-user",
         "permission-v1",
         "permission-v2",
+        // the root core.edn routes SMART App State on Basic
+        "smart-app-state",
     ]
     .into_iter()
     .collect();

@@ -30,6 +30,8 @@ pub enum Kind {
     VRead,
     Search,
     History,
+    /// SMART App State (`smart-app-state`): `Basic` resources an app keeps for itself.
+    AppState(crate::app_state::Op),
 }
 
 impl Kind {
@@ -41,7 +43,7 @@ impl Kind {
             }
             "smart.fhir/vread" => Some(Kind::VRead),
             "smart.fhir/history" => Some(Kind::History),
-            _ => None,
+            a => crate::app_state::Op::for_action(a).map(Kind::AppState),
         }
     }
 }
@@ -119,16 +121,25 @@ pub async fn handle(kind: Kind, access: DataAccess, route: Arc<Route>, req: Requ
     }
     let path = parts.uri.path();
     // every parameter the action will act on: the query, and a POST _search form body
+    let query = || -> Vec<(String, String)> {
+        form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect()
+    };
+    let mut resource_body = axum::body::Bytes::new();
     let pairs = match kind {
         Kind::Search => match search_params(&parts, body).await {
             Ok(p) => p,
             Err(resp) => return resp,
         },
-        Kind::Read | Kind::VRead | Kind::History => {
-            form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
-                .into_owned()
-                .collect()
+        Kind::AppState(op) => {
+            match crate::app_state::read_body(op, body).await {
+                Ok(b) => resource_body = b,
+                Err(resp) => return resp,
+            }
+            query()
         }
+        Kind::Read | Kind::VRead | Kind::History => query(),
     };
     let policy = match &access.access {
         Some(ac) => {
@@ -172,6 +183,16 @@ pub async fn handle(kind: Kind, access: DataAccess, route: Arc<Route>, req: Requ
         }
         Kind::History => history(&access, &auth, &route, &resource_type, &id, &pairs).await,
         Kind::Search => search(&access, &auth, &route, &resource_type, path, pairs).await,
+        Kind::AppState(op) => {
+            let request = crate::app_state::AppStateRequest {
+                op,
+                id: &id,
+                headers: &parts.headers,
+                pairs: &pairs,
+                body: &resource_body,
+            };
+            crate::app_state::run(&access, &auth, &route, request).await
+        }
     }
 }
 
@@ -214,6 +235,7 @@ fn audit(
                 Kind::VRead => "vread",
                 Kind::Search => "search-type",
                 Kind::History => "history-instance",
+                Kind::AppState(op) => op.interaction_code(),
             },
             id: m.param("id").map(str::to_string),
             query: uri.to_string(),

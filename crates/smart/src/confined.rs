@@ -282,6 +282,109 @@ impl ConfinedStore<'_> {
     }
 }
 
+/// Whose SMART App State a request may touch: the subjects (absolute references) it may name.
+#[derive(Debug, Clone)]
+pub struct AppStateSubjects {
+    /// `{fhir base}/Patient/{id}` of the patient the decision confines the token to, or else of
+    /// the patient in the token's launch context.
+    pub patient: Option<String>,
+    /// The token's `fhirUser` (the user's own state).
+    pub user: Option<String>,
+}
+
+impl ConfinedStore<'_> {
+    /// The subjects app state of this request may name, on the FHIR base `fhir_base`.
+    pub fn app_state_subjects(&self, fhir_base: &str, auth: &Authorized) -> AppStateSubjects {
+        let principal = auth.principal();
+        let patient = self
+            .confinement
+            .patient_id()
+            .or(principal.patient.as_deref())
+            .map(|p| format!("{fhir_base}/Patient/{p}"));
+        AppStateSubjects {
+            patient,
+            user: principal.fhir_user.clone(),
+        }
+    }
+
+    /// Whether app state `r` (a Basic) is within the decision: its granular filters admit it,
+    /// and its subject is one the request may name (`subjects`), or it has none (global state).
+    pub fn admits_app_state(&self, r: &Value, subjects: &AppStateSubjects) -> bool {
+        let subject_ok = match r["subject"]["reference"].as_str() {
+            None => r.get("subject").is_none(),
+            Some(s) => {
+                subjects.patient.as_deref() == Some(s) || subjects.user.as_deref() == Some(s)
+            }
+        };
+        subject_ok && admits(&Confinement::unconfined(), &self.alternatives, "Basic", r)
+    }
+
+    /// The live app state with state code `code` (`system|code`) that the decision admits.
+    pub async fn app_state_with_code(
+        &self,
+        code: &str,
+        subjects: &AppStateSubjects,
+    ) -> Result<Vec<Value>, StoreError> {
+        let mut q = SearchQuery::new("Basic").filter("code", None, &[code]);
+        q.count = Some(fhirgate_store::MAX_COUNT);
+        Ok(self
+            .store
+            .search(&q)
+            .await?
+            .matches
+            .into_iter()
+            .filter(|r| self.admits_app_state(r, subjects))
+            .collect())
+    }
+
+    /// The current version of app state `id`, whoever's it is ([`StoreError::Gone`] once
+    /// deleted): the caller answers 404 unless [`Self::admits_app_state`].
+    pub async fn app_state(&self, id: &str) -> Result<Value, StoreError> {
+        self.store.read("Basic", id).await
+    }
+
+    /// Store new app state the caller has checked with [`Self::admits_app_state`].
+    pub async fn create_app_state(&self, r: Value) -> Result<fhirgate_store::Stored, StoreError> {
+        self.store.create(r).await
+    }
+
+    /// Replace app state at version `if_match` ([`StoreError::VersionConflict`] otherwise).
+    pub async fn update_app_state(
+        &self,
+        r: Value,
+        if_match: &str,
+    ) -> Result<fhirgate_store::Stored, StoreError> {
+        self.store.update(r, Some(if_match)).await
+    }
+
+    /// Delete app state `id` at version `if_match`, atomically.
+    pub async fn delete_app_state(&self, id: &str, if_match: &str) -> Result<(), StoreError> {
+        self.store
+            .upsert_and_delete(
+                Vec::new(),
+                vec![fhirgate_store::Deletion {
+                    resource_type: "Basic".into(),
+                    id: id.into(),
+                    if_match: Some(if_match.into()),
+                }],
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The Client's own registration: its `smart.app_state` state codes (Null when it has none).
+/// A Client is the app's configuration, not patient data.
+impl DataAccess {
+    pub async fn client_app_state_codes(&self, client_id: &str) -> Result<Value, StoreError> {
+        match self.store.read("Client", client_id).await {
+            Ok(c) => Ok(c["smart"]["app_state"].clone()),
+            Err(StoreError::NotFound { .. } | StoreError::Gone { .. }) => Ok(Value::Null),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// [`ConfinedStore::admits`] for a confinement and alternatives of another grant (includes).
 pub(crate) fn admits(
     confinement: &Confinement,

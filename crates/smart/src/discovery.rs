@@ -105,9 +105,14 @@ pub const SCOPES: &[&str] = &[
 pub const BRANDS_PATH: &str = "/brands.json";
 
 /// `.well-known/smart-configuration` of a server whose public base URL is `base_url`, whose
-/// Brand Bundle is at `brands` (`{base_url}/brands.json` unless published elsewhere).
-pub fn smart_configuration(base_url: &str, brands: &str) -> Value {
+/// Brand Bundle is at `brands` (`{base_url}/brands.json` unless published elsewhere); with
+/// `app_state`, the FHIR base serves SMART App State (`smart-app-state`).
+pub fn smart_configuration(base_url: &str, brands: &str, app_state: bool) -> Value {
     let e = Endpoints::new(base_url);
+    let mut capabilities: Vec<&str> = CAPABILITIES.to_vec();
+    if app_state {
+        capabilities.push("smart-app-state");
+    }
     json!({
         "issuer": e.issuer,
         "jwks_uri": e.jwks,
@@ -124,7 +129,7 @@ pub fn smart_configuration(base_url: &str, brands: &str) -> Value {
         "code_challenge_methods_supported": ["S256"],
         "response_types_supported": ["code"],
         "scopes_supported": SCOPES,
-        "capabilities": CAPABILITIES,
+        "capabilities": capabilities,
         "user_access_brand_bundle": brands,
     })
 }
@@ -154,6 +159,9 @@ enum Interaction {
     VRead,
     HistoryInstance,
     SearchType,
+    Create,
+    Update,
+    Delete,
 }
 
 impl Interaction {
@@ -163,6 +171,12 @@ impl Interaction {
             crate::actions::Kind::VRead => Some(Interaction::VRead),
             crate::actions::Kind::History => Some(Interaction::HistoryInstance),
             crate::actions::Kind::Search => Some(Interaction::SearchType),
+            crate::actions::Kind::AppState(op) => Some(match op {
+                crate::app_state::Op::Search => Interaction::SearchType,
+                crate::app_state::Op::Create => Interaction::Create,
+                crate::app_state::Op::Update => Interaction::Update,
+                crate::app_state::Op::Delete => Interaction::Delete,
+            }),
         }
     }
 
@@ -172,6 +186,9 @@ impl Interaction {
             Interaction::VRead => "vread",
             Interaction::HistoryInstance => "history-instance",
             Interaction::SearchType => "search-type",
+            Interaction::Create => "create",
+            Interaction::Update => "update",
+            Interaction::Delete => "delete",
         }
     }
 }
@@ -546,7 +563,15 @@ pub fn document(
             &now_datetime(),
         )),
         STYLE => Document::json(&style()),
-        _ => Document::json(&smart_configuration(base_url, brands)),
+        _ => {
+            // the base serves app state when one of its routes runs an app-state action
+            let mount = &route.segments[..route.mount_len.min(route.segments.len())];
+            let app_state = table.routes.iter().any(|r| {
+                crate::app_state::Op::for_action(&r.action).is_some()
+                    && r.segments.starts_with(mount)
+            });
+            Document::json(&smart_configuration(base_url, brands, app_state))
+        }
     }
 }
 
@@ -629,7 +654,7 @@ mod tests {
 
     #[test]
     fn smart_configuration_names_our_endpoints() {
-        let c = smart_configuration(BASE, &format!("{BASE}/brands.json"));
+        let c = smart_configuration(BASE, &format!("{BASE}/brands.json"), false);
         assert_eq!(c["issuer"], BASE);
         assert_eq!(c["jwks_uri"], "https://ehr.example/.well-known/jwks.json");
         assert_eq!(
@@ -753,7 +778,7 @@ mod tests {
                 )
             })
             .collect();
-        let conf = smart_configuration(BASE, &format!("{BASE}/brands.json"));
+        let conf = smart_configuration(BASE, &format!("{BASE}/brands.json"), false);
         for (name, key) in [
             ("authorize", "authorization_endpoint"),
             ("token", "token_endpoint"),

@@ -167,7 +167,7 @@ pub fn interaction_for(action: &str) -> Option<Interaction> {
         "smart.fhir/search" | "smart.fhir/search-public" | "smart.fhir/search-patient" => {
             Some(Interaction::Search)
         }
-        _ => None,
+        a => crate::app_state::Op::for_action(a).map(crate::app_state::Op::interaction),
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod actions;
+pub mod app_state;
 pub mod audit;
 pub mod authorize;
 pub mod confined;
@@ -42,6 +43,10 @@ pub const ACTIONS: &[(&str, bool)] = &[
     ("smart.fhir/search-public", true),
     ("smart.fhir/history", false),
     ("smart.fhir/vread", false),
+    ("smart.fhir/app-state-search", true),
+    ("smart.fhir/app-state-create", true),
+    ("smart.fhir/app-state-update", true),
+    ("smart.fhir/app-state-delete", true),
     ("smart.fhir/capability", false),
     ("smart.fhir/smart-configuration", false),
     ("smart.fhir/style", false),
