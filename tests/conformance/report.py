@@ -45,7 +45,7 @@ SOURCES = {
 }
 US_CORE = "us_core_kit"
 SKIPPED = "skipped: the IG's examples give no values for it (the kit skips it too)"
-TRIAL = re.compile(r"^(v\d+)_(.+?)_(read|search_.*|provenance_revinclude|include_.*|capability_statement)$")
+TRIAL = re.compile(r"^((?:pg_)?v\d+)_(.+?)_(read|search_.*|provenance_revinclude|include_.*|capability_statement)$")
 TEST_FN = re.compile(r"#\[(?:tokio::)?test\b[^\]]*\]\s*(?:#\[[^\]]*\]\s*)*(?:pub\s+)?(?:async\s+)?fn\s+(\w+)")
 ANY_FN = re.compile(r"\bfn\s+(\w+)")
 ROW_ID = re.compile(r"^[A-Z]\d+$")
@@ -138,7 +138,8 @@ def us_core_rows(results):
     groups = {}
     for name in sorted(trials):
         if name.endswith("_capability_statement"):
-            key = (name.split("_")[0], "CapabilityStatement: instantiates, supportedProfile, SHALL searchParams")
+            key = (name.rsplit("_capability_statement", 1)[0],
+                   "CapabilityStatement: instantiates, supportedProfile, SHALL searchParams")
         else:
             m = TRIAL.match(name)
             if not m:
@@ -148,11 +149,13 @@ def us_core_rows(results):
         groups.setdefault(key, []).append(name)
     rows = []
     for i, ((tag, what), names) in enumerate(sorted(groups.items()), 1):
-        version = f"{tag[1]}.{tag[2]}.{tag[3:]}" if tag.startswith("v") else ""
+        backend = "PostgreSQL" if tag.startswith("pg_") else "SQLite"
+        v = tag.removeprefix("pg_")
+        version = f"{v[1]}.{v[2]}.{v[3:]}" if v.startswith("v") else ""
         rows.append({
             "id": f"U{i}",
-            "section": f"US Core {version} Single Patient API (trials from the kit's metadata)" if version
-                       else "US Core: the oracle",
+            "section": f"US Core {version} Single Patient API, {backend} (trials from the kit's metadata)"
+                       if version else "US Core: the oracle and the backends",
             "kit_test": what,
             "open": False,
             "refs": [(US_CORE, n) for n in names],

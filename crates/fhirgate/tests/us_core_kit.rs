@@ -14,7 +14,8 @@
 //! the kit skips it; `tests/conformance/run` reports such rows as "skip".
 //!
 //! Trial names: `v610_us_core_careteam_search_patient_status`, `…_read`,
-//! `…_provenance_revinclude`, `…_include_participant_practitioner`, `v700_capability_statement`.
+//! `…_provenance_revinclude`, `…_include_participant_practitioner`, `v700_capability_statement`;
+//! the same with `pg_` first on PostgreSQL (when `FHIRGATE_TEST_POSTGRES_URL` is set).
 
 mod common;
 
@@ -65,15 +66,17 @@ struct Definition {
 struct Release {
     kit: Kit,
     examples: Vec<Value>,
-    /// `v610`, `v700`.
+    /// `v610`, `v700`; `pg_v610`, `pg_v700` on PostgreSQL.
     tag: String,
+    /// The PostgreSQL server to run on (a fresh schema); `None`: SQLite.
+    postgres: Option<String>,
 }
 
 fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/us-core")
 }
 
-fn release(version: &str) -> Release {
+fn release(version: &str, postgres: Option<String>) -> Release {
     let dir = data_dir().join(version);
     let kit: Kit = serde_json::from_str(
         &std::fs::read_to_string(dir.join("kit.json")).expect("tests/us-core/<version>/kit.json"),
@@ -90,10 +93,16 @@ fn release(version: &str) -> Release {
     let mut examples = read(dir.join("examples.ndjson"));
     examples.extend(read(data_dir().join("supplement.ndjson")));
     assert_eq!(kit.version, version);
+    let tag = format!("v{}", version.replace('.', ""));
     Release {
         kit,
         examples,
-        tag: format!("v{}", version.replace('.', "")),
+        tag: if postgres.is_some() {
+            format!("pg_{tag}")
+        } else {
+            tag
+        },
+        postgres,
     }
 }
 
@@ -554,7 +563,14 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 fn env(rel: &Release) -> &'static Env {
     static V610: OnceLock<Env> = OnceLock::new();
     static V700: OnceLock<Env> = OnceLock::new();
-    let cell = if rel.tag == "v610" { &V610 } else { &V700 };
+    static PG_V610: OnceLock<Env> = OnceLock::new();
+    static PG_V700: OnceLock<Env> = OnceLock::new();
+    let cell = match rel.tag.as_str() {
+        "v610" => &V610,
+        "v700" => &V700,
+        "pg_v610" => &PG_V610,
+        _ => &PG_V700,
+    };
     cell.get_or_init(|| runtime().block_on(start(rel)))
 }
 
@@ -574,9 +590,14 @@ async fn start(rel: &Release) -> Env {
     let dir = common::tempdir(&format!("us-core-{}", rel.tag));
     let config = dir.join("core.edn");
     std::fs::write(&config, edn).expect("write core.edn");
-    let store = fhirgate_store::open(&format!("sqlite:{}/db.sqlite", dir.display()))
-        .await
-        .expect("store");
+    let url = match &rel.postgres {
+        Some(pg) => {
+            let schema = format!("us_core_{}_{}", rel.tag, std::process::id());
+            common::fresh_postgres_schema(pg, &schema).await
+        }
+        None => format!("sqlite:{}/db.sqlite", dir.display()),
+    };
+    let store = fhirgate_store::open(&url).await.expect("store");
     let s = common::smart::start_project(store, &config).await;
 
     let patients: Vec<String> = of_type(&rel.examples, "Patient")
@@ -1246,8 +1267,23 @@ fn oracle_self_check() -> Result<(), Failed> {
 fn main() {
     let args = Arguments::from_args();
     let mut all = vec![Trial::test("oracle_self_check", oracle_self_check)];
+    let postgres = std::env::var("FHIRGATE_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
     for v in ["6.1.0", "7.0.0"] {
-        all.extend(trials(Arc::new(release(v))));
+        all.extend(trials(Arc::new(release(v, None))));
+        if postgres.is_some() {
+            all.extend(trials(Arc::new(release(v, postgres.clone()))));
+        }
+    }
+    if postgres.is_none() {
+        all.push(Trial::test("postgres", || {
+            common::not_run(
+                "postgres",
+                "FHIRGATE_TEST_POSTGRES_URL is not set (scripts/test starts a throwaway PostgreSQL and sets it)",
+            );
+            Ok(())
+        }));
     }
     libtest_mimic::run(&args, all).exit();
 }

@@ -13,6 +13,10 @@ impl Catalog for TestCatalog {
                 | "smart.fhir/search"
                 | "smart.fhir/read-public"
                 | "smart.fhir/search-public"
+                | "smart.fhir/app-state-search"
+                | "smart.fhir/app-state-create"
+                | "smart.fhir/app-state-update"
+                | "smart.fhir/app-state-delete"
         );
         let known = needs
             || matches!(
