@@ -141,6 +141,22 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub login_failures_per_address: u32,
+    /// Bulk Data exports running at once in this process; more wait their turn (docs/bulk.md).
+    #[arg(
+        long,
+        env = "FHIRGATE_EXPORT_CONCURRENCY",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(1..=64)
+    )]
+    pub export_concurrency: u32,
+    /// Seconds a finished Bulk Data export's manifest and files stay available.
+    #[arg(
+        long,
+        env = "FHIRGATE_EXPORT_EXPIRY",
+        default_value_t = 3600,
+        value_parser = clap::value_parser!(u32).range(60..)
+    )]
+    pub export_expiry: u32,
 }
 
 /// Check a base URL: absolute http(s), a host, no trailing slash, no query or fragment.

@@ -235,6 +235,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             audit_events: args.audit_events,
             login_failures_per_user: args.login_failures_per_user,
             login_failures_per_address: args.login_failures_per_address,
+            export: fhirgate_smart::export::ExportSettings {
+                concurrency: args.export_concurrency as usize,
+                expiry_secs: i64::from(args.export_expiry),
+                ..Default::default()
+            },
         };
         let prepared = match fhirgate::server::prepare(&project, store, &options).await {
             Ok(p) => p,

@@ -31,6 +31,8 @@ pub struct ServeOptions {
     /// `--login-failures-per-address`: failed sign-ins (and, apart, client authentications) per
     /// address a minute.
     pub login_failures_per_address: u32,
+    /// `--export-concurrency`, `--export-expiry`: how Bulk Data exports run.
+    pub export: fhirgate_smart::export::ExportSettings,
 }
 
 impl ServeOptions {
@@ -45,6 +47,7 @@ impl ServeOptions {
             audit_events: false,
             login_failures_per_user: 10,
             login_failures_per_address: 60,
+            export: fhirgate_smart::export::ExportSettings::default(),
         }
     }
 }
@@ -113,7 +116,7 @@ pub async fn prepare(
             .map_err(|e| format!("cannot load the AccessPolicies: {e}"))?;
     let no_policies = access.policy_count() == 0;
     tokio::spawn(access.clone().follow());
-    let registry = registry_with(&fhirgate_smart::Setup {
+    let setup = fhirgate_smart::Setup {
         verifier: Some(auth.verifier()),
         store: Some(store.clone()),
         base_url: options.base_url.clone(),
@@ -122,7 +125,14 @@ pub async fn prepare(
         audit: options
             .audit_events
             .then(|| fhirgate_smart::audit::AuditSink::start(store.clone())),
-    });
+    };
+    let mut registry = registry_with(&setup);
+    if let Some(exporter) =
+        fhirgate_smart::register_export(&mut registry, &setup, options.export.clone())
+    {
+        // fails the jobs of processes that died, removes expired ones
+        exporter.start_sweeper();
+    }
     if no_policies
         && let Some(warning) =
             crate::policy_lint::policy_warnings(project, &registry, std::iter::empty()).first()

@@ -36,6 +36,8 @@ use crate::{Backend, Deletion, HistoryEntry, RawResource, Store};
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The folder holding the database file (`None` in memory): Bulk Data output goes under it.
+    data_dir: Option<std::path::PathBuf>,
     /// SQLite has one writer at a time; queueing writers here instead of in SQLite's busy
     /// handler (which sleeps up to 100 ms between retries) keeps write latency flat.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
@@ -51,6 +53,8 @@ pub struct SqliteStore {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Always `None`: PostgreSQL keeps Bulk Data output in the database.
+    data_dir: Option<std::path::PathBuf>,
     /// Unused: PostgreSQL writers serialize per resource through row locks.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Revocation events: the one `LISTEN`ing task of this store and its clones.
@@ -107,9 +111,13 @@ impl SqliteStore {
         } else {
             Checkpointer::start(&file).map(Arc::new)
         };
+        let data_dir = (!in_memory)
+            .then(|| file.parent().map(Path::to_path_buf))
+            .flatten();
         let readers = (!in_memory).then(|| Arc::new(Readers::new(file)));
         let store = SqliteStore {
             pool,
+            data_dir,
             write_lock: Some(Arc::default()),
             events: crate::auth_state::sqlite_events(path),
             readers,
@@ -227,6 +235,7 @@ impl PostgresStore {
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let store = PostgresStore {
             pool,
+            data_dir: None,
             write_lock: None,
             events: Arc::new(PgEvents::new(opts)),
         };
@@ -675,6 +684,36 @@ macro_rules! store_impl {
                     }
                 }
                 Ok(result)
+            }
+
+            fn data_dir(&self) -> Option<std::path::PathBuf> {
+                self.data_dir.clone()
+            }
+
+            async fn scan(&self, q: &SearchQuery, after: i64, limit: usize) -> Result<Vec<crate::Scanned>> {
+                let rows = bind_all!($db, search::scan_sql(q, after, limit)?).fetch_all(&self.pool).await?;
+                rows.into_iter()
+                    .map(|row| {
+                        Ok(crate::Scanned {
+                            key: row.try_get::<i64, _>(0)?,
+                            json: String::from(Box::<str>::from(row.try_get::<Json<Box<RawValue>>, _>(1)?.0)),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn scan_deleted(&self, resource_type: &str, since: &str, until: Option<&str>, after: i64, limit: usize) -> Result<Vec<crate::DeletedEntry>> {
+                let rows = bind_all!($db, search::deleted_sql(resource_type, since, until, after, limit)?).fetch_all(&self.pool).await?;
+                rows.into_iter()
+                    .map(|row| {
+                        Ok(crate::DeletedEntry {
+                            key: row.try_get::<i64, _>(0)?,
+                            id: row.try_get::<String, _>(1)?,
+                            last_updated: row.try_get::<String, _>(2)?,
+                            last_live: row.try_get::<Option<Json<Value>>, _>(3)?.map(|j| j.0),
+                        })
+                    })
+                    .collect()
             }
 
             async fn optimize(&self) -> Result<()> {
