@@ -424,7 +424,9 @@ fn export_routes_are_built_in_under_each_base_with_a_kickoff() {
         .routes
         .routes
         .iter()
-        .filter(|r| r.action.starts_with("smart.fhir/export-s") || r.action.ends_with("export-file"))
+        .filter(|r| {
+            r.action.starts_with("smart.fhir/export-s") || r.action.ends_with("export-file")
+        })
         .filter(|r| r.action != "smart.fhir/export-system")
         .map(|r| (r.method.to_string(), r.path(), r.middlewares.clone()))
         .collect();
@@ -440,15 +442,19 @@ fn export_routes_are_built_in_under_each_base_with_a_kickoff() {
     );
     let api = |body: &str| {
         format!(
-            "{HEAD} root {{:zen/tags #{{zenbox/api}} :middlewares [:smart.fhir/authorization-middleware] \"fhir\" {{{body}}}}}}}"
+            "{HEAD} root {{:zen/tags #{{zenbox/api}} \"fhir\" {{:apis #{{fhir}}}}}}\n fhir {{:zen/tags #{{zenbox/api}} :middlewares [:smart.fhir/authorization-middleware] {body}}}}}"
         )
     };
     assert_has(
-        &one(&api(r#""Group" {"$export" {:GET {:action :smart.fhir/export-group}}}"#)),
+        &one(&api(
+            r#""Group" {"$export" {:GET {:action :smart.fhir/export-group}}}"#,
+        )),
         "error: action :smart.fhir/export-group needs the Group's id as an [:id] path parameter",
     );
     assert_has(
-        &one(&api(r#""$export" {:GET {:action :smart.fhir/export-system :public true}}"#)),
+        &one(&api(
+            r#""$export" {:GET {:action :smart.fhir/export-system :public true}}"#,
+        )),
         "error: action :smart.fhir/export-system cannot be :public",
     );
     assert_has(

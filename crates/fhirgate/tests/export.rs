@@ -887,3 +887,132 @@ async fn a_job_of_a_dead_process_fails_with_a_reason() {
     assert_eq!(r.json()["resourceType"], "OperationOutcome");
     assert!(diagnostics(&r.json()).contains("stopped"), "{}", r.text);
 }
+
+// --- through `serve`'s wiring: client_credentials tokens and AccessPolicies -------------------
+
+/// A client_credentials token of `client` from the running server.
+async fn service_token(
+    s: &common::smart::Server,
+    client: &str,
+    secret: &str,
+    scope: &str,
+) -> String {
+    let (status, t) = s
+        .token(
+            &[("grant_type", "client_credentials"), ("scope", scope)],
+            Some((client, secret)),
+        )
+        .await;
+    assert_eq!(status, 200, "{t}");
+    t["access_token"].as_str().unwrap().to_string()
+}
+
+async fn serve_export(s: &common::smart::Server, path: &str, token: &str) -> (u16, Value, Value) {
+    let r = s
+        .http
+        .get(format!("{}/{path}", s.fhir))
+        .bearer_auth(token)
+        .header("prefer", "respond-async")
+        .header("accept", "application/fhir+json")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let Some(location) = r
+        .headers()
+        .get("content-location")
+        .map(|v| v.to_str().unwrap().to_string())
+    else {
+        return (status, r.json().await.unwrap_or(Value::Null), Value::Null);
+    };
+    for _ in 0..400 {
+        let r = s
+            .http
+            .get(&location)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            202 => tokio::time::sleep(Duration::from_millis(25)).await,
+            200 => {
+                let manifest: Value = r.json().await.unwrap();
+                let mut files = json!({});
+                for o in manifest["output"].as_array().unwrap() {
+                    let text = s
+                        .http
+                        .get(o["url"].as_str().unwrap())
+                        .bearer_auth(token)
+                        .send()
+                        .await
+                        .unwrap()
+                        .text()
+                        .await
+                        .unwrap();
+                    let ids: Vec<Value> = text
+                        .lines()
+                        .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].clone())
+                        .collect();
+                    files[o["type"].as_str().unwrap()] = json!(ids);
+                }
+                return (status, manifest, files);
+            }
+            other => panic!("status {other}: {}", r.text().await.unwrap()),
+        }
+    }
+    panic!("the export did not complete");
+}
+
+/// The demo's backend-services client exports the demo Group through the seeded policies; a
+/// client whose AccessPolicy allows searching Patient only exports Patient, whatever its scopes.
+#[tokio::test]
+async fn policies_gate_each_exported_type() {
+    let store = common::sqlite_store("export-serve").await;
+    let s =
+        common::smart::start_project_with(store, &common::root_core_edn(), |o| o.demo = true).await;
+    let demo = service_token(
+        &s,
+        "demo-confidential",
+        "demo-confidential-secret",
+        "system/*.rs",
+    )
+    .await;
+    let (status, manifest, files) = serve_export(&s, "Group/demo-patients/$export", &demo).await;
+    assert_eq!(status, 202, "{manifest}");
+    assert_eq!(files["Patient"].as_array().unwrap().len(), 3, "{files}");
+    assert!(
+        files["Observation"]
+            .as_array()
+            .is_some_and(|o| !o.is_empty()),
+        "{files}"
+    );
+    // a client with system/*.rs whose policy allows the kick-off, its status and files, and
+    // searches of Patient only
+    s.put(&json!([
+        {"resourceType": "Client", "id": "narrow", "secret": "narrow-secret",
+         "grant_types": ["client_credentials"], "scope": ["system/*.rs"]},
+        {"resourceType": "AccessPolicy", "id": "narrow-patients", "engine": "matcho",
+         "link": [{"id": "narrow", "resourceType": "Client"}],
+         "matcho": {"uri": "#^/smart/(\\$export|Patient|_export/.*)$", "jwt": {"sub": "narrow"}}},
+    ]))
+    .await;
+    let narrow = service_token(&s, "narrow", "narrow-secret", "system/*.rs").await;
+    let (status, manifest, files) = serve_export(&s, "$export", &narrow).await;
+    assert_eq!(status, 202, "{manifest}");
+    assert_eq!(
+        files.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["Patient"],
+        "{manifest}"
+    );
+    // named, a type the policies refuse is reported in error[]
+    let (_, manifest, _) = serve_export(&s, "$export?_type=Patient,Observation", &narrow).await;
+    assert_eq!(manifest["error"].as_array().unwrap().len(), 1, "{manifest}");
+    // a kick-off the policies do not allow at all
+    let (status, body, _) = serve_export(&s, "Group/demo-patients/$export", &narrow).await;
+    assert_eq!(status, 403, "{body}");
+    // the demo client's job is not the narrow client's
+    let (_, manifest, _) = serve_export(&s, "$export?_type=Patient", &demo).await;
+    let url = manifest["output"][0]["url"].as_str().unwrap();
+    let r = s.http.get(url).bearer_auth(&narrow).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}

@@ -260,6 +260,9 @@ struct Params {
     patients: Option<Vec<String>>,
     /// Group members that name no existing Patient (reported in `error[]`).
     missing: Vec<String>,
+    /// Types the request named that the decision or the AccessPolicies refused at kick-off,
+    /// with why (reported in `error[]`, never exported).
+    refused: Vec<(String, String)>,
 }
 
 impl Params {
@@ -275,6 +278,7 @@ impl Params {
             "elements": self.elements,
             "patients": self.patients,
             "missing": self.missing,
+            "refused": self.refused,
         })
     }
 
@@ -313,6 +317,11 @@ impl Params {
                 Some(strings(&v["patients"])?)
             },
             missing: strings(&v["missing"])?,
+            refused: v["refused"]
+                .as_array()?
+                .iter()
+                .map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
+                .collect::<Option<Vec<_>>>()?,
         })
     }
 }
@@ -778,19 +787,23 @@ impl Kickoff {
             named.clone()
         };
         let mut types = Vec::new();
+        let mut refused = Vec::new();
         for t in candidates {
-            let allowed = auth.decide_for(&t, Interaction::Search).is_ok()
-                && self.policy_allows(auth, parts, &t, &type_filters);
-            // a named type that is refused is reported in error[]; others are left out
-            if allowed || named.contains(&t) {
-                types.push(t);
+            let why = match auth.decide_for(&t, Interaction::Search) {
+                Err(d) => Some(d.to_string()),
+                Ok(_) if !self.policy_allows(auth, parts, &t, &type_filters) => {
+                    Some(format!("no AccessPolicy allows searching {t}"))
+                }
+                Ok(_) => None,
+            };
+            match why {
+                None => types.push(t),
+                // a named type that is refused is reported in error[]; others are left out
+                Some(why) if named.contains(&t) => refused.push((t, why)),
+                Some(_) => {}
             }
         }
-        let decided: Vec<&String> = types
-            .iter()
-            .filter(|t| auth.decide_for(t, Interaction::Search).is_ok())
-            .collect();
-        if decided.is_empty() {
+        if types.is_empty() {
             return Err(forbidden(
                 "the granted scopes (and AccessPolicies) allow no type this export could carry",
             ));
@@ -846,6 +859,7 @@ impl Kickoff {
             elements,
             patients,
             missing,
+            refused,
         })
     }
 
@@ -1162,6 +1176,9 @@ impl Run<'_> {
                 "Patient/{m} is named by the request (or the Group) but does not exist or is not within this token's reach"
             ))
             .await?;
+        }
+        for (t, why) in self.params.refused.clone() {
+            self.error(format!("{t} was not exported: {why}")).await?;
         }
         let mut referenced: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let per_patient = self.params.level != Level::System;
@@ -1941,6 +1958,7 @@ mod tests {
             elements: vec!["status".into()],
             patients: Some(vec!["pt-1".into()]),
             missing: vec!["pt-9".into()],
+            refused: vec![("Condition".into(), "not granted".into())],
         };
         assert_eq!(Params::from_json(&p.to_json()), Some(p));
     }
