@@ -1256,6 +1256,9 @@ impl Run<'_> {
         per_patient: bool,
         referenced: &mut BTreeMap<String, BTreeSet<String>>,
     ) -> Result<(), Stop> {
+        if per_patient && self.params.patients.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(()); // no patient to export (a Group without existing members)
+        }
         let grant = match self.decide(t) {
             Ok(g) => g,
             Err(why) => return self.refused(t, why).await,
