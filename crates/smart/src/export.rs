@@ -1332,7 +1332,7 @@ impl Run<'_> {
                 (Some(list), true) => list.clone(),
                 _ => Vec::new(),
             };
-            let until = self.params.until.clone();
+            let until = Some(self.until());
             let mut after = 0i64;
             loop {
                 self.beat(&format!("listing deleted {t}")).await?;
@@ -1356,15 +1356,24 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The end of the export's window: `_until`, or the transaction time when earlier.
+    fn until(&self) -> String {
+        match &self.params.until {
+            Some(u) if *u < self.job.transaction_time => u.clone(),
+            _ => self.job.transaction_time.clone(),
+        }
+    }
+
     /// The `_typeFilter` queries of `t` (one unfiltered query without), with `_since`/`_until`.
     fn queries(&self, t: &str) -> Result<Vec<SearchQuery>, Stop> {
         let mut base: Vec<(String, String)> = Vec::new();
         if let Some(s) = &self.params.since {
             base.push(("_lastUpdated".into(), format!("ge{s}")));
         }
-        if let Some(u) = &self.params.until {
-            base.push(("_lastUpdated".into(), format!("le{u}")));
-        }
+        // nothing written after the transaction time: a later `_since={transactionTime}`
+        // export picks it up
+        let until = self.until();
+        base.push(("_lastUpdated".into(), format!("le{until}")));
         let filters = match self.params.type_filters.get(t) {
             Some(qs) => qs.clone(),
             None => vec![Vec::new()],

@@ -41,12 +41,12 @@ async fn scan_all(s: &Arc<dyn Store>, q: &SearchQuery, limit: usize) -> Vec<Stri
 
 async fn keyset_scans_page_through_every_match_once(s: Arc<dyn Store>) {
     let all: Vec<_> = (0..2500)
-        .map(|i| {
-            let p = if i % 3 == 0 { "pa" } else { "pb" };
+        .map(|i: usize| {
+            let p = if i.is_multiple_of(3) { "pa" } else { "pb" };
             obs(
                 i,
                 p,
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     "laboratory"
                 } else {
                     "vital-signs"
@@ -66,7 +66,7 @@ async fn keyset_scans_page_through_every_match_once(s: Arc<dyn Store>) {
     got.sort();
     want.retain(|id| {
         let i: usize = id[1..].parse().unwrap();
-        i % 3 == 0 && i % 2 == 0
+        i.is_multiple_of(3) && i.is_multiple_of(2)
     });
     assert_eq!(got, want);
     let mut search = q.clone();
