@@ -155,7 +155,7 @@ fn routes_prints_the_table() {
             "public"
         ]
     );
-    assert_eq!(table.lines().count(), 83);
+    assert_eq!(table.lines().count(), 95);
 
     let out = run(
         &[

@@ -221,7 +221,22 @@ impl Fixture {
                         r.headers.contains_key("expires"),
                         "a manifest says when it expires"
                     );
-                    return r.json();
+                    let ct = r.headers["content-type"].to_str().unwrap();
+                    assert!(ct.contains("application/json"), "{ct}");
+                    let manifest = r.json();
+                    for key in [
+                        "transactionTime",
+                        "request",
+                        "requiresAccessToken",
+                        "output",
+                        "error",
+                    ] {
+                        assert!(
+                            manifest.get(key).is_some(),
+                            "the manifest has no {key}: {manifest}"
+                        );
+                    }
+                    return manifest;
                 }
                 s => panic!("status {s}: {}", r.text),
             }
@@ -233,8 +248,12 @@ impl Fixture {
     async fn files(&self, manifest: &Value, token: &str) -> BTreeMap<String, Vec<Value>> {
         let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for o in manifest["output"].as_array().unwrap() {
-            let lines = self.download(o["url"].as_str().unwrap(), token).await;
+            // absolute URLs, each file one type
+            let url = o["url"].as_str().unwrap();
+            assert!(url.starts_with(&format!("{BASE}/smart/_export/")), "{o}");
+            let lines = self.download(url, token).await;
             assert_eq!(lines.len() as u64, o["count"].as_u64().unwrap(), "{o}");
+            assert!(lines.iter().all(|r| r["resourceType"] == o["type"]), "{o}");
             out.entry(o["type"].as_str().unwrap().to_string())
                 .or_default()
                 .extend(lines);
@@ -353,6 +372,18 @@ async fn kickoffs_refuse_bad_requests_with_an_operation_outcome() {
         assert_eq!(r.status, 400, "{query}: {}", r.text);
         assert_eq!(r.json()["resourceType"], "OperationOutcome", "{query}");
         assert!(diagnostics(&r.json()).contains(why), "{query}: {}", r.text);
+    }
+    // the three _outputFormat values, and a _since whose unencoded `+` arrives as a space
+    for query in [
+        "_outputFormat=application/fhir%2Bndjson",
+        "_outputFormat=application/fhir+ndjson",
+        "_outputFormat=application/ndjson",
+        "_outputFormat=ndjson",
+        "_since=2024-01-01T00:00:00+00:00",
+        "_since=2024-01-01T00:00:00%2B00:00",
+    ] {
+        let r = get(&format!("Group/g-1/$export?{query}"), async_json.clone()).await;
+        assert_eq!(r.status, 202, "{query}: {}", r.text);
     }
     // Prefer: handling=lenient drops what it does not know
     let r = get(
@@ -1015,4 +1046,50 @@ async fn policies_gate_each_exported_type() {
     let url = manifest["output"][0]["url"].as_str().unwrap();
     let r = s.http.get(url).bearer_auth(&narrow).send().await.unwrap();
     assert_eq!(r.status(), 404);
+}
+
+/// The CapabilityStatement declares the kick-offs as Inferno's Bulk Data tests read them: an
+/// `export` operation on the system, on Patient and on Group, with the IG's definitions, and
+/// `instantiates` the Bulk Data CapabilityStatement.
+#[tokio::test]
+async fn the_capability_statement_declares_the_export_operations() {
+    let f = sqlite().await;
+    let r = f
+        .send(
+            reqwest::Method::GET,
+            &format!("{BASE}/smart/metadata"),
+            None,
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let cs = r.json();
+    assert_eq!(
+        cs["instantiates"],
+        json!(["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"])
+    );
+    let def = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition";
+    assert_eq!(
+        cs["rest"][0]["operation"],
+        json!([{"name": "export", "definition": format!("{def}/export")}])
+    );
+    let resource = |t: &str| {
+        cs["rest"][0]["resource"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["type"] == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {t}"))
+    };
+    assert_eq!(
+        resource("Group")["operation"],
+        json!([{"name": "export", "definition": format!("{def}/group-export")}])
+    );
+    assert_eq!(
+        resource("Patient")["operation"],
+        json!([{"name": "export", "definition": format!("{def}/patient-export")}])
+    );
+    assert!(resource("Observation").get("operation").is_none());
 }

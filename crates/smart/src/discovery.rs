@@ -361,7 +361,23 @@ pub fn capability_statement(
     if !resource.is_empty() {
         rest["resource"] = Value::Array(resource);
     }
-    json!({
+    // Bulk Data kick-offs (docs/bulk.md): `export` operations, and the IG's statement
+    let (system_ops, type_ops) = crate::export::capability_operations(
+        &route.segments[..route.mount_len.min(route.segments.len())],
+        table,
+    );
+    if let Some(resources) = rest["resource"].as_array_mut() {
+        for r in resources {
+            if let Some(ops) = r["type"].as_str().and_then(|t| type_ops.get(t)) {
+                r["operation"] = json!(ops);
+            }
+        }
+    }
+    if !system_ops.is_empty() {
+        rest["operation"] = json!(system_ops);
+    }
+    let bulk = !system_ops.is_empty() || !type_ops.is_empty();
+    let mut statement = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": date,
@@ -372,7 +388,11 @@ pub fn capability_statement(
         "fhirVersion": "4.0.1",
         "format": ["json"],
         "rest": [rest],
-    })
+    });
+    if bulk {
+        statement["instantiates"] = json!([crate::export::BULK_DATA_CAPABILITY]);
+    }
+    statement
 }
 
 /// Now, as a FHIR dateTime in UTC (`2025-01-31T12:00:00Z`).

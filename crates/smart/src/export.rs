@@ -237,6 +237,40 @@ impl Exporter {
     }
 }
 
+/// What a CapabilityStatement says about the kick-offs of the FHIR base mounted at `mount`:
+/// the system-level `export` operation (for `rest.operation`), the type-level ones by type
+/// (`rest.resource.operation`: Patient, Group), and whether there is any (then the statement
+/// `instantiates` the Bulk Data CapabilityStatement).
+pub fn capability_operations(
+    mount: &[Segment],
+    table: &RouteTable,
+) -> (Vec<Value>, BTreeMap<String, Vec<Value>>) {
+    const DEF: &str = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition";
+    let mut system = Vec::new();
+    let mut by_type: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for r in &table.routes {
+        if r.segments.len() < r.mount_len || &r.segments[..r.mount_len] != mount {
+            continue;
+        }
+        let op = |name: &str| json!({"name": "export", "definition": format!("{DEF}/{name}")});
+        match Level::for_action(&r.action) {
+            Some(Level::System) if system.is_empty() => system.push(op("export")),
+            Some(Level::Patient) => {
+                by_type.insert("Patient".into(), vec![op("patient-export")]);
+            }
+            Some(Level::Group) => {
+                by_type.insert("Group".into(), vec![op("group-export")]);
+            }
+            _ => {}
+        }
+    }
+    (system, by_type)
+}
+
+/// The canonical a CapabilityStatement `instantiates` when its base serves Bulk Data exports.
+pub const BULK_DATA_CAPABILITY: &str =
+    "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data";
+
 // ---------------------------------------------------------------------------------------------
 // Kick-off
 // ---------------------------------------------------------------------------------------------
@@ -645,7 +679,8 @@ impl Kickoff {
         for (k, v) in pairs {
             match k.as_str() {
                 "_outputFormat" => {
-                    if !OUTPUT_FORMATS.contains(&v.as_str()) {
+                    // an unencoded `+` in a query string arrives as a space
+                    if !OUTPUT_FORMATS.contains(&v.trim().replace(' ', "+").as_str()) {
                         return Err(not_supported(format!(
                             "_outputFormat {v:?} is not supported; use one of {}",
                             OUTPUT_FORMATS.join(", ")
