@@ -22,7 +22,7 @@ from pathlib import Path
 # The abbreviations docs/conformance.md uses for the test files of crates/fhirgate/tests/.
 # AU: fhirgate-auth's unit tests, whose names carry their module path (assertion::tests::…).
 FILES = {"IC": "inferno_checks", "OA": "oauth", "DI": "discovery", "FD": "fhir_data", "TL": "tls",
-         "AU": "auth_unit"}
+         "EX": "export", "AU": "auth_unit"}
 # Where each file's tests and helpers are defined (relative to the repository), for telling a
 # test that did not run or a misspelt name from a helper's name.
 SOURCES = {
@@ -31,12 +31,13 @@ SOURCES = {
     "discovery": ["crates/fhirgate/tests/discovery.rs", "crates/fhirgate/tests/common"],
     "fhir_data": ["crates/fhirgate/tests/fhir_data.rs", "crates/fhirgate/tests/common"],
     "tls": ["crates/fhirgate/tests/tls.rs", "crates/fhirgate/tests/common"],
+    "export": ["crates/fhirgate/tests/export.rs", "crates/fhirgate/tests/common"],
     "auth_unit": ["crates/auth/src"],
 }
 TEST_FN = re.compile(r"#\[(?:tokio::)?test\b[^\]]*\]\s*(?:#\[[^\]]*\]\s*)*(?:pub\s+)?(?:async\s+)?fn\s+(\w+)")
 ANY_FN = re.compile(r"\bfn\s+(\w+)")
 ROW_ID = re.compile(r"^[A-Z]\d+$")
-TOKEN = re.compile(r"\b(IC|OA|DI|FD|TL|AU)\b|`([^`]+)`")
+TOKEN = re.compile(r"\b(IC|OA|DI|FD|TL|EX|AU)\b|`([^`]+)`")
 RESULT = re.compile(r"^test (\S+) \.\.\. (ok|FAILED|ignored)")
 
 
