@@ -1093,3 +1093,49 @@ async fn the_capability_statement_declares_the_export_operations() {
     );
     assert!(resource("Observation").get("operation").is_none());
 }
+
+/// What the members' records reference is exported under the same `_typeFilter` and window as
+/// any type.
+#[tokio::test]
+async fn referenced_resources_pass_the_same_filters() {
+    let f = sqlite().await;
+    let t = f.service("system/*.rs");
+    let manifest = f
+        .export(
+            "Group/g-1/$export?_type=Patient,Observation,Practitioner,Organization&_typeFilter=Practitioner%3Fname%3DNobody",
+            &t,
+        )
+        .await;
+    let files = f.files(&manifest, &t).await;
+    assert!(!files.contains_key("Practitioner"), "pr-1 fails the filter");
+    assert_eq!(ids(files.get("Organization")), ["org-1"]);
+    // a window in which obs-3 (which references pr-1) changed, and pr-1 did not
+    f.store
+        .update(
+            json!({"resourceType": "Basic", "id": "clock", "code": {"text": "clock"}}),
+            None,
+        )
+        .await
+        .unwrap();
+    let clock = f.store.read("Basic", "clock").await.unwrap();
+    let since = clock["meta"]["lastUpdated"]
+        .as_str()
+        .unwrap()
+        .replace('+', "%2B");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut o3 = f.store.read("Observation", "obs-3").await.unwrap();
+    o3["status"] = json!("amended");
+    f.store.update(o3, None).await.unwrap();
+    let manifest = f
+        .export(
+            &format!("Group/g-1/$export?_type=Observation,Practitioner&_since={since}"),
+            &t,
+        )
+        .await;
+    let files = f.files(&manifest, &t).await;
+    assert_eq!(ids(files.get("Observation")), ["obs-3"]);
+    assert!(
+        !files.contains_key("Practitioner"),
+        "pr-1 did not change in the window: {manifest}"
+    );
+}

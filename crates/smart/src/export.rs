@@ -1423,6 +1423,9 @@ impl Run<'_> {
             .collect()
     }
 
+    /// The resources of `t` (outside the Patient compartment) that the exported records
+    /// reference: the same queries as a type of its own (`_typeFilter`, `_since`/`_until`,
+    /// the decision), narrowed to those ids (`_id`, a chunk at a time).
     async fn export_referenced(&mut self, t: &str, ids: BTreeSet<String>) -> Result<(), Stop> {
         let grant = match self.decide(t) {
             Ok(g) => g,
@@ -1431,24 +1434,39 @@ impl Run<'_> {
         self.grants.insert(t.to_string(), grant_key(&grant));
         let access = self.exporter.access.clone();
         let store = access.confined(&grant);
+        let queries = self.queries(t)?;
         let name = format!("{t}.ndjson");
-        for id in ids {
+        let ids: Vec<String> = ids.into_iter().collect();
+        let mut seen: HashSet<i64> = HashSet::new();
+        for chunk in ids.chunks(200) {
             self.beat(&format!("exporting referenced {t}")).await?;
-            match store.read(t, &id).await {
-                Ok(raw) => {
+            for q in &queries {
+                let mut q = q.clone();
+                q.params.push(fhirgate_store::Filter {
+                    name: "_id".into(),
+                    modifier: None,
+                    values: chunk.to_vec(),
+                });
+                let rows = match store.scan(q, None, 0, chunk.len()).await {
+                    Ok(r) => r,
+                    Err(SearchError::Store(e)) => return Err(e.into()),
+                    Err(e @ SearchError::Unsearchable) => {
+                        return self.refused(t, e.to_string()).await;
+                    }
+                };
+                for row in rows {
+                    if !seen.insert(row.key) {
+                        continue;
+                    }
                     let line = if self.params.elements.is_empty() {
-                        raw.json
+                        row.json
                     } else {
-                        let v = raw.parse()?;
+                        let v: Value = serde_json::from_str(&row.json)
+                            .map_err(|e| Stop::Failed(format!("a stored {t} is not JSON: {e}")))?;
                         elements(v, t, &self.params.elements).to_string()
                     };
                     self.write(&name, t, &line).await?;
                 }
-                Err(
-                    fhirgate_store::StoreError::NotFound { .. }
-                    | fhirgate_store::StoreError::Gone { .. },
-                ) => {}
-                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
