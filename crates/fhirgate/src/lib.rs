@@ -5,6 +5,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod demo;
+pub mod export;
 pub mod load;
 pub mod policy_lint;
 pub mod rpc;
