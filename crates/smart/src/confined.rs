@@ -62,6 +62,12 @@ impl DataAccess {
         self.store.as_ref()
     }
 
+    /// Whether one process at most uses the store (SQLite): then every unfinished Bulk Data job
+    /// found at start belongs to a process that is gone.
+    pub(crate) fn single_process(&self) -> bool {
+        self.store.backend() == fhirgate_store::Backend::Sqlite
+    }
+
     /// Where an SQLite store keeps its file (Bulk Data output goes under it).
     pub(crate) fn data_dir(&self) -> Option<std::path::PathBuf> {
         self.store.data_dir()

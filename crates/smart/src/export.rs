@@ -140,21 +140,25 @@ impl Exporter {
         };
         let this = Arc::downgrade(self);
         rt.spawn(async move {
+            let mut first = true;
             loop {
                 let Some(exporter) = this.upgrade() else {
                     return;
                 };
-                if let Err(e) = exporter.sweep().await {
+                if let Err(e) = exporter.sweep(first).await {
                     tracing::warn!("export sweep: {e}");
                 }
+                first = false;
                 drop(exporter);
                 tokio::time::sleep(Duration::from_secs(60)).await;
             }
         });
     }
 
-    /// One sweep (see [`Exporter::start_sweeper`]).
-    pub async fn sweep(&self) -> Result<(), fhirgate_store::StoreError> {
+    /// One sweep (see [`Exporter::start_sweeper`]). At `start` on SQLite, which one process
+    /// uses, every unfinished job of another process is failed at once (its process is gone);
+    /// otherwise a job is failed once its heartbeat is stale.
+    pub async fn sweep(&self, start: bool) -> Result<(), fhirgate_store::StoreError> {
         let jobs = self.access.jobs();
         let now = now_secs();
         let mine: HashSet<String> = self
@@ -167,7 +171,10 @@ impl Exporter {
             .await?
         {
             let alive = job.heartbeat.unwrap_or(job.created);
-            if mine.contains(&job.id) || now - alive < STALE_SECS {
+            let gone = start
+                && self.access.single_process()
+                && job.lease_owner.as_deref() != Some(self.owner.as_str());
+            if mine.contains(&job.id) || (!gone && now - alive < STALE_SECS) {
                 continue;
             }
             // its process is gone: fail it with the reason (never a manifest of partial files)
@@ -218,7 +225,7 @@ impl Exporter {
         if !active || mine || now_secs() - alive < STALE_SECS {
             return Ok(job);
         }
-        self.sweep().await?;
+        self.sweep(false).await?;
         Ok(self.access.jobs().export_job(&job.id).await?.unwrap_or(job))
     }
 
