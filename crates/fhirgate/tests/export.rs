@@ -36,6 +36,9 @@ fn data() -> Vec<Value> {
         o3,
         obs("obs-4", "pt-3", "laboratory"),
         json!({"resourceType": "Condition", "id": "cond-1", "subject": {"reference": "Patient/pt-1"}, "code": {"text": "x"}}),
+        // US Core's Device: outside R4's Patient compartment, found by its `patient` parameter
+        json!({"resourceType": "Device", "id": "dev-1", "patient": {"reference": "Patient/pt-1"}}),
+        json!({"resourceType": "Device", "id": "dev-3", "patient": {"reference": "Patient/pt-3"}}),
         json!({"resourceType": "Practitioner", "id": "pr-1", "name": [{"family": "Doc"}]}),
         json!({"resourceType": "Practitioner", "id": "pr-2", "name": [{"family": "Unreferenced"}]}),
         json!({"resourceType": "Organization", "id": "org-1", "name": "Clinic"}),
@@ -442,6 +445,7 @@ async fn system_export_matches_reads_and_searches(f: &Fixture) {
         files.keys().cloned().collect::<Vec<_>>(),
         [
             "Condition",
+            "Device",
             "Group",
             "Observation",
             "Organization",
@@ -584,6 +588,8 @@ async fn patient_confined_tokens_export_their_compartment_only() {
         !files.contains_key("Practitioner"),
         "pr-1 is referenced by pt-2's record only"
     );
+    // Device is outside R4's compartment: found by its patient, pt-1's only
+    assert_eq!(ids(files.get("Device")), ["dev-1"]);
     // a Group of other patients gives nothing of theirs
     let manifest = f.export("Group/g-1/$export", &t).await;
     let files = f.files(&manifest, &t).await;
@@ -1217,4 +1223,33 @@ async fn the_export_command_writes_what_load_reads() {
             .unwrap_err();
         assert!(err.to_string().contains(client), "{err}");
     }
+}
+
+/// Types outside the Patient compartment with a `patient` parameter (US Core's Device) are
+/// exported per member; a Group can be named by a token that may search every patient even
+/// without a Group scope (bulk clients ask for the exported types only), never by a token
+/// confined to one patient that lacks it.
+#[tokio::test]
+async fn group_exports_reach_devices_and_need_no_group_scope_to_name_the_group() {
+    let f = sqlite().await;
+    let t = f.service("system/Patient.rs system/Device.rs");
+    let manifest = f.export("Group/g-1/$export", &t).await;
+    let files = f.files(&manifest, &t).await;
+    assert_eq!(ids(files.get("Patient")), ["pt-1", "pt-2"]);
+    assert_eq!(ids(files.get("Device")), ["dev-1"], "not pt-3's");
+    // a Patient-level export: every patient's devices
+    let manifest = f.export("Patient/$export?_type=Device", &t).await;
+    assert_eq!(
+        ids(f.files(&manifest, &t).await.get("Device")),
+        ["dev-1", "dev-3"]
+    );
+    // confined to pt-1 without a Group scope: refused
+    let confined = f.token_of(
+        "app",
+        Some("u1"),
+        "launch/patient patient/Patient.rs patient/Observation.rs",
+        Some("pt-1"),
+    );
+    let r = f.kickoff("Group/g-1/$export", &confined).await;
+    assert_eq!(r.status, 403, "{}", r.text);
 }

@@ -42,6 +42,34 @@ pub const OUTPUT_FORMATS: &[&str] = &["application/fhir+ndjson", "application/nd
 /// them (and the token's scopes grant them).
 pub const REFERENCED_TYPES: &[&str] = &["Practitioner", "Organization", "Location", "Medication"];
 
+/// How a Patient- or Group-level export finds a type's resources for its patients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// The type is in FHIR R4's Patient compartment: the compartment, per patient.
+    Compartment,
+    /// Outside the compartment, with a `patient` reference search parameter (US Core's
+    /// Device): `patient=Patient/{id}`, per patient.
+    PatientParam,
+    /// One of [`REFERENCED_TYPES`]: what the exported records reference.
+    Referenced,
+    /// Not carried by a Patient- or Group-level export.
+    Outside,
+}
+
+fn reach(t: &str) -> Reach {
+    if crate::enforce::in_patient_compartment(t) {
+        Reach::Compartment
+    } else if fhirgate_fhir::search_param(t, "patient")
+        .is_some_and(|p| p.kind.as_str() == "reference")
+    {
+        Reach::PatientParam
+    } else if REFERENCED_TYPES.contains(&t) {
+        Reach::Referenced
+    } else {
+        Reach::Outside
+    }
+}
+
 /// Rows per keyset page.
 const PAGE: usize = 1000;
 /// Bytes per NDJSON chunk kept in the database.
@@ -757,14 +785,11 @@ impl Kickoff {
             return Err(invalid("_since is after _until"));
         }
         // what this level may carry
-        let compartment = |t: &str| crate::enforce::in_patient_compartment(t);
-        let level_allows = |t: &str| {
-            self.level == Level::System || compartment(t) || REFERENCED_TYPES.contains(&t)
-        };
+        let level_allows = |t: &str| self.level == Level::System || reach(t) != Reach::Outside;
         for t in &named {
             if !level_allows(t) {
                 return Err(not_supported(format!(
-                    "_type {t} is neither in the Patient compartment nor one of {} , so a {}-level export cannot carry it",
+                    "_type {t} is neither in the Patient compartment, nor searchable by patient, nor one of {}, so a {}-level export cannot carry it",
                     REFERENCED_TYPES.join(", "),
                     self.level.as_str()
                 )));
@@ -940,9 +965,17 @@ impl Kickoff {
         if !fhirgate_fhir::is_valid_id(id) {
             return Err(not_found());
         }
-        let Ok(read) = auth.decide_for("Group", Interaction::Read) else {
+        // the Group's read scope; without one (bulk clients often ask for the exported types
+        // only), a token that may search every patient unfiltered may still name a Group of them
+        let read = auth.decide_for("Group", Interaction::Read).or_else(|d| {
+            auth.decide_for("Patient", Interaction::Search)
+                .ok()
+                .filter(|g| g.compartment().is_none() && g.filters().is_empty())
+                .ok_or(d)
+        });
+        let Ok(read) = read else {
             return Err(forbidden(
-                "the granted scopes do not allow reading the Group",
+                "the granted scopes allow neither reading the Group nor searching every Patient",
             ));
         };
         let raw = match self.exporter.access.confined(&read).read("Group", id).await {
@@ -1226,18 +1259,17 @@ impl Run<'_> {
         let per_patient = self.params.level != Level::System;
         let types = self.params.types.clone();
         for t in &types {
-            if per_patient && !crate::enforce::in_patient_compartment(t) {
+            if per_patient && reach(t) == Reach::Referenced {
                 continue; // exported below, as far as the others reference them
             }
             self.export_type(t, per_patient, &mut referenced).await?;
         }
         if per_patient {
             for t in &types {
-                if crate::enforce::in_patient_compartment(t) {
-                    continue;
+                if reach(t) == Reach::Referenced {
+                    let ids = referenced.remove(t).unwrap_or_default();
+                    self.export_referenced(t, ids).await?;
                 }
-                let ids = referenced.remove(t).unwrap_or_default();
-                self.export_referenced(t, ids).await?;
             }
         }
         self.finish().await
@@ -1309,10 +1341,51 @@ impl Run<'_> {
         let access = self.exporter.access.clone();
         let store = access.confined(&grant);
         let queries = self.queries(t)?;
-        let patients: Vec<Option<String>> = match (&self.params.patients, per_patient) {
+        let by_param = per_patient && reach(t) == Reach::PatientParam;
+        let mut patients: Vec<Option<String>> = match (&self.params.patients, per_patient) {
             (Some(list), true) => list.iter().cloned().map(Some).collect(),
             _ => vec![None],
         };
+        if by_param {
+            // outside the compartment the decision does not confine the type: a token confined
+            // to one patient's record exports that patient's resources only
+            let own = self
+                .auth
+                .decide_for("Patient", Interaction::Search)
+                .ok()
+                .and_then(|g| g.compartment().map(str::to_string));
+            if let Some(own) = own {
+                patients = match patients.as_slice() {
+                    [None] => vec![Some(own)],
+                    list => list
+                        .iter()
+                        .filter(|p| p.as_deref() == Some(own.as_str()))
+                        .cloned()
+                        .collect(),
+                };
+            }
+        }
+        // per patient: the compartment, or (outside it) the `patient` search parameter
+        let narrowed =
+            |q: &SearchQuery, patient: &Option<String>| -> (SearchQuery, Option<String>) {
+                if !by_param {
+                    return (q.clone(), patient.clone());
+                }
+                let mut q = q.clone();
+                q.params.push(match patient {
+                    Some(p) => fhirgate_store::Filter {
+                        name: "patient".into(),
+                        modifier: None,
+                        values: vec![format!("Patient/{p}")],
+                    },
+                    None => fhirgate_store::Filter {
+                        name: "patient".into(),
+                        modifier: Some("missing".into()),
+                        values: vec!["false".into()],
+                    },
+                });
+                (q, None)
+            };
         let collect: Vec<&str> = REFERENCED_TYPES
             .iter()
             .copied()
@@ -1327,7 +1400,8 @@ impl Run<'_> {
                 let mut after = 0i64;
                 loop {
                     self.beat(&format!("exporting {t}")).await?;
-                    let rows = match store.scan(q.clone(), patient.as_deref(), after, PAGE).await {
+                    let (q, narrow) = narrowed(q, patient);
+                    let rows = match store.scan(q, narrow.as_deref(), after, PAGE).await {
                         Ok(r) => r,
                         Err(SearchError::Store(e)) => return Err(e.into()),
                         Err(e @ SearchError::Unsearchable) => {
@@ -1366,8 +1440,9 @@ impl Run<'_> {
             }
         }
         if let Some(since) = self.params.since.clone() {
-            if self.params.type_filters.contains_key(t) {
-                // a deletion's content cannot be searched: not reported under a _typeFilter
+            if self.params.type_filters.contains_key(t) || by_param {
+                // a deletion's content cannot be searched: not reported under a _typeFilter,
+                // nor for a type found by its `patient` parameter
                 return Ok(());
             }
             let narrow: Vec<String> = match (&self.params.patients, per_patient) {
