@@ -1253,3 +1253,64 @@ async fn group_exports_reach_devices_and_need_no_group_scope_to_name_the_group()
     let r = f.kickoff("Group/g-1/$export", &confined).await;
     assert_eq!(r.status, 403, "{}", r.text);
 }
+
+/// A finished job expires `expiry_secs` after it finished (`--export-expiry`): its URLs answer
+/// 404 with an OperationOutcome, and the sweep removes the job and its files.
+#[tokio::test]
+async fn finished_jobs_expire_and_are_swept() {
+    let store = common::sqlite_store("export-expiry").await;
+    store.upsert_all(data()).await.unwrap();
+    let verifier = Arc::new(TokenVerifier::new(
+        Arc::new(Keyring::generate().unwrap()),
+        BASE,
+    ));
+    let setup = fhirgate_smart::Setup {
+        verifier: Some(verifier.clone()),
+        store: Some(store.clone()),
+        base_url: BASE.into(),
+        access: None,
+        audit: None,
+        standings: Some(Arc::new(common::provider_or_service)),
+    };
+    let mut registry = fhirgate::registry_with(&setup);
+    let exporter = fhirgate_smart::register_export(
+        &mut registry,
+        &setup,
+        fhirgate_smart::export::ExportSettings {
+            expiry_secs: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let project = fhirgate::load_project(&common::root_core_edn(), &registry).unwrap();
+    let settings = Settings {
+        store: Some(store.clone()),
+        ..Settings::default()
+    };
+    let url = common::serve(build_app(&settings, &project, &registry).unwrap()).await;
+    let f = Fixture {
+        url,
+        verifier,
+        http: reqwest::Client::new(),
+        store: store.clone(),
+    };
+    let t = f.service("system/*.rs");
+    let r = f.kickoff("$export?_type=Patient", &t).await;
+    let status = r.headers["content-location"].to_str().unwrap().to_string();
+    let manifest = f.wait(&status, &t).await;
+    let job = status.rsplit('/').next().unwrap().to_string();
+    let files = store.data_dir().unwrap().join("exports").join(&job);
+    assert!(files.join("Patient.ndjson").exists());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for url in [
+        &status,
+        &manifest["output"][0]["url"].as_str().unwrap().to_string(),
+    ] {
+        let r = f.send(reqwest::Method::GET, url, Some(&t), &[], None).await;
+        assert_eq!(r.status, 404, "{url}: {}", r.text);
+        assert!(diagnostics(&r.json()).contains("expired"), "{}", r.text);
+    }
+    exporter.sweep(false).await.unwrap();
+    assert_eq!(store.export_job(&job).await.unwrap(), None);
+    assert!(!files.exists(), "the sweep removes the files");
+}
