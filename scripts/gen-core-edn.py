@@ -27,6 +27,8 @@ TYPES = sorted([
     "PractitionerRole", "Procedure", "Provenance",
     "Coverage", "MedicationDispense", "QuestionnaireResponse", "RelatedPerson", "ServiceRequest",
     "Specimen",
+    # Bulk Data: a Group names the patients a Group-level $export covers.
+    "Group",
 ])
 # Types outside the patient compartment: scopes apply, compartment confinement does not.
 PUBLIC = {"Location", "Medication", "Organization", "Practitioner", "PractitionerRole"}
@@ -62,6 +64,10 @@ def op(action, rt, indent, extra=None):
         return head + "}"
     inner = ("\n" + pad + "          ").join(extra)
     return head + "\n" + pad + " :params {" + inner + "}}"
+
+
+def EXPORT(level):
+    return f"{{:GET {{:action :smart.fhir/export-{level}}} :POST {{:action :smart.fhir/export-{level}}}}}"
 
 
 def main():
@@ -113,6 +119,10 @@ def main():
     out.append('           :POST {:action :smart.fhir/app-state-create :resource/type "Basic"}')
     out.append('           [:id] {:PUT {:action :smart.fhir/app-state-update :resource/type "Basic"}')
     out.append('                  :DELETE {:action :smart.fhir/app-state-delete :resource/type "Basic"}}}')
+    out.append("")
+    out.append("  ;; Bulk Data Access 2.0.0 kick-offs (docs/bulk.md); each exported type is decided as a")
+    out.append("  ;; search of it, so only the types below with a search route can be exported.")
+    out.append(f'  "$export" {EXPORT("system")}')
     for rt in TYPES:
         suffix = "-public" if rt in PUBLIC else ""
         p = params(rt)
@@ -120,7 +130,13 @@ def main():
         out.append(f'  "{rt}"')
         out.append(f"  {{:GET {op('search' + suffix, rt, 3, p)}")
         out.append(f'   "_search" {{:POST {op("search" + suffix, rt, 14, p)}}}')
-        out.append(f"   [:id] {{:GET {op('read' + suffix, rt, 0)}}}}}")
+        if rt == "Patient":
+            out.append(f'   "$export" {EXPORT("patient")}')
+        if rt == "Group":
+            out.append(f"   [:id] {{:GET {op('read' + suffix, rt, 0)}")
+            out.append(f'          "$export" {EXPORT("group")}}}}}')
+        else:
+            out.append(f"   [:id] {{:GET {op('read' + suffix, rt, 0)}}}}}")
     out[-1] = out[-1] + "}}"
     print("\n".join(out))
 

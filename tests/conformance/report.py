@@ -28,7 +28,7 @@ from pathlib import Path
 # The abbreviations docs/conformance.md uses for the test files of crates/fhirgate/tests/.
 # AU: fhirgate-auth's unit tests, whose names carry their module path (assertion::tests::…).
 FILES = {"IC": "inferno_checks", "OA": "oauth", "DI": "discovery", "FD": "fhir_data", "TL": "tls",
-         "AU": "auth_unit", "UC": "us_core_kit", "AS": "app_state", "BR": "brands"}
+         "EX": "export", "AU": "auth_unit", "UC": "us_core_kit", "AS": "app_state", "BR": "brands"}
 # Where each file's tests and helpers are defined (relative to the repository), for telling a
 # test that did not run or a misspelt name from a helper's name.
 SOURCES = {
@@ -37,6 +37,7 @@ SOURCES = {
     "discovery": ["crates/fhirgate/tests/discovery.rs", "crates/fhirgate/tests/common"],
     "fhir_data": ["crates/fhirgate/tests/fhir_data.rs", "crates/fhirgate/tests/common"],
     "tls": ["crates/fhirgate/tests/tls.rs", "crates/fhirgate/tests/common"],
+    "export": ["crates/fhirgate/tests/export.rs", "crates/fhirgate/tests/common"],
     "auth_unit": ["crates/auth/src"],
     "app_state": ["crates/fhirgate/tests/app_state.rs", "crates/fhirgate/tests/common"],
     "brands": ["crates/fhirgate/tests/brands.rs", "crates/fhirgate/tests/common"],
@@ -49,7 +50,7 @@ TRIAL = re.compile(r"^((?:pg_)?v\d+)_(.+?)_(read|search_.*|provenance_revinclude
 TEST_FN = re.compile(r"#\[(?:tokio::)?test\b[^\]]*\]\s*(?:#\[[^\]]*\]\s*)*(?:pub\s+)?(?:async\s+)?fn\s+(\w+)")
 ANY_FN = re.compile(r"\bfn\s+(\w+)")
 ROW_ID = re.compile(r"^[A-Z]\d+$")
-TOKEN = re.compile(r"\b(IC|OA|DI|FD|TL|AU|AS|BR)\b|`([^`]+)`")
+TOKEN = re.compile(r"\b(IC|OA|DI|FD|TL|EX|AU|AS|BR)\b|`([^`]+)`")
 RESULT = re.compile(r"^test (\S+) \.\.\. (ok|FAILED|ignored)")
 
 

@@ -76,6 +76,65 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
 
     pub fn walk_root(&mut self, api: &str) {
         self.walk_api(api);
+        self.add_export_routes();
+    }
+
+    /// The built-in Bulk Data status and file routes (contract §2): under the mount of each API
+    /// that declares a kick-off, with the middlewares of its first kick-off; a project route on
+    /// the same path is an error.
+    fn add_export_routes(&mut self) {
+        let mut mounts: Vec<(Vec<Segment>, usize)> = Vec::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let mount = r.segments[..r.mount_len].to_vec();
+            if builtin::is_export_action(&r.action) && !mounts.iter().any(|(m, _)| *m == mount) {
+                mounts.push((mount, i));
+            }
+        }
+        let catalog = &self.loader.catalog;
+        if catalog.action(builtin::EXPORT_STATUS_ACTION).is_none()
+            || catalog.action(builtin::EXPORT_FILE_ACTION).is_none()
+        {
+            // a registry without Bulk Data (a library embedding): nothing to serve them with
+            return;
+        }
+        for (mount, first) in mounts {
+            let template = self.routes[first].clone();
+            let job = |mut m: Vec<Segment>| {
+                m.push(Segment::Literal(builtin::EXPORT_SEGMENT.into()));
+                m.push(Segment::Param("job".into()));
+                m
+            };
+            let status = job(mount.clone());
+            let mut file_path = status.clone();
+            file_path.push(Segment::Param("file".into()));
+            for (method, segments, action) in [
+                (Method::Get, status.clone(), builtin::EXPORT_STATUS_ACTION),
+                (Method::Delete, status, builtin::EXPORT_STATUS_ACTION),
+                (Method::Get, file_path, builtin::EXPORT_FILE_ACTION),
+            ] {
+                if let Some(other) = self.ops_seen.get(&(method, normalized(&segments))).cloned() {
+                    let msg = format!(
+                        "{method} {} is a built-in Bulk Data route of the $export declared here; the project cannot declare it (at {other})",
+                        crate::segments_path(&segments)
+                    );
+                    self.error(&template.location.file, template.location.pos, msg);
+                    continue;
+                }
+                self.routes.push(Route {
+                    method,
+                    segments,
+                    mount_len: template.mount_len,
+                    action: action.to_string(),
+                    public: false,
+                    resource_type: None,
+                    params: None,
+                    us_core: None,
+                    middlewares: template.middlewares.clone(),
+                    api: template.api.clone(),
+                    location: template.location.clone(),
+                });
+            }
+        }
     }
 
     fn error(&mut self, file: &Path, pos: Pos, msg: impl Into<String>) {
@@ -288,6 +347,14 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
         for (k, v) in entries {
             match k.value.as_keyword() {
                 Some("action") => match v.value.as_keyword() {
+                    Some(a @ (builtin::EXPORT_STATUS_ACTION | builtin::EXPORT_FILE_ACTION)) => {
+                        self.error(
+                            file,
+                            v.span.start,
+                            format!(":{a} is a built-in route's action (`{{base}}/_export/…` exists under every FHIR base that declares a $export kick-off); it cannot be declared"),
+                        );
+                        ok = false;
+                    }
                     Some(a) => match self.loader.catalog.action(a) {
                         Some(spec) => action = Some((a.to_string(), spec, v.span.start)),
                         None => {
@@ -402,6 +469,29 @@ impl<'l, 'a> RouteWalker<'l, 'a> {
                 ),
             );
             ok = false;
+        }
+        if builtin::is_export_action(&action) {
+            if public {
+                self.error(
+                    file,
+                    action_pos,
+                    format!("action :{action} cannot be :public: an export needs a bearer token"),
+                );
+                ok = false;
+            }
+            if action == "smart.fhir/export-group"
+                && !self
+                    .segments
+                    .iter()
+                    .any(|s| *s == Segment::Param("id".into()))
+            {
+                self.error(
+                    file,
+                    action_pos,
+                    "action :smart.fhir/export-group needs the Group's id as an [:id] path parameter",
+                );
+                ok = false;
+            }
         }
         let params = params_node.and_then(|p| self.params(file, p, resource_type.as_deref()));
         if params_node.is_some() && params.is_none() {

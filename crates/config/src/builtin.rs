@@ -29,6 +29,25 @@ pub const KNOWN_TAGS: &[&str] = &[
     crate::seed::SYSTEM_TAG,
 ];
 
+/// Bulk Data kick-off actions (decisions §3): an API that declares one gets the built-in status
+/// and file routes below, under its mount.
+pub const EXPORT_ACTIONS: &[&str] = &[
+    "smart.fhir/export-group",
+    "smart.fhir/export-patient",
+    "smart.fhir/export-system",
+];
+/// The built-in `GET`/`DELETE {mount}/_export/[:job]` route's action (not nameable in EDN).
+pub const EXPORT_STATUS_ACTION: &str = "smart.fhir/export-status";
+/// The built-in `GET {mount}/_export/[:job]/[:file]` route's action (not nameable in EDN).
+pub const EXPORT_FILE_ACTION: &str = "smart.fhir/export-file";
+/// The path segment of the built-in export routes.
+pub const EXPORT_SEGMENT: &str = "_export";
+
+/// Whether `action` is a Bulk Data kick-off.
+pub fn is_export_action(action: &str) -> bool {
+    EXPORT_ACTIONS.contains(&action)
+}
+
 /// Aidbox's FHIR packages are imported by name (`hl7-fhir-r4-core`, `hl7-fhir-us-core`, …);
 /// fhirgate carries FHIR R4 itself, so any `hl7-fhir-*` package name is accepted.
 pub fn is_fhir_package(name: &str) -> bool {

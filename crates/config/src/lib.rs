@@ -30,7 +30,7 @@
 //! ```
 
 mod api;
-mod builtin;
+pub mod builtin;
 mod env;
 mod project;
 mod seed;

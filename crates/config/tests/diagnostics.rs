@@ -407,3 +407,64 @@ fn diagnostics_are_sorted_across_files() {
         "{d:#?}"
     );
 }
+
+/// Bulk Data kick-offs: the built-in status and file routes appear under each FHIR base that
+/// declares one, with the kick-off's middlewares; they cannot be declared or shadowed.
+#[test]
+fn export_routes_are_built_in_under_each_base_with_a_kickoff() {
+    let src = r#"{ns core import #{zenbox}
+ root {:zen/tags #{zenbox/api} "fhir" {:apis #{fhir}} "other" {:apis #{other}}}
+ fhir {:zen/tags #{zenbox/api} :middlewares [:smart.fhir/authorization-middleware]
+       "$export" {:GET {:action :smart.fhir/export-system}}
+       "Group" {[:id] {"$export" {:GET {:action :smart.fhir/export-group}}}}}
+ other {:zen/tags #{zenbox/api} "metadata" {:GET {:action :smart.fhir/capability}}}}"#;
+    let files = MemorySources::new([("p/core.edn", src)]);
+    let project = load_sources("p/core.edn", &files, &TestCatalog).expect("loads");
+    let built_in: Vec<(String, String, Vec<String>)> = project
+        .routes
+        .routes
+        .iter()
+        .filter(|r| {
+            r.action.starts_with("smart.fhir/export-s") || r.action.ends_with("export-file")
+        })
+        .filter(|r| r.action != "smart.fhir/export-system")
+        .map(|r| (r.method.to_string(), r.path(), r.middlewares.clone()))
+        .collect();
+    let mw = vec!["smart.fhir/authorization-middleware".to_string()];
+    assert_eq!(
+        built_in,
+        vec![
+            ("GET".into(), "/fhir/_export/{job}".into(), mw.clone()),
+            ("DELETE".into(), "/fhir/_export/{job}".into(), mw.clone()),
+            ("GET".into(), "/fhir/_export/{job}/{file}".into(), mw),
+        ],
+        "only under the base that declares a kick-off"
+    );
+    let api = |body: &str| {
+        format!(
+            "{HEAD} root {{:zen/tags #{{zenbox/api}} \"fhir\" {{:apis #{{fhir}}}}}}\n fhir {{:zen/tags #{{zenbox/api}} :middlewares [:smart.fhir/authorization-middleware] {body}}}}}"
+        )
+    };
+    assert_has(
+        &one(&api(
+            r#""Group" {"$export" {:GET {:action :smart.fhir/export-group}}}"#,
+        )),
+        "error: action :smart.fhir/export-group needs the Group's id as an [:id] path parameter",
+    );
+    assert_has(
+        &one(&api(
+            r#""$export" {:GET {:action :smart.fhir/export-system :public true}}"#,
+        )),
+        "error: action :smart.fhir/export-system cannot be :public",
+    );
+    assert_has(
+        &one(&api(r#""x" {:GET {:action :smart.fhir/export-status}}"#)),
+        "error: :smart.fhir/export-status is a built-in route's action",
+    );
+    assert_has(
+        &one(&api(
+            r#""$export" {:GET {:action :smart.fhir/export-system}} "_export" {[:j] {:GET {:action :smart.fhir/capability}}}"#,
+        )),
+        "GET /fhir/_export/{job} is a built-in Bulk Data route",
+    );
+}

@@ -26,6 +26,77 @@ pub enum Command {
     Routes(RoutesArgs),
     /// Bulk-load resources (JSON, NDJSON, YAML, FHIR Bundles) into the store.
     Load(LoadArgs),
+    /// Bulk Data export to local NDJSON files, as a Client's backend-services access allows.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The Client whose access applies: the system/ scopes its `scope` lists, and the
+    /// AccessPolicies linked to it, exactly as for its client_credentials tokens.
+    #[arg(long, value_name = "CLIENT_ID")]
+    pub client: String,
+    /// Export this Group's members' records (`Group/{id}/$export`).
+    #[arg(long, value_name = "ID", conflicts_with = "patients")]
+    pub group: Option<String>,
+    /// Export every patient's records (`Patient/$export`); default: the whole system.
+    #[arg(long)]
+    pub patients: bool,
+    /// `_type`: resource types, comma-separated.
+    #[arg(long = "type", value_name = "TYPES")]
+    pub types: Option<String>,
+    /// `_since`: a FHIR instant.
+    #[arg(long, value_name = "INSTANT")]
+    pub since: Option<String>,
+    /// `_until`: a FHIR instant.
+    #[arg(long, value_name = "INSTANT")]
+    pub until: Option<String>,
+    /// `_typeFilter`: `Type?search` (repeatable).
+    #[arg(long = "type-filter", value_name = "FILTER")]
+    pub type_filters: Vec<String>,
+    /// `_elements`, comma-separated.
+    #[arg(long, value_name = "ELEMENTS")]
+    pub elements: Option<String>,
+    /// Where the NDJSON files go (created if needed).
+    #[arg(long, short, value_name = "DIR", default_value = "export")]
+    pub output: PathBuf,
+    /// The project's entry file.
+    #[arg(long = "config", env = "FHIRGATE_CONFIG", default_value = "core.edn")]
+    pub config: PathBuf,
+    /// The database: `sqlite:PATH` (the embedded default) or `postgres://…`.
+    #[arg(
+        long,
+        env = "FHIRGATE_DATABASE_URL",
+        default_value = "sqlite:data/fhirgate.db"
+    )]
+    pub database_url: String,
+    /// The public base URL (the tokens' issuer, and the manifest's URLs).
+    #[arg(
+        long,
+        env = "FHIRGATE_BASE_URL",
+        default_value = "http://localhost:8080"
+    )]
+    pub base_url: String,
+}
+
+impl ExportArgs {
+    /// The kick-off's parameters.
+    pub fn params(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let mut add = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                p.push((k.to_string(), v.clone()));
+            }
+        };
+        add("_type", &self.types);
+        add("_since", &self.since);
+        add("_until", &self.until);
+        add("_elements", &self.elements);
+        for f in &self.type_filters {
+            p.push(("_typeFilter".to_string(), f.clone()));
+        }
+        p
+    }
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +217,22 @@ pub struct ServeArgs {
     /// (e.g. a CDN copy of it).
     #[arg(long, env = "FHIRGATE_BRAND_BUNDLE_URL", value_name = "URL")]
     pub brand_bundle_url: Option<String>,
+    /// Bulk Data exports running at once in this process; more wait their turn (docs/bulk.md).
+    #[arg(
+        long,
+        env = "FHIRGATE_EXPORT_CONCURRENCY",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(1..=64)
+    )]
+    pub export_concurrency: u32,
+    /// Seconds a finished Bulk Data export's manifest and files stay available.
+    #[arg(
+        long,
+        env = "FHIRGATE_EXPORT_EXPIRY",
+        default_value_t = 3600,
+        value_parser = clap::value_parser!(u32).range(60..)
+    )]
+    pub export_expiry: u32,
 }
 
 /// Check a base URL: absolute http(s), a host, no trailing slash, no query or fragment.

@@ -158,7 +158,8 @@ pub fn banner(base_url: &str, bases: &[String]) -> String {
     ));
     out.push_str(&format!(
         "Backend services   curl -s -u {CONFIDENTIAL_CLIENT}:{CLIENT_SECRET} {base_url}/auth/token \\\n\
-         \x20   -d grant_type=client_credentials -d scope=system/Patient.rs\n{line}\n"
+         \x20   -d grant_type=client_credentials -d scope=system/Patient.rs\n\
+         Bulk Data          {iss}/Group/demo-patients/$export with a system/*.rs token (docs/bulk.md)\n{line}\n"
     ));
     out
 }
@@ -927,6 +928,9 @@ mod tests {
         // US Core shapes the demo promises
         let count = |t: &str| items.iter().filter(|r| r["resourceType"] == t).count();
         assert_eq!(count("Patient"), 3);
+        // one Group of the three, for Bulk Data's Group export
+        let group = items.iter().find(|r| r["resourceType"] == "Group").unwrap();
+        assert_eq!(group["member"].as_array().unwrap().len(), 3);
         for t in [
             "Condition",
             "Observation",

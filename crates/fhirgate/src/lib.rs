@@ -6,6 +6,7 @@ pub mod app;
 pub mod brands;
 pub mod cli;
 pub mod demo;
+pub mod export;
 pub mod load;
 pub mod policy_lint;
 pub mod rpc;

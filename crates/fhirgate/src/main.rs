@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Routes(args) => routes(&args),
         Command::Serve(args) => serve(args),
         Command::Load(args) => load_files(args),
+        Command::Export(args) => export(args),
     };
     match result {
         Ok(code) => code,
@@ -236,6 +237,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             login_failures_per_user: args.login_failures_per_user,
             login_failures_per_address: args.login_failures_per_address,
             brand_bundle_url: args.brand_bundle_url.clone(),
+            export: fhirgate_smart::export::ExportSettings {
+                concurrency: args.export_concurrency as usize,
+                expiry_secs: i64::from(args.export_expiry),
+                ..Default::default()
+            },
         };
         let prepared = match fhirgate::server::prepare(&project, store, &options).await {
             Ok(p) => p,
@@ -311,6 +317,58 @@ fn load_files(args: LoadArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(summary) => {
                 println!("{summary}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("fhirgate: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    })
+}
+
+fn export(args: fhirgate::cli::ExportArgs) -> anyhow::Result<ExitCode> {
+    let base_url = match fhirgate::cli::validate_base_url(&args.base_url) {
+        Ok(u) => u,
+        Err(msg) => {
+            eprintln!("fhirgate: {msg}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let Some(project) = load(&args.config, &registry()) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let runtime = runtime()?;
+    runtime.block_on(async move {
+        let Some(store) = open_store_or_report(&args.database_url).await else {
+            return Ok(ExitCode::FAILURE);
+        };
+        let request = fhirgate::export::ExportRequest {
+            client: args.client.clone(),
+            group: args.group.clone(),
+            patient_level: args.patients,
+            params: args.params(),
+            output: args.output.clone(),
+        };
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        let result = fhirgate::export::run(&project, store, &base_url, &request, |p| {
+            bar.set_message(p.to_string())
+        })
+        .await;
+        bar.finish_and_clear();
+        match result {
+            Ok(summary) => {
+                for (path, t, n) in &summary.files {
+                    println!("{}: {n} {t}", path.display());
+                }
+                for e in &summary.errors {
+                    eprintln!("fhirgate: not exported: {e}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {

@@ -33,6 +33,8 @@ pub struct ServeOptions {
     pub login_failures_per_address: u32,
     /// `--brand-bundle-url`: where discovery says the Brand Bundle is (none: `{base}/brands.json`).
     pub brand_bundle_url: Option<String>,
+    /// `--export-concurrency`, `--export-expiry`: how Bulk Data exports run.
+    pub export: fhirgate_smart::export::ExportSettings,
 }
 
 impl ServeOptions {
@@ -48,6 +50,7 @@ impl ServeOptions {
             login_failures_per_user: 10,
             login_failures_per_address: 60,
             brand_bundle_url: None,
+            export: fhirgate_smart::export::ExportSettings::default(),
         }
     }
 }
@@ -116,7 +119,7 @@ pub async fn prepare(
             .map_err(|e| format!("cannot load the AccessPolicies: {e}"))?;
     let no_policies = access.policy_count() == 0;
     tokio::spawn(access.clone().follow());
-    let registry = registry_with(&fhirgate_smart::Setup {
+    let setup = fhirgate_smart::Setup {
         verifier: Some(auth.verifier()),
         store: Some(store.clone()),
         base_url: options.base_url.clone(),
@@ -126,7 +129,14 @@ pub async fn prepare(
             .audit_events
             .then(|| fhirgate_smart::audit::AuditSink::start(store.clone())),
         brand_bundle_url: options.brand_bundle_url.clone(),
-    });
+    };
+    let mut registry = registry_with(&setup);
+    if let Some(exporter) =
+        fhirgate_smart::register_export(&mut registry, &setup, options.export.clone())
+    {
+        // fails the jobs of processes that died, removes expired ones
+        exporter.start_sweeper();
+    }
     if no_policies
         && let Some(warning) =
             crate::policy_lint::policy_warnings(project, &registry, std::iter::empty()).first()

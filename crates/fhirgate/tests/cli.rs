@@ -60,7 +60,7 @@ fn check_passes_on_every_shipped_project() {
     let out = run(&["check"], &repo());
     assert!(out.status.success());
     assert!(
-        text(&out.stdout).starts_with("core.edn: ok, 87 routes"),
+        text(&out.stdout).starts_with("core.edn: ok, 99 routes"),
         "{}",
         text(&out.stdout)
     );
@@ -155,7 +155,7 @@ fn routes_prints_the_table() {
             "public"
         ]
     );
-    assert_eq!(table.lines().count(), 87);
+    assert_eq!(table.lines().count(), 99);
 
     let out = run(
         &[
@@ -388,7 +388,7 @@ fn without_a_core_edn_the_embedded_default_is_used() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("using the embedded default project"));
     assert!(
-        text(&out.stdout).starts_with("core.edn: ok, 87 routes"),
+        text(&out.stdout).starts_with("core.edn: ok, 99 routes"),
         "{}",
         text(&out.stdout)
     );

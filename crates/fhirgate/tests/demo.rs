@@ -220,7 +220,7 @@ async fn demo_mode_from_a_fresh_folder() {
     assert!(
         serve
             .err()
-            .contains("the demo data (--demo): 68 written, 0 unchanged"),
+            .contains("the demo data (--demo): 69 written, 0 unchanged"),
         "{}",
         serve.err()
     );
@@ -339,7 +339,7 @@ async fn demo_mode_from_a_fresh_folder() {
     assert!(
         again
             .err()
-            .contains("the demo data (--demo): 0 written, 68 unchanged"),
+            .contains("the demo data (--demo): 0 written, 69 unchanged"),
         "{}",
         again.err()
     );

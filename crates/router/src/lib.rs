@@ -41,6 +41,18 @@ pub type Response = axum::response::Response;
 /// A route's whole stack, type-erased: what actions and middlewares produce.
 pub type RouteService = tower::util::BoxCloneSyncService<Request, Response, Infallible>;
 
+/// Check request parameters against `route`'s `:params` allow-list as the route's own stack
+/// does (unknown ones refused, or dropped when `lenient`; `:max` caps; `:values` restricts):
+/// `Ok(Some(pairs))` when they had to be rewritten. For actions that apply another route's
+/// search, such as Bulk Data's `_typeFilter`.
+pub fn check_params(
+    route: &Route,
+    pairs: &[(String, String)],
+    lenient: bool,
+) -> Result<Option<Vec<(String, String)>>, Response> {
+    params::check(route, &pairs.to_vec(), lenient)
+}
+
 /// Inserted into every request's extensions before its route's stack runs.
 #[derive(Debug, Clone)]
 pub struct RouteMatch {

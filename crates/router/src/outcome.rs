@@ -15,6 +15,14 @@ pub fn body(code: &str, diagnostics: &str) -> serde_json::Value {
     })
 }
 
+/// An OperationOutcome with one issue of `severity` (`information`, `warning`, …).
+pub fn body_with(severity: &str, code: &str, diagnostics: &str) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}]
+    })
+}
+
 /// A response carrying an OperationOutcome; `code` is a FHIR IssueType (`invalid`, `not-found`…).
 pub fn response(status: StatusCode, code: &str, diagnostics: impl AsRef<str>) -> Response {
     let mut resp = (status, body(code, diagnostics.as_ref()).to_string()).into_response();

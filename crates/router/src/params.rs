@@ -145,7 +145,11 @@ fn with_query(uri: &Uri, pairs: &Pairs) -> Result<Uri, Response> {
 }
 
 /// Validate `pairs` against the route's allow-list. `Ok(Some(..))` when they had to be rewritten.
-fn check(route: &Route, pairs: &Pairs, lenient: bool) -> Result<Option<Pairs>, Response> {
+pub(crate) fn check(
+    route: &Route,
+    pairs: &Pairs,
+    lenient: bool,
+) -> Result<Option<Pairs>, Response> {
     let Some(specs) = &route.params else {
         return Ok(None);
     };

@@ -75,6 +75,30 @@ impl Authorized {
     pub fn standing(&self) -> &Standing {
         &self.standing
     }
+
+    /// The same token's decision for another type and interaction, by [`enforce::decide`]: what
+    /// a request for `resource_type` through the same middleware would have been authorized
+    /// with. A Bulk Data export decides each type it exports this way, as a search of it.
+    pub fn decide_for(
+        &self,
+        resource_type: &str,
+        interaction: crate::scopes::Interaction,
+    ) -> Result<Authorized, enforce::Denial> {
+        let grant = enforce::decide(
+            self.mode,
+            &self.principal,
+            &self.standing,
+            &Target::new(resource_type, interaction),
+        )?;
+        Ok(Authorized {
+            context: grant.context,
+            compartment: grant.compartment.map(str::to_string),
+            filters: grant.filters.iter().map(|f| f.to_vec()).collect(),
+            principal: self.principal.clone(),
+            mode: self.mode,
+            standing: self.standing.clone(),
+        })
+    }
 }
 
 /// The decision of one SMART middleware on one route.

@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use fhirgate_config::Route;
 use fhirgate_store::{
-    Confinement, Filter, HistoryEntry, RawResource, SearchQuery, SearchResult, Store, StoreError,
+    Confinement, DeletedEntry, Filter, HistoryEntry, RawResource, Scanned, SearchQuery,
+    SearchResult, Store, StoreError,
 };
 use serde_json::Value;
 
@@ -53,6 +54,23 @@ impl DataAccess {
             access,
             audit,
         }
+    }
+
+    /// The raw store, for the Bulk Data job records (never for resources: those go through
+    /// [`Self::confined`]).
+    pub(crate) fn jobs(&self) -> &dyn fhirgate_store::ExportJobs {
+        self.store.as_ref()
+    }
+
+    /// Whether one process at most uses the store (SQLite): then every unfinished Bulk Data job
+    /// found at start belongs to a process that is gone.
+    pub(crate) fn single_process(&self) -> bool {
+        self.store.backend() == fhirgate_store::Backend::Sqlite
+    }
+
+    /// Where an SQLite store keeps its file (Bulk Data output goes under it).
+    pub(crate) fn data_dir(&self) -> Option<std::path::PathBuf> {
+        self.store.data_dir()
     }
 
     /// The FHIR base a route belongs to: the public base URL plus its API's mount.
@@ -266,6 +284,69 @@ impl ConfinedStore<'_> {
     /// one OR filter; anything else is refused rather than widened.
     pub async fn search(&self, mut q: SearchQuery) -> Result<SearchResult, SearchError> {
         q.patient_compartment = self.confinement.patient_id().map(str::to_string);
+        let q = self.with_alternatives(q)?;
+        Ok(self.store.search(&q).await?)
+    }
+
+    /// A keyset scan of `q`'s matches within the decision, applied as [`Self::search`] applies
+    /// it (compartment and granular alternatives in the query), at most `limit` after the key
+    /// `after` ([`Store::scan`]). `narrow_to` confines the scan to one patient's compartment
+    /// as well (a Group member's): it can only narrow — confined to another patient, nothing
+    /// matches.
+    pub async fn scan(
+        &self,
+        mut q: SearchQuery,
+        narrow_to: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Scanned>, SearchError> {
+        q.patient_compartment = match (self.confinement.patient_id(), narrow_to) {
+            (Some(c), Some(p)) if c != p => return Ok(Vec::new()),
+            (Some(c), _) => Some(c.to_string()),
+            (None, p) => p.map(str::to_string),
+        };
+        let q = self.with_alternatives(q)?;
+        Ok(self.store.scan(&q, after, limit).await?)
+    }
+
+    /// Resources of `resource_type` deleted in `[since, until]` whose last live version is
+    /// within the decision (and, with `narrow_to`, in one of those patients' compartments), a
+    /// page of the keyset scan after `after`; with the key to continue after (`None`: the scan
+    /// is done). Unconfined and not narrowed, every deletion is reported.
+    pub async fn deleted(
+        &self,
+        resource_type: &str,
+        since: &str,
+        until: Option<&str>,
+        narrow_to: &[String],
+        after: i64,
+        limit: usize,
+    ) -> Result<(Vec<DeletedEntry>, Option<i64>), StoreError> {
+        let mut rows = self
+            .store
+            .scan_deleted(resource_type, since, until, after, limit)
+            .await?;
+        let next = (rows.len() >= limit)
+            .then(|| rows.last().map(|d| d.key))
+            .flatten();
+        if self.is_confined() || !narrow_to.is_empty() {
+            rows.retain(|d| match &d.last_live {
+                None => false,
+                Some(r) => {
+                    self.admits(resource_type, r)
+                        && (narrow_to.is_empty()
+                            || narrow_to.iter().any(|p| {
+                                Confinement::patient(p.as_str()).admits(resource_type, r, &[])
+                            }))
+                }
+            });
+        }
+        Ok((rows, next))
+    }
+
+    /// `q` with the granular alternatives: one alternative's filters, or several alternatives
+    /// on one parameter as one OR filter; anything else is refused rather than widened.
+    fn with_alternatives(&self, mut q: SearchQuery) -> Result<SearchQuery, SearchError> {
         match self.alternatives.as_slice() {
             [] => {}
             [one] => q.params.extend(one.iter().cloned()),
@@ -278,7 +359,7 @@ impl ConfinedStore<'_> {
             }
             _ => return Err(SearchError::Unsearchable),
         }
-        Ok(self.store.search(&q).await?)
+        Ok(q)
     }
 }
 

@@ -399,6 +399,22 @@ pub fn capability_statement(
     if let Some(v) = us_core {
         guides.insert(0, v.implementation_guide());
     }
+    // Bulk Data kick-offs (docs/bulk.md): `export` operations, and the IG's statement
+    let (system_ops, type_ops) = crate::export::capability_operations(
+        &route.segments[..route.mount_len.min(route.segments.len())],
+        table,
+    );
+    if let Some(resources) = rest["resource"].as_array_mut() {
+        for r in resources {
+            if let Some(ops) = r["type"].as_str().and_then(|t| type_ops.get(t)) {
+                r["operation"] = json!(ops);
+            }
+        }
+    }
+    if !system_ops.is_empty() {
+        rest["operation"] = json!(system_ops);
+    }
+    let bulk = !system_ops.is_empty() || !type_ops.is_empty();
     let mut statement = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -412,8 +428,15 @@ pub fn capability_statement(
         "implementationGuide": guides,
         "rest": [rest],
     });
+    let mut instantiates: Vec<&str> = Vec::new();
     if let Some(v) = us_core {
-        statement["instantiates"] = json!([v.capability_statement()]);
+        instantiates.push(v.capability_statement());
+    }
+    if bulk {
+        instantiates.push(crate::export::BULK_DATA_CAPABILITY);
+    }
+    if !instantiates.is_empty() {
+        statement["instantiates"] = json!(instantiates);
     }
     statement
 }

@@ -19,6 +19,7 @@ pub mod authorize;
 pub mod confined;
 pub mod discovery;
 pub mod enforce;
+pub mod export;
 pub mod middleware;
 pub mod policy;
 pub mod scopes;
@@ -50,6 +51,9 @@ pub const ACTIONS: &[(&str, bool)] = &[
     ("smart.fhir/capability", false),
     ("smart.fhir/smart-configuration", false),
     ("smart.fhir/style", false),
+    ("smart.fhir/export-group", false),
+    ("smart.fhir/export-patient", false),
+    ("smart.fhir/export-system", false),
 ];
 
 /// The public base URL when none is given (`--base-url`'s default).
@@ -100,6 +104,9 @@ pub fn register(registry: &mut Registry, setup: &Setup) {
             needs_resource_type: *needs_resource_type,
             describes_base: *keyword == discovery::CAPABILITY,
         };
+        if export::Level::for_action(keyword).is_some() {
+            continue; // register_export
+        }
         if discovery::is_discovery(keyword) {
             let base_url = setup.base_url.clone();
             let brands = setup
@@ -142,6 +149,7 @@ pub fn register(registry: &mut Registry, setup: &Setup) {
             }
         }
     }
+    register_export(registry, setup, export::ExportSettings::default());
     for (keyword, mode) in [
         (SINGLE_PATIENT_AUTH, enforce::Mode::SinglePatient),
         (AUTHORIZATION, enforce::Mode::Authorization),
@@ -165,6 +173,67 @@ pub fn register(registry: &mut Registry, setup: &Setup) {
             }
         }
     }
+}
+
+/// Register the Bulk Data kick-offs and the built-in status and file actions, running on
+/// `settings` (this replaces what [`register`] registered with the defaults). Returns the
+/// exporter when there is a store to run it on; start its sweeper with
+/// [`export::Exporter::start_sweeper`] once the server runs.
+pub fn register_export(
+    registry: &mut Registry,
+    setup: &Setup,
+    settings: export::ExportSettings,
+) -> Option<Arc<export::Exporter>> {
+    let spec = ActionSpec {
+        needs_resource_type: false,
+        describes_base: false,
+    };
+    let keywords = ACTIONS
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| export::Level::for_action(k).is_some())
+        .chain([
+            fhirgate_config::builtin::EXPORT_STATUS_ACTION,
+            fhirgate_config::builtin::EXPORT_FILE_ACTION,
+        ]);
+    let Some(store) = &setup.store else {
+        for keyword in keywords {
+            registry.action(keyword, spec, not_yet(keyword));
+        }
+        return None;
+    };
+    let access = confined::DataAccess::new(
+        store.clone(),
+        &setup.base_url,
+        setup.access.clone(),
+        setup.audit.clone(),
+    );
+    let exporter = export::Exporter::new(access, settings);
+    for keyword in keywords {
+        let exporter = exporter.clone();
+        match export::Level::for_action(keyword) {
+            Some(level) => registry.action_with_routes(
+                keyword,
+                spec,
+                move |route: &Arc<Route>, table: &RouteTable| export::Kickoff {
+                    exporter: exporter.clone(),
+                    level,
+                    route: route.clone(),
+                    table: Arc::new(table.clone()),
+                },
+            ),
+            None => {
+                let file = keyword == fhirgate_config::builtin::EXPORT_FILE_ACTION;
+                registry.action(keyword, spec, move |route: &Arc<Route>| export::JobRoute {
+                    exporter: exporter.clone(),
+                    route: route.clone(),
+                    file,
+                })
+            }
+        }
+        .accept_options(keyword);
+    }
+    Some(exporter)
 }
 
 fn not_yet(keyword: &'static str) -> impl Fn(&Arc<Route>) -> NotYet + Send + Sync + 'static {

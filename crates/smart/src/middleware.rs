@@ -110,7 +110,7 @@ where
 }
 
 /// `Access-Control-Allow-Origin: *`, and the headers a browser app may read besides the simple
-/// ones (the 401 challenge, and where a resource lives).
+/// ones (the 401 challenge, where a resource lives, and a Bulk Data job's progress and expiry).
 fn allow_any_origin(resp: &mut Response) {
     let h = resp.headers_mut();
     h.insert(
@@ -120,7 +120,7 @@ fn allow_any_origin(resp: &mut Response) {
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static(
-            "www-authenticate, location, content-location, etag, last-modified",
+            "www-authenticate, location, content-location, etag, last-modified, x-progress, retry-after, expires",
         ),
     );
 }

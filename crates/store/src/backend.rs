@@ -36,6 +36,15 @@ use crate::{Backend, Deletion, HistoryEntry, RawResource, Store};
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The folder holding the database file (`None` in memory): Bulk Data output goes under it.
+    data_dir: Option<std::path::PathBuf>,
+    /// Bulk Data keyset scans' own read-only connection, with a small page cache, opened on
+    /// the first scan (`None` in memory: scans use the pool). A scan reads the whole of a big
+    /// export once; on the pool's connections (64 MiB of cache each, for loads) its pages
+    /// would stay resident in the process.
+    scan_pool: Option<Arc<tokio::sync::OnceCell<SqlitePool>>>,
+    /// The database file, for [`Self::scan_pool`].
+    file: Option<std::path::PathBuf>,
     /// SQLite has one writer at a time; queueing writers here instead of in SQLite's busy
     /// handler (which sleeps up to 100 ms between retries) keeps write latency flat.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
@@ -51,6 +60,8 @@ pub struct SqliteStore {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Always `None`: PostgreSQL keeps Bulk Data output in the database.
+    data_dir: Option<std::path::PathBuf>,
     /// Unused: PostgreSQL writers serialize per resource through row locks.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Revocation events: the one `LISTEN`ing task of this store and its clones.
@@ -58,6 +69,26 @@ pub struct PostgresStore {
 }
 
 impl SqliteStore {
+    /// The connections keyset scans run on (see the `scan_pool` field).
+    async fn scan_pool(&self) -> Result<&SqlitePool> {
+        let (Some(cell), Some(file)) = (&self.scan_pool, &self.file) else {
+            return Ok(&self.pool);
+        };
+        cell.get_or_try_init(|| async {
+            let opts = SqliteConnectOptions::new()
+                .filename(file)
+                .read_only(true)
+                .busy_timeout(Duration::from_secs(30))
+                .pragma("cache_size", "-4096");
+            SqlitePoolOptions::new()
+                .max_connections(2)
+                .connect_with(opts)
+                .await
+        })
+        .await
+        .map_err(StoreError::from)
+    }
+
     /// Open (creating the file and its folders if needed) and migrate the database at `path`.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -107,9 +138,17 @@ impl SqliteStore {
         } else {
             Checkpointer::start(&file).map(Arc::new)
         };
+        let data_dir = (!in_memory)
+            .then(|| file.parent().map(Path::to_path_buf))
+            .flatten();
+        let scan_pool = (!in_memory).then(|| Arc::new(tokio::sync::OnceCell::new()));
+        let db_file = (!in_memory).then(|| file.clone());
         let readers = (!in_memory).then(|| Arc::new(Readers::new(file)));
         let store = SqliteStore {
             pool,
+            data_dir,
+            scan_pool,
+            file: db_file,
             write_lock: Some(Arc::default()),
             events: crate::auth_state::sqlite_events(path),
             readers,
@@ -197,6 +236,11 @@ fn read_sql(resource_type: &str, id: &str) -> Sql {
 }
 
 impl PostgresStore {
+    /// Keyset scans run on the pool (the cache is the server's).
+    async fn scan_pool(&self) -> Result<&PgPool> {
+        Ok(&self.pool)
+    }
+
     /// Connect to and migrate the database `url` names (`postgres://…`; an
     /// `options[search_path]=schema` query parameter selects a schema).
     pub async fn open(url: &str) -> Result<Self> {
@@ -227,6 +271,7 @@ impl PostgresStore {
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let store = PostgresStore {
             pool,
+            data_dir: None,
             write_lock: None,
             events: Arc::new(PgEvents::new(opts)),
         };
@@ -675,6 +720,36 @@ macro_rules! store_impl {
                     }
                 }
                 Ok(result)
+            }
+
+            fn data_dir(&self) -> Option<std::path::PathBuf> {
+                self.data_dir.clone()
+            }
+
+            async fn scan(&self, q: &SearchQuery, after: i64, limit: usize) -> Result<Vec<crate::Scanned>> {
+                let rows = bind_all!($db, search::scan_sql(q, after, limit)?).fetch_all(self.scan_pool().await?).await?;
+                rows.into_iter()
+                    .map(|row| {
+                        Ok(crate::Scanned {
+                            key: row.try_get::<i64, _>(0)?,
+                            json: String::from(Box::<str>::from(row.try_get::<Json<Box<RawValue>>, _>(1)?.0)),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn scan_deleted(&self, resource_type: &str, since: &str, until: Option<&str>, after: i64, limit: usize) -> Result<Vec<crate::DeletedEntry>> {
+                let rows = bind_all!($db, search::deleted_sql(resource_type, since, until, after, limit)?).fetch_all(&self.pool).await?;
+                rows.into_iter()
+                    .map(|row| {
+                        Ok(crate::DeletedEntry {
+                            key: row.try_get::<i64, _>(0)?,
+                            id: row.try_get::<String, _>(1)?,
+                            last_updated: row.try_get::<String, _>(2)?,
+                            last_live: row.try_get::<Option<Json<Value>>, _>(3)?.map(|j| j.0),
+                        })
+                    })
+                    .collect()
             }
 
             async fn optimize(&self) -> Result<()> {

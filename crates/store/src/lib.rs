@@ -21,6 +21,7 @@ mod checkpoint;
 mod confinement;
 mod date;
 mod error;
+mod export;
 mod fhirpath;
 mod index;
 mod inline;
@@ -37,6 +38,7 @@ pub use auth_state::{AuthRecord, AuthState, Consumed, RevocationReceiver};
 pub use backend::{PostgresStore, SqliteStore};
 pub use confinement::Confinement;
 pub use error::{Result, StoreError};
+pub use export::{ExportJob, ExportJobs, JobStatus, JobUpdate, now_secs};
 pub use index::{UnsupportedParam, unsupported_params};
 pub use refs::enrich_references;
 pub use search::{
@@ -89,9 +91,28 @@ impl RawResource {
     }
 }
 
+/// One row of a keyset scan ([`Store::scan`]): the resource's storage key (increasing, the
+/// position to continue after) and its current version as stored JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scanned {
+    pub key: i64,
+    pub json: String,
+}
+
+/// A resource deleted in a time window ([`Store::scan_deleted`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeletedEntry {
+    pub key: i64,
+    pub id: String,
+    /// When it was deleted (FHIR instant).
+    pub last_updated: String,
+    /// Its last live version, to judge whose it was (`None` if it never had one).
+    pub last_live: Option<Value>,
+}
+
 /// The FHIR store. Object-safe so the server can hold an `Arc<dyn Store>` whatever the backend.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: ExportJobs + Send + Sync {
     fn backend(&self) -> Backend;
 
     /// The authorization server's records, in this store's database (sharing its pool).
@@ -161,6 +182,26 @@ pub trait Store: Send + Sync {
 
     /// The database's query plan for the page query of `query`, one line per plan step.
     async fn explain(&self, query: &SearchQuery) -> Result<String>;
+
+    /// The folder an SQLite store's file is in (`None` for PostgreSQL and in-memory SQLite).
+    fn data_dir(&self) -> Option<std::path::PathBuf>;
+
+    /// A keyset scan of `query`'s matches (its filters and compartment; not its sort, count,
+    /// offset or includes): at most `limit` matches whose key is above `after`, in key order.
+    /// Start with `after = 0`, continue after the last key returned; no `OFFSET`, so each page
+    /// costs the same however deep the scan is.
+    async fn scan(&self, query: &SearchQuery, after: i64, limit: usize) -> Result<Vec<Scanned>>;
+
+    /// Resources of `resource_type` deleted after `since` (and at or before `until`, FHIR
+    /// instants) that are still deleted, in key order after `after`, at most `limit`.
+    async fn scan_deleted(
+        &self,
+        resource_type: &str,
+        since: &str,
+        until: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<DeletedEntry>>;
 
     /// Refresh the query planner's statistics (`ANALYZE`); worth calling after a bulk load so
     /// that searches pick the selective index.

@@ -837,6 +837,50 @@ pub(crate) fn page_sql(q: &SearchQuery) -> Result<Sql> {
     Ok(sql)
 }
 
+/// The keyset scan behind [`crate::Store::scan`]: `(rid, body)` of the matches of `q`'s filters
+/// and compartment with `rid > after`, in rid order, at most `limit`.
+pub(crate) fn scan_sql(q: &SearchQuery, after: i64, limit: usize) -> Result<Sql> {
+    let mut sql = Sql::default();
+    let w = build_where(q, &mut sql)?;
+    let after = sql.int(after);
+    let limit = sql.int(i64::try_from(limit).unwrap_or(i64::MAX));
+    sql.text = format!(
+        "SELECT r.rid, h.body FROM resource r JOIN resource_history h ON {HISTORY_JOIN} WHERE {w} AND r.rid > {after} ORDER BY r.rid LIMIT {limit}"
+    );
+    Ok(sql)
+}
+
+/// The query behind [`crate::Store::scan_deleted`]: `(rid, id, last_updated, last live body)`.
+pub(crate) fn deleted_sql(
+    resource_type: &str,
+    since: &str,
+    until: Option<&str>,
+    after: i64,
+    limit: usize,
+) -> Result<Sql> {
+    let bad = |v: &str| invalid(format!("bad instant {v:?}"));
+    let (since_us, _) = date::parse_range(since).ok_or_else(|| bad(since))?;
+    let mut sql = Sql::default();
+    let rt = sql.text(resource_type);
+    let since_p = sql.int(since_us);
+    let mut text = format!(
+        "SELECT r.rid, r.id, r.last_updated, (SELECT h.body FROM resource_history h WHERE h.rid = r.rid AND h.deleted = FALSE ORDER BY h.version_id DESC LIMIT 1) \
+         FROM resource r WHERE r.resource_type = {rt} AND r.deleted = TRUE AND r.version_id > 0 AND r.lu >= {since_p}"
+    );
+    if let Some(u) = until {
+        let (_, until_end) = date::parse_range(u).ok_or_else(|| bad(u))?;
+        let until_p = sql.int(until_end);
+        text.push_str(&format!(" AND r.lu < {until_p}"));
+    }
+    let after = sql.int(after);
+    let limit = sql.int(i64::try_from(limit).unwrap_or(i64::MAX));
+    text.push_str(&format!(
+        " AND r.rid > {after} ORDER BY r.rid LIMIT {limit}"
+    ));
+    sql.text = text;
+    Ok(sql)
+}
+
 /// `SELECT COUNT(*)` of all matches, for `_total=accurate`.
 pub(crate) fn count_sql(q: &SearchQuery) -> Result<Sql> {
     let mut sql = Sql::default();

@@ -27,6 +27,11 @@ impl Catalog for TestCatalog {
                     | "smart.fhir/capability"
                     | "smart.fhir/smart-configuration"
                     | "smart.fhir/style"
+                    | "smart.fhir/export-group"
+                    | "smart.fhir/export-patient"
+                    | "smart.fhir/export-system"
+                    | "smart.fhir/export-status"
+                    | "smart.fhir/export-file"
             );
         known.then_some(ActionSpec {
             needs_resource_type: needs,
