@@ -1072,9 +1072,13 @@ async fn the_capability_statement_declares_the_export_operations() {
         .await;
     assert_eq!(r.status, 200);
     let cs = r.json();
+    // Bulk Data's statement, beside US Core's (the root core.edn serves Patient)
     assert_eq!(
         cs["instantiates"],
-        json!(["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"])
+        json!([
+            "http://hl7.org/fhir/us/core/CapabilityStatement/us-core-server|6.1.0",
+            "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+        ])
     );
     let def = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition";
     assert_eq!(
