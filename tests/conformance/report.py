@@ -51,7 +51,8 @@ TEST_FN = re.compile(r"#\[(?:tokio::)?test\b[^\]]*\]\s*(?:#\[[^\]]*\]\s*)*(?:pub
 ANY_FN = re.compile(r"\bfn\s+(\w+)")
 ROW_ID = re.compile(r"^[A-Z]\d+$")
 TOKEN = re.compile(r"\b(IC|OA|DI|FD|TL|EX|AU|AS|BR)\b|`([^`]+)`")
-RESULT = re.compile(r"^test (\S+) \.\.\. (ok|FAILED|ignored)")
+# libtest pads names in a column when it knows them all at once (libtest-mimic does)
+RESULT = re.compile(r"^test (\S+)\s+\.\.\. (ok|FAILED|ignored)")
 
 
 def read_logs(logs: Path):
