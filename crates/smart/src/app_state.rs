@@ -294,15 +294,18 @@ impl Ctx<'_> {
                 "a token confined to a patient cannot write global app state",
             )),
             None => Ok(()),
-            Some(s)
-                if self.subjects.patient.as_deref() == Some(s)
-                    || self.subjects.user.as_deref() == Some(s) =>
-            {
-                Ok(())
-            }
-            Some(s) => Err(forbidden(format!(
-                "app state of {s} is outside this token's reach: its subject may be the patient in context or the user"
-            ))),
+            Some(s) => self.may_name(s),
+        }
+    }
+
+    /// The subject rule for reads and writes: only a subject the request may name.
+    fn may_name(&self, subject: &str) -> Result<(), Response> {
+        if self.subjects.allows(subject) {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "app state of {subject} is outside this token's reach: its subject may be the patient in context or the user"
+            )))
         }
     }
 
@@ -334,13 +337,8 @@ impl Ctx<'_> {
         if !self.codes.may_read(code) {
             return forbidden(format!("this app may not read app state {code}"));
         }
-        if let Some(s) = subject
-            && self.subjects.patient.as_deref() != Some(s)
-            && self.subjects.user.as_deref() != Some(s)
-        {
-            return forbidden(format!(
-                "app state of {s} is outside this token's reach: its subject may be the patient in context or the user"
-            ));
+        if let Some(Err(resp)) = subject.map(|s| self.may_name(s)) {
+            return resp;
         }
         let found = match self.store.app_state_with_code(code, self.subjects).await {
             Ok(f) => f,

@@ -373,6 +373,13 @@ pub struct AppStateSubjects {
     pub user: Option<String>,
 }
 
+impl AppStateSubjects {
+    /// Whether app state may name `subject` (an absolute reference).
+    pub fn allows(&self, subject: &str) -> bool {
+        self.patient.as_deref() == Some(subject) || self.user.as_deref() == Some(subject)
+    }
+}
+
 impl ConfinedStore<'_> {
     /// The subjects app state of this request may name, on the FHIR base `fhir_base`.
     pub fn app_state_subjects(&self, fhir_base: &str, auth: &Authorized) -> AppStateSubjects {
@@ -393,9 +400,7 @@ impl ConfinedStore<'_> {
     pub fn admits_app_state(&self, r: &Value, subjects: &AppStateSubjects) -> bool {
         let subject_ok = match r["subject"]["reference"].as_str() {
             None => r.get("subject").is_none(),
-            Some(s) => {
-                subjects.patient.as_deref() == Some(s) || subjects.user.as_deref() == Some(s)
-            }
+            Some(s) => subjects.allows(s),
         };
         subject_ok && admits(&Confinement::unconfined(), &self.alternatives, "Basic", r)
     }
