@@ -52,24 +52,16 @@ pub fn is_brand(org: &Value) -> bool {
     extension || profile
 }
 
-/// The route, on `store`; `base_url` names the resources (`fullUrl`).
+/// The route, on `store`; `base_url` names the resources (`fullUrl`). Readable from any
+/// origin, preflight included, with its `ETag` exposed to scripts.
 pub fn routes(store: Arc<dyn Store>, base_url: &str) -> axum::Router {
+    use tower_http::cors::{Any, CorsLayer};
     let state = Arc::new((store, base_url.to_string()));
-    axum::Router::new().route(PATH, get(bundle).options(preflight).with_state(state))
-}
-
-async fn preflight() -> Response {
-    let mut r = StatusCode::NO_CONTENT.into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, HEAD, OPTIONS"),
-    );
-    r
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([http::Method::GET, http::Method::HEAD])
+        .expose_headers([header::ETAG]);
+    axum::Router::new().route(PATH, get(bundle).with_state(state).layer(cors))
 }
 
 /// Every live resource of `resource_type`, page by page.
@@ -183,14 +175,6 @@ async fn bundle(
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("ETag"),
-    );
     // revalidate each time: the ETag makes that cheap
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
