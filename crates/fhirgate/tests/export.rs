@@ -1282,8 +1282,11 @@ async fn finished_jobs_expire_and_are_swept() {
     let exporter = fhirgate_smart::register_export(
         &mut registry,
         &setup,
+        // expiry counts whole seconds from the completion's second: 1 s could leave the
+        // manifest only milliseconds before it expires, too short for the status poll that
+        // fetches it on a loaded machine
         fhirgate_smart::export::ExportSettings {
-            expiry_secs: 1,
+            expiry_secs: 5,
             ..Default::default()
         },
     )
@@ -1307,7 +1310,7 @@ async fn finished_jobs_expire_and_are_swept() {
     let job = status.rsplit('/').next().unwrap().to_string();
     let files = store.data_dir().unwrap().join("exports").join(&job);
     assert!(files.join("Patient.ndjson").exists());
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(6100)).await;
     for url in [
         &status,
         &manifest["output"][0]["url"].as_str().unwrap().to_string(),
