@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::process::{free_port, wait_listening};
 use common::shared_or_not_run;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -181,14 +182,6 @@ fn routes_prints_the_table() {
     assert_eq!(read["public"], false);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Server {
     child: std::process::Child,
     base: String,
@@ -202,7 +195,7 @@ impl Server {
     /// [`Server::start`] with `dir` as the working directory (where `data/` goes).
     fn start_in(dir: &Path, config: &Path) -> Server {
         let port = free_port();
-        let child = bin()
+        let mut child = bin()
             .current_dir(dir)
             .args([
                 "serve",
@@ -216,10 +209,13 @@ impl Server {
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(why) = wait_listening(port, &mut child, Duration::from_secs(20)) {
+            let mut log = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                use std::io::Read;
+                let _ = err.read_to_string(&mut log);
+            }
+            panic!("{why}: {log}");
         }
         Server { child, base }
     }

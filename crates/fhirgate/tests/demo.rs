@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::process::{free_port, wait_listening};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,14 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::browser::{Browser, Page};
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A running `fhirgate serve`; its stdout (the banner) and stderr (the log) collected.
 struct Serve {
@@ -71,14 +64,9 @@ impl Serve {
         };
         let stdout = collect(Box::new(child.stdout.take().unwrap()));
         let stderr = collect(Box::new(child.stderr.take().unwrap()));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
-                panic!("fhirgate exited with {status}:\n{}", stderr.lock().unwrap());
-            }
-            assert!(Instant::now() < deadline, "fhirgate did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(why) = wait_listening(port, &mut child, Duration::from_secs(60)) {
+            std::thread::sleep(Duration::from_millis(100)); // the reader thread's last lines
+            panic!("{why}:\n{}", stderr.lock().unwrap());
         }
         Serve {
             child,

@@ -5,20 +5,13 @@
 
 mod common;
 
+use common::process::free_port;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn fhirgate(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_fhirgate"));

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::process::{free_port, wait_listening};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,14 +22,6 @@ fn bin() -> Command {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A project whose seed service declares a policy, a user with a password and a patient (type
@@ -90,16 +83,11 @@ impl Server {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "serve exited with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(why) = wait_listening(port, &mut child, Duration::from_secs(30)) {
+            panic!(
+                "{why}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         Server {
             child,

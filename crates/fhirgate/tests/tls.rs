@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::process::{free_port, wait_listening};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -71,14 +72,6 @@ fn self_signed(kind: &str) -> (PathBuf, PathBuf, PathBuf) {
     (dir.clone(), dir.join("cert.pem"), dir.join("key.pem"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Server {
     child: std::process::Child,
     port: u16,
@@ -92,7 +85,7 @@ impl Server {
     /// [`Server::start`] with `extra` arguments (`--demo`, …).
     fn start_with(dir: &Path, cert: &Path, key: &Path, extra: &[&str]) -> Server {
         let port = free_port();
-        let child = bin()
+        let mut child = bin()
             .args(["serve", "--config"])
             .arg(common::root_core_edn())
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -109,10 +102,8 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(why) = wait_listening(port, &mut child, Duration::from_secs(30)) {
+            panic!("{why}");
         }
         Server { child, port }
     }

@@ -4,23 +4,15 @@
 
 mod common;
 
-use std::net::TcpStream;
+use common::process::{free_port, wait_listening};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::browser::{Browser, pkce};
 use serde_json::{Value, json};
 
 const ROOT_SECRET: &str = "two-process-root-secret";
 const REDIRECT: &str = "http://app.test/cb";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Proc(Child);
 
@@ -32,7 +24,7 @@ impl Drop for Proc {
 }
 
 fn spawn(port: u16, base_url: &str, db: &str) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
         .args([
             "serve",
             "--config",
@@ -50,10 +42,8 @@ fn spawn(port: u16, base_url: &str, db: &str) -> Proc {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "fhirgate did not start");
-        std::thread::sleep(Duration::from_millis(50));
+    if let Err(why) = wait_listening(port, &mut child, Duration::from_secs(30)) {
+        panic!("{why} (its stderr is above)");
     }
     Proc(child)
 }
