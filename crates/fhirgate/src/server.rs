@@ -103,7 +103,8 @@ pub async fn prepare(
     crate::seed::seed_all_with(store.as_ref(), project, demo_data, &options.seeds).await?;
     let demo = options
         .demo
-        .then(|| crate::demo::Demo::new(&options.base_url, bases.clone()));
+        .then(|| crate::demo::Demo::new(&options.base_url, bases.clone()))
+        .transpose()?;
     let provider_roles =
         fhirgate_smart::standing::ProviderRoles::new(project.provider_roles.iter().cloned());
     let mut auth_config = AuthConfig::new(&options.base_url, bases);

@@ -217,10 +217,9 @@ async fn demo_mode_from_a_fresh_folder() {
     let mut b = Browser::new(&base);
     let start = b.get(demo_url).await;
     assert_eq!(start.status, 200);
-    assert!(
-        start
-            .body
-            .contains(&format!("action=\"{base}/demo/standalone\"")),
+    assert_eq!(
+        start.form_action(),
+        Some(format!("{base}/demo/standalone")),
         "{}",
         start.body
     );

@@ -253,7 +253,7 @@ fn the_demo_runs_over_https() {
             .unwrap();
         let page = client.get(format!("{base}/demo")).send().await.unwrap();
         assert_eq!(page.status(), 200);
-        let page = page.text().await.unwrap();
+        let page = common::browser::unescape(&page.text().await.unwrap());
         assert!(page.contains(&format!("{base}/smart")), "{page}");
         assert!(!page.contains("http://127.0.0.1"), "{page}");
         let bundle = common::demo_backend_patients(&client, &base).await;

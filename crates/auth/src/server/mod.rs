@@ -32,7 +32,7 @@ use records::{KEY, NODE, REVOKED, Records};
 pub use authorize::ClientAddr;
 pub use manage::{Launch, LaunchError, id_of};
 pub use records::LaunchContext;
-pub use web::basic_credentials;
+pub use web::{basic_credentials, cookies, set_cookie};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

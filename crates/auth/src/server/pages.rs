@@ -16,7 +16,7 @@ h1{font-size:1.4rem} fieldset{border:1px solid #ccc;border-radius:6px;margin:1re
 label{display:block;margin:.4rem 0} .hint{color:#555;font-size:.9rem} .error{color:#b00020}
 button{padding:.5rem 1.2rem;margin-right:.5rem} input[type=text],input[type=password]{width:100%;padding:.4rem}
 table{border-collapse:collapse;width:100%} td,th{border-bottom:1px solid #ddd;padding:.4rem;text-align:left}
-</style></head><body>{% block body %}{% endblock %}</body></html>"#;
+{% block style %}{% endblock %}</style></head><body>{% block body %}{% endblock %}</body></html>"#;
 
 const ERROR: &str = r#"{% extends "layout" %}{% block title %}{{ title }}{% endblock %}
 {% block body %}<h1>{{ title }}</h1><p class="error" id="error">{{ message }}</p>{% endblock %}"#;
@@ -113,6 +113,15 @@ pub struct Pages {
 
 impl Pages {
     pub fn new() -> Result<Pages, minijinja::Error> {
+        Pages::with_templates(&[])
+    }
+
+    /// These pages and `extra` templates of the caller's (name, source), which may extend
+    /// `"layout"` (its blocks: `title`, `style` for more CSS, `body`): the demo app's pages
+    /// look like the auth pages and escape the same way.
+    pub fn with_templates(
+        extra: &[(&'static str, &'static str)],
+    ) -> Result<Pages, minijinja::Error> {
         let mut env = Environment::new();
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
         for (name, src) in [
@@ -124,7 +133,10 @@ impl Pages {
             ("consent", CONSENT),
             ("grants", GRANTS),
             ("apps", APPS),
-        ] {
+        ]
+        .iter()
+        .chain(extra)
+        {
             env.add_template(name, src)?;
         }
         Ok(Pages { env })

@@ -46,7 +46,8 @@ impl Page {
     }
 }
 
-fn unescape(s: &str) -> String {
+/// The text of HTML-escaped `s` (what minijinja's auto-escaping wrote).
+pub fn unescape(s: &str) -> String {
     s.replace("&amp;", "&")
         .replace("&quot;", "\"")
         .replace("&#x27;", "'")
