@@ -69,7 +69,7 @@ pub fn reserved_collision(
         None => None, // the root path itself: only `PUT /` is reserved, checked by the caller
         Some(None) => Some("a path parameter as the first segment would shadow fhirgate's built-in routes (/auth, /rpc, /health, admin /{ResourceType})".into()),
         Some(Some(seg)) => {
-            if matches!(seg, "auth" | "rpc" | "health" | "demo" | "brands.json") {
+            if matches!(seg, "auth" | "rpc" | "health" | "demo" | "brands.json" | "metrics") {
                 Some(format!("/{seg} is a built-in fhirgate route"))
             } else if seg.starts_with(|c: char| c.is_ascii_uppercase()) {
                 Some(format!("/{seg} collides with the admin REST route /{{ResourceType}}"))

@@ -100,6 +100,9 @@ pub fn build_app(
             builtin = builtin.merge(crate::rpc::routes(admin.clone(), auth.clone()));
         }
     }
+    if let Some(admin) = &settings.admin {
+        builtin = builtin.merge(crate::telemetry::routes(Some(admin.clone())));
+    }
     if let Some(demo) = &settings.demo {
         builtin = builtin.merge(crate::demo::routes(demo.clone()));
     }
@@ -135,7 +138,11 @@ pub fn build_app(
                 "internal error",
             )
         }))
-        .layer(TraceLayer::new_for_http());
+        .layer(axum::middleware::from_fn(crate::telemetry::http_metrics))
+        .layer(TraceLayer::new_for_http().make_span_with(crate::telemetry::request_span))
+        .layer(axum::middleware::from_fn(crate::telemetry::request_id));
+    // the process's metrics recorder, so that the libraries' metrics are kept from the start
+    let _ = crate::telemetry::recorder();
     Ok(app)
 }
 

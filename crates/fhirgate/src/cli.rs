@@ -233,6 +233,14 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(60..)
     )]
     pub export_expiry: u32,
+    /// How log lines on stderr are written: `text`, or `json` (one object per line, with the
+    /// request's `request_id`) for a log pipeline. `RUST_LOG` filters them.
+    #[arg(long, env = "FHIRGATE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::telemetry::LogFormat,
+    /// Also serve `GET /metrics` (Prometheus text) on this address, without authentication:
+    /// keep it internal. On the main address `/metrics` needs admin authentication.
+    #[arg(long, env = "FHIRGATE_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Check a base URL: absolute http(s), a host, no trailing slash, no query or fragment.

@@ -12,6 +12,7 @@ pub mod policy_lint;
 pub mod rpc;
 pub mod seed;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 
 pub use app::{Settings, build_app, load_project, registry, registry_with};

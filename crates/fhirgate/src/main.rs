@@ -27,13 +27,41 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("fhirgate: {e:#}");
+            say("error", format!("fhirgate: {e:#}"));
             ExitCode::FAILURE
         }
     }
 }
 
+/// Whether `serve --log-format json` runs: then every stderr line is a JSON object, and what
+/// the other commands print as plain lines goes through `tracing` instead ([`say`]).
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A message for the operator on stderr: the line itself, or with JSON logs a `tracing` event of
+/// `level` (`"error"`, `"warn"` or `"info"`).
+fn say(level: &str, msg: impl std::fmt::Display) {
+    if !JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{msg}");
+        return;
+    }
+    match level {
+        "error" => tracing::error!("{msg}"),
+        "warn" => tracing::warn!("{msg}"),
+        _ => tracing::info!("{msg}"),
+    }
+}
+
 fn print_diagnostics(diags: &[Diagnostic]) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        for d in diags {
+            let level = match d.severity {
+                fhirgate_edn::Severity::Error => "error",
+                _ => "warn",
+            };
+            say(level, d);
+        }
+        return;
+    }
     let mut err = std::io::stderr().lock();
     for d in diags {
         let _ = writeln!(err, "{d}");
@@ -43,8 +71,9 @@ fn print_diagnostics(diags: &[Diagnostic]) {
 /// Load the project, printing its diagnostics; `None` when it has errors.
 fn load(path: &std::path::Path, registry: &fhirgate_router::Registry) -> Option<Project> {
     if fhirgate::app::uses_embedded(path) {
-        eprintln!(
-            "fhirgate: no ./core.edn here; using the embedded default project (pass --config FILE for yours)"
+        say(
+            "info",
+            "fhirgate: no ./core.edn here; using the embedded default project (pass --config FILE for yours)",
         );
     }
     match load_project(path, registry) {
@@ -180,17 +209,15 @@ fn routes(args: &RoutesArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    fhirgate::telemetry::init_logs(args.log_format);
+    JSON_LOGS.store(
+        args.log_format == fhirgate::telemetry::LogFormat::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let base_url = match validate_base_url(&args.base_url) {
         Ok(u) => u,
         Err(msg) => {
-            eprintln!("fhirgate: {msg}");
+            say("error", format!("fhirgate: {msg}"));
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -204,7 +231,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     {
         Ok(tls) => tls,
         Err(msg) => {
-            eprintln!("fhirgate: {msg}");
+            say("error", format!("fhirgate: {msg}"));
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -215,13 +242,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(l) => l,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                eprintln!("fhirgate: cannot listen on {}: the address is in use (another fhirgate?); pick another with --listen or FHIRGATE_LISTEN", args.listen);
+                say("error", format!("fhirgate: cannot listen on {}: the address is in use (another fhirgate?); pick another with --listen or FHIRGATE_LISTEN", args.listen));
                 return Ok(ExitCode::FAILURE);
             }
             Err(e) => {
-                eprintln!("fhirgate: cannot listen on {}: {e}", args.listen);
+                say("error", format!("fhirgate: cannot listen on {}: {e}", args.listen));
                 return Ok(ExitCode::FAILURE);
             }
+        };
+        let metrics_listener = match args.metrics_listen {
+            None => None,
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    say("error", format!("fhirgate: cannot listen on {addr} (--metrics-listen): {e}"));
+                    return Ok(ExitCode::FAILURE);
+                }
+            },
         };
         let Some(store) = open_store_or_report(&args.database_url).await else {
             return Ok(ExitCode::FAILURE);
@@ -246,12 +283,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let prepared = match fhirgate::server::prepare(&project, store, &options).await {
             Ok(p) => p,
             Err(msg) => {
-                eprintln!("fhirgate: {msg}");
+                say("error", format!("fhirgate: {msg}"));
                 return Ok(ExitCode::FAILURE);
             }
         };
         if let fhirgate::admin::RootSecret::Generated(secret) = &prepared.root {
-            eprintln!("fhirgate: generated the secret of the admin client `root` (shown once, stored hashed):\n\n    {secret}\n\n  use it as HTTP Basic root:SECRET, or set FHIRGATE_ROOT_SECRET to choose your own");
+            if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+                // never into a log pipeline: whoever needs root sets FHIRGATE_ROOT_SECRET
+                say("warn", "fhirgate: generated a secret for the admin client `root` (stored hashed); JSON logs do not show it: set FHIRGATE_ROOT_SECRET to choose your own");
+            } else {
+                eprintln!("fhirgate: generated the secret of the admin client `root` (shown once, stored hashed):\n\n    {secret}\n\n  use it as HTTP Basic root:SECRET, or set FHIRGATE_ROOT_SECRET to choose your own");
+            }
         }
         let app = prepared.app;
         let local = listener.local_addr()?;
@@ -274,6 +316,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{}", fhirgate::demo::banner(&base_url, &bases));
             let _ = out.flush();
+        }
+        if let Some(listener) = metrics_listener {
+            let metrics = fhirgate::telemetry::routes(None)
+                .into_make_service_with_connect_info::<std::net::SocketAddr>();
+            tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, metrics).await {
+                    tracing::error!("the metrics listener stopped: {e}");
+                }
+            });
         }
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         match tls {
@@ -390,7 +442,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn open_store_or_report(url: &str) -> Option<std::sync::Arc<dyn fhirgate_store::Store>> {
     open_store(url)
         .await
-        .map_err(|msg| eprintln!("fhirgate: {msg}"))
+        .map_err(|msg| say("error", format!("fhirgate: {msg}")))
         .ok()
 }
 

@@ -23,6 +23,7 @@ pub mod matcher;
 pub mod outcome;
 mod params;
 mod registry;
+pub mod request_id;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -78,11 +79,19 @@ impl RouteMatch {
     }
 }
 
+/// The route template that answered a request (`/smart/Patient/{id}`), set as a response
+/// extension by [`ProjectRouter`]: what metrics label a request with — never the path itself,
+/// whose ids would make labels unbounded.
+#[derive(Clone, Debug)]
+pub struct RouteTemplate(pub Arc<str>);
+
 /// The project's routes as one tower service: match, then run the route's stack.
 #[derive(Clone)]
 pub struct ProjectRouter {
     matcher: Arc<Matcher>,
     routes: Arc<[(Arc<Route>, RouteService)]>,
+    /// Per route: its template, for [`RouteTemplate`].
+    templates: Arc<[RouteTemplate]>,
     /// Per route: whether OPTIONS requests reach its stack ([`Registry::accept_options`]).
     options: Arc<[bool]>,
 }
@@ -94,16 +103,19 @@ impl ProjectRouter {
         let mut matcher = Matcher::default();
         let mut routes = Vec::with_capacity(project.routes.routes.len());
         let mut options = Vec::with_capacity(project.routes.routes.len());
+        let mut templates = Vec::with_capacity(project.routes.routes.len());
         for (i, route) in project.routes.routes.iter().enumerate() {
             let route = route.clone();
             let service = registry.build_stack(&route, &project.routes)?;
             matcher.insert(&route.segments, route.method, i);
             options.push(registry.accepts_options(&route.action));
+            templates.push(RouteTemplate(route.path().into()));
             routes.push((route, service));
         }
         Ok(ProjectRouter {
             matcher: Arc::new(matcher),
             routes: routes.into(),
+            templates: templates.into(),
             options: options.into(),
         })
     }
@@ -119,7 +131,10 @@ impl ProjectRouter {
         axum::Router::new().fallback_service(self)
     }
 
-    fn dispatch(&self, mut req: Request) -> Result<(RouteService, Request), Response> {
+    fn dispatch(
+        &self,
+        mut req: Request,
+    ) -> Result<(RouteService, RouteTemplate, Request), Response> {
         let method = match *req.method() {
             http::Method::GET | http::Method::HEAD => Some(Method::Get),
             http::Method::POST => Some(Method::Post),
@@ -156,7 +171,8 @@ impl ProjectRouter {
             route: route.clone(),
             params: params.into(),
         });
-        Ok((service.clone(), req))
+        let template = self.templates[index].clone();
+        Ok((service.clone(), template, req))
     }
 
     fn not_allowed(&self, path: &str) -> Response {
@@ -198,7 +214,11 @@ impl Service<Request> for ProjectRouter {
 
     fn call(&mut self, req: Request) -> Self::Future {
         match self.dispatch(req) {
-            Ok((mut service, req)) => Box::pin(async move { service.call(req).await }),
+            Ok((mut service, template, req)) => Box::pin(async move {
+                let mut resp = service.call(req).await?;
+                resp.extensions_mut().insert(template);
+                Ok(resp)
+            }),
             Err(resp) => Box::pin(async move { Ok(resp) }),
         }
     }

@@ -9,18 +9,21 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 
 /// The OperationOutcome JSON with one error issue.
 pub fn body(code: &str, diagnostics: &str) -> serde_json::Value {
-    serde_json::json!({
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}]
-    })
+    body_with("error", code, diagnostics)
 }
 
-/// An OperationOutcome with one issue of `severity` (`information`, `warning`, …).
+/// An OperationOutcome with one issue of `severity` (`information`, `warning`, …). Inside a
+/// request its `id` is the request's id ([`crate::request_id`]), the `x-request-id` of the
+/// response and of the server's log lines.
 pub fn body_with(severity: &str, code: &str, diagnostics: &str) -> serde_json::Value {
-    serde_json::json!({
+    let mut outcome = serde_json::json!({
         "resourceType": "OperationOutcome",
         "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}]
-    })
+    });
+    if let Some(id) = crate::request_id::current() {
+        outcome["id"] = serde_json::Value::String(id.to_string());
+    }
+    outcome
 }
 
 /// A response carrying an OperationOutcome; `code` is a FHIR IssueType (`invalid`, `not-found`…).
