@@ -82,13 +82,72 @@ pub fn uses_embedded(path: &Path) -> bool {
     path == Path::new(DEFAULT_CONFIG) && !path.exists()
 }
 
+/// The project's routes as the app serves them, replaceable while it runs (hot reload): each
+/// request takes the routes current when it arrives and finishes on them; a [`swap`] affects
+/// only the requests that arrive after it.
+///
+/// [`swap`]: ProjectSwap::swap
+#[derive(Clone)]
+pub struct ProjectSwap {
+    current: std::sync::Arc<std::sync::RwLock<axum::Router>>,
+}
+
+impl ProjectSwap {
+    fn new(router: axum::Router) -> ProjectSwap {
+        ProjectSwap {
+            current: std::sync::Arc::new(std::sync::RwLock::new(router)),
+        }
+    }
+
+    /// Serve `routes` from now on.
+    pub fn swap(&self, routes: ProjectRouter) {
+        let router = routes.into_router();
+        match self.current.write() {
+            Ok(mut g) => *g = router,
+            Err(poisoned) => *poisoned.into_inner() = router,
+        }
+    }
+
+    fn current(&self) -> axum::Router {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The service that answers with the current routes.
+    fn into_service(
+        self,
+    ) -> impl tower::Service<
+        axum::extract::Request,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send {
+        let swap = self;
+        tower::service_fn(move |req: axum::extract::Request| {
+            tower::ServiceExt::oneshot(swap.current(), req)
+        })
+    }
+}
+
 /// The whole HTTP app: built-in routes first, then the project's routes, under global layers.
 pub fn build_app(
     settings: &Settings,
     project: &Project,
     registry: &Registry,
 ) -> Result<axum::Router, BuildError> {
-    let project_router = ProjectRouter::new(project, registry)?;
+    build_swappable_app(settings, project, registry).map(|(app, _)| app)
+}
+
+/// [`build_app`], and the handle that replaces its project routes.
+pub fn build_swappable_app(
+    settings: &Settings,
+    project: &Project,
+    registry: &Registry,
+) -> Result<(axum::Router, ProjectSwap), BuildError> {
+    let swap = ProjectSwap::new(ProjectRouter::new(project, registry)?.into_router());
     let store = settings.store.clone();
     let mut builtin = axum::Router::new().route("/health", get(move || health(store.clone())));
     if let Some(auth) = &settings.auth {
@@ -106,7 +165,7 @@ pub fn build_app(
     if let Some(demo) = &settings.demo {
         builtin = builtin.merge(crate::demo::routes(demo.clone()));
     }
-    let project = project_router.into_router();
+    let project = axum::Router::new().fallback_service(swap.clone().into_service());
     // Admin REST owns `PUT /` and every path whose first segment is a resource type
     // (capitalised); the project owns the rest (validation keeps EDN routes out of that space).
     let rest = match &settings.admin {
@@ -143,7 +202,7 @@ pub fn build_app(
         .layer(axum::middleware::from_fn(crate::telemetry::request_id));
     // the process's metrics recorder, so that the libraries' metrics are kept from the start
     let _ = crate::telemetry::recorder();
-    Ok(app)
+    Ok((app, swap))
 }
 
 fn is_admin_path(method: &http::Method, path: &str) -> bool {

@@ -241,6 +241,10 @@ pub struct ServeArgs {
     /// keep it internal. On the main address `/metrics` needs admin authentication.
     #[arg(long, env = "FHIRGATE_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Reload the project when one of its files changes (development; SIGHUP reloads it
+    /// always). A project with errors is reported and the old one keeps serving.
+    #[arg(long, env = "FHIRGATE_WATCH")]
+    pub watch: bool,
 }
 
 /// Check a base URL: absolute http(s), a host, no trailing slash, no query or fragment.

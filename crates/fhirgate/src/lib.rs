@@ -9,6 +9,7 @@ pub mod demo;
 pub mod export;
 pub mod load;
 pub mod policy_lint;
+pub mod reload;
 pub mod rpc;
 pub mod seed;
 pub mod server;

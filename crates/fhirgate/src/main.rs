@@ -296,6 +296,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
         let app = prepared.app;
+        // installed now, not when the task first runs: until then SIGHUP would end the process
+        let hangups =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        tokio::spawn(reload_on_sighup(
+            hangups,
+            prepared.reloader.clone(),
+            args.config.clone(),
+        ));
+        if args.watch {
+            tokio::spawn(fhirgate::reload::watch(
+                prepared.reloader.clone(),
+                args.config.clone(),
+                project.root_dir.clone(),
+                |outcome| report_reload(&outcome),
+            ));
+        }
         let local = listener.local_addr()?;
         tracing::info!(
             "fhirgate listening on {}://{local} ({} routes from {}; base URL {})",
@@ -339,6 +355,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("fhirgate stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Reload the project at each SIGHUP.
+async fn reload_on_sighup(
+    hangups: Option<tokio::signal::unix::Signal>,
+    reloader: fhirgate::server::Reloader,
+    config: std::path::PathBuf,
+) {
+    let Some(mut hup) = hangups else {
+        tracing::warn!("cannot listen for SIGHUP: the project is not reloadable by signal");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        report_reload(&reloader.reload(&config).await);
+    }
+}
+
+fn report_reload(outcome: &Result<String, fhirgate::server::ReloadError>) {
+    match outcome {
+        Ok(done) => tracing::info!("{done}"),
+        Err(why) => tracing::error!("reload refused; the previous project keeps serving:\n{why}"),
+    }
 }
 
 fn load_files(args: LoadArgs) -> anyhow::Result<ExitCode> {

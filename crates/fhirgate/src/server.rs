@@ -9,7 +9,7 @@ use fhirgate_config::Project;
 use fhirgate_store::Store;
 
 use crate::admin::{Admin, RootSecret};
-use crate::app::{Settings, build_app, registry_with};
+use crate::app::{ProjectSwap, Settings, registry_with};
 
 /// What `serve` needs besides the project and the store.
 #[derive(Debug, Clone)]
@@ -58,6 +58,8 @@ impl ServeOptions {
 /// The assembled server.
 pub struct Prepared {
     pub app: axum::Router,
+    /// Reloads the project into `app` (SIGHUP, `serve --watch`).
+    pub reloader: Reloader,
     pub auth: Arc<AuthServer>,
     pub admin: Arc<Admin>,
     pub root: RootSecret,
@@ -160,12 +162,109 @@ pub async fn prepare(
         auth: Some(auth.clone()),
         demo: demo.clone(),
     };
-    let app = build_app(&settings, project, &registry).map_err(|e| e.to_string())?;
+    let (app, swap) = crate::app::build_swappable_app(&settings, project, &registry)
+        .map_err(|e| e.to_string())?;
+    let reloader = Reloader {
+        registry,
+        store: settings.store.clone(),
+        options: options.clone(),
+        swap,
+        bases: fhir_bases(project, &options.base_url),
+        provider_roles: project.provider_roles.clone(),
+        one_at_a_time: Arc::new(tokio::sync::Mutex::new(())),
+    };
     Ok(Prepared {
         app,
+        reloader,
         auth,
         admin,
         root,
         demo,
     })
+}
+
+/// Hot reload: load the project again and, when it is valid, serve its routes from the next
+/// request on (requests in flight finish on the routes they started with) and upsert its seeds.
+/// What the authorization server was started with — the FHIR bases (token audiences) and the
+/// provider roles — cannot change this way: a project that changes them is refused with the
+/// reason, and the old routes keep serving.
+#[derive(Clone)]
+pub struct Reloader {
+    registry: fhirgate_router::Registry,
+    store: Option<Arc<dyn Store>>,
+    options: ServeOptions,
+    swap: ProjectSwap,
+    bases: Vec<String>,
+    provider_roles: Vec<String>,
+    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Why a reload left the old project serving.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The project has errors (its diagnostics).
+    Invalid(Vec<fhirgate_config::Diagnostic>),
+    /// It is valid but cannot be applied without a restart, or its seeds failed.
+    Refused(String),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Invalid(diags) => {
+                let errors = diags
+                    .iter()
+                    .filter(|d| matches!(d.severity, fhirgate_edn::Severity::Error));
+                for (i, d) in errors.enumerate() {
+                    if i > 0 {
+                        f.write_str("\n")?;
+                    }
+                    write!(f, "{d}")?;
+                }
+                Ok(())
+            }
+            ReloadError::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+impl Reloader {
+    /// Reload from `path` (as `serve --config` names it). `Ok` says what now serves.
+    pub async fn reload(&self, path: &std::path::Path) -> Result<String, ReloadError> {
+        let _one = self.one_at_a_time.lock().await;
+        let project =
+            crate::app::load_project(path, &self.registry).map_err(ReloadError::Invalid)?;
+        let bases = fhir_bases(&project, &self.options.base_url);
+        if bases != self.bases {
+            return Err(ReloadError::Refused(format!(
+                "the project's FHIR bases changed ({} → {}); the authorization server's audiences follow them only at a restart",
+                self.bases.join(", "),
+                bases.join(", ")
+            )));
+        }
+        if project.provider_roles != self.provider_roles {
+            return Err(ReloadError::Refused(
+                "the project's provider roles changed; they apply only at a restart".into(),
+            ));
+        }
+        let routes = fhirgate_router::ProjectRouter::new(&project, &self.registry)
+            .map_err(|e| ReloadError::Refused(e.to_string()))?;
+        if let Some(store) = &self.store {
+            let demo = self
+                .options
+                .demo
+                .then(|| crate::demo::seed_source(&self.options.base_url))
+                .transpose()
+                .map_err(ReloadError::Refused)?;
+            crate::seed::seed_all_with(store.as_ref(), &project, demo, &self.options.seeds)
+                .await
+                .map_err(|e| ReloadError::Refused(format!("its seeds failed: {e}")))?;
+        }
+        let count = project.routes.routes.len();
+        self.swap.swap(routes);
+        Ok(format!(
+            "reloaded {}: {count} routes",
+            project.entry.display()
+        ))
+    }
 }
