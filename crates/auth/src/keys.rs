@@ -298,16 +298,10 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::now;
 
     const ISS: &str = "http://localhost:8080";
     const AUD: &str = "http://localhost:8080/smart";
-
-    fn now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
 
     fn claims(exp: u64) -> Value {
         json!({"iss": ISS, "aud": AUD, "sub": "u1", "exp": exp, "scope": "patient/*.rs"})

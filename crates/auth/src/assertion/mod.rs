@@ -48,7 +48,7 @@ mod verifier;
 
 pub use verifier::AssertionVerifier;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fhirgate_store::StoreError;
 
@@ -188,11 +188,4 @@ pub fn claimed_client_id(assertion: &str) -> Result<String, AssertionError> {
         .or(claims.iss)
         .filter(|s| !s.is_empty())
         .ok_or(AssertionError::Subject(None))
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

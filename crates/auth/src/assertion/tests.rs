@@ -14,6 +14,7 @@ use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 
 use crate::keys::LEEWAY_SECS;
+use crate::tokens::unix_now;
 
 use super::*;
 

@@ -12,11 +12,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::keys::LEEWAY_SECS;
+use crate::tokens::unix_now;
 
 use super::jwks::{Inline, Remote};
 use super::{
     AssertionError, JTI_KIND, JWKS_FETCH_TIMEOUT, JWKS_REFETCH_INTERVAL, Jws, MAX_ASSERTION_BYTES,
-    MAX_LIFETIME_SECS, unix_now,
+    MAX_LIFETIME_SECS,
 };
 
 /// Verifies client assertions. One per server: it holds the HTTP client for `jwks_uri`s and the

@@ -26,7 +26,7 @@ use crate::assertion::AssertionVerifier;
 use crate::keys::{Algorithm, KeyError, Keyring, SigningKey};
 use crate::secrets::SecretCache;
 use crate::throttle::FailureThrottle;
-use crate::tokens::{RandomError, RandomSource, SystemRandomSource, TokenVerifier};
+use crate::tokens::{RandomError, RandomSource, SystemRandomSource, TokenVerifier, unix_now};
 use records::{KEY, NODE, REVOKED, Records};
 
 pub use authorize::ClientAddr;
@@ -261,7 +261,7 @@ impl AuthServer {
                 &key,
                 None,
                 &serde_json::json!({}),
-                records::unix_now() + records::GRANT_TTL,
+                unix_now() + records::GRANT_TTL,
             )
             .await
         {
@@ -278,7 +278,7 @@ impl AuthServer {
             self.records.set(records::GRANT, &rec, &g).await?;
         }
         self.verifier
-            .revoke_grant(grant, revocation_until(records::unix_now()));
+            .revoke_grant(grant, revocation_until(unix_now()));
         self.await_acknowledgements(&key).await
     }
 
@@ -384,7 +384,7 @@ impl AuthServer {
     /// new kids.
     pub async fn rotate_keys(&self) -> Result<Vec<String>, StartError> {
         let state = self.records.state.as_ref();
-        let now = records::unix_now();
+        let now = unix_now();
         let mut kids = Vec::new();
         for alg in [Algorithm::ES256, Algorithm::RS256] {
             let name = format!("current:{alg:?}");
@@ -432,7 +432,7 @@ async fn load_revocations(
     state: &dyn AuthState,
     verifier: &TokenVerifier,
 ) -> Result<(), StartError> {
-    let now = records::unix_now();
+    let now = unix_now();
     for r in state.list(REVOKED).await? {
         // a revocation older than any access token's lifetime covers no live token
         if revocation_until(r.created_at) >= now as u64 {
@@ -472,7 +472,7 @@ async fn register_node(
     state: &dyn AuthState,
     node: &str,
 ) -> Result<(), fhirgate_store::StoreError> {
-    let expires = records::unix_now() + NODE_TTL;
+    let expires = unix_now() + NODE_TTL;
     let value = serde_json::json!({});
     if !state.replace(NODE, node, &value, expires).await? {
         state.insert(NODE, node, None, &value, expires).await?;
@@ -522,7 +522,7 @@ async fn follow_revocations(
                 }
             }
             Ok(e) if e.starts_with("grant:") || e.starts_with("jti:") => {
-                apply_revocation(&verifier, &e, records::unix_now());
+                apply_revocation(&verifier, &e, unix_now());
                 if let Err(err) = state.publish(&format!("ack:{node}:{e}")).await {
                     tracing::warn!("acknowledging revocation {e} failed: {err}");
                 }

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::tokens::now;
+use crate::tokens::unix_now;
 
 /// Record kinds.
 pub const CODE: &str = "code";
@@ -45,10 +45,6 @@ pub fn hashed(secret: &str) -> String {
         &aws_lc_rs::digest::SHA256,
         secret.as_bytes(),
     ))
-}
-
-pub fn unix_now() -> i64 {
-    now() as i64
 }
 
 /// Launch context, as the token response and introspection report it.

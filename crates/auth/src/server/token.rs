@@ -15,12 +15,10 @@ use super::AuthServer;
 use super::authorize::ClientAddr;
 use super::authorize::is_form;
 use super::clients::{ClientAuth, ClientInfo};
-use super::records::{
-    CODE, CodeRecord, GRANT, GrantRecord, REFRESH, RefreshRecord, Use, hashed, unix_now,
-};
+use super::records::{CODE, CodeRecord, GRANT, GrantRecord, REFRESH, RefreshRecord, Use, hashed};
 use super::web::{Params, basic_credentials, client_throttled, json_no_store, oauth_error};
 use crate::keys::Algorithm;
-use crate::tokens::AccessClaims;
+use crate::tokens::{AccessClaims, unix_now};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 

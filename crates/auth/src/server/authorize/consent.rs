@@ -17,7 +17,8 @@ use serde_json::Value;
 use super::{form_request, internal, offered_scopes, pending_return};
 use crate::server::AuthServer;
 use crate::server::clients::ClientInfo;
-use crate::server::records::{GrantRecord, PENDING, Pending, unix_now};
+use crate::server::records::{GrantRecord, PENDING, Pending};
+use crate::tokens::unix_now;
 
 impl AuthServer {
     pub(super) async fn consent_page(

@@ -16,9 +16,10 @@ use super::{fhir_user_reference, internal, offered_scopes, pending_return};
 use crate::server::AuthServer;
 use crate::server::records::{
     self, CODE, CODE_TTL, CodeRecord, GRANT, GRANT_TTL, GrantRecord, PENDING, Pending,
-    SessionRecord, hashed, unix_now,
+    SessionRecord, hashed,
 };
 use crate::server::web::{redirect, with_query};
+use crate::tokens::unix_now;
 
 /// Whether a patient must be in context for `scopes`.
 fn needs_patient(scopes: &ScopeSet) -> bool {

@@ -13,10 +13,9 @@ use serde_json::Value;
 
 use super::{ClientAddr, internal, is_form};
 use crate::server::AuthServer;
-use crate::server::records::{
-    PENDING, Pending, SESSION, SESSION_TTL, SessionRecord, hashed, unix_now,
-};
+use crate::server::records::{PENDING, Pending, SESSION, SESSION_TTL, SessionRecord, hashed};
 use crate::server::web::{self, Params, SESSION_COOKIE, redirect, with_query};
+use crate::tokens::unix_now;
 
 impl AuthServer {
     /// The key under which the sign-in session of `headers` is stored, if there is one.
