@@ -1,14 +1,13 @@
 //! A compact JWS split into its parts, its header read (`alg` on the allow-list, no `crit`),
 //! its signature checked and its payload read as claims.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::verifier::Claims;
 use super::{AssertionAlg, AssertionError};
+use crate::keys::decode_jwt_part;
 
 /// A compact JWS, split and its header read.
 pub(super) struct Jws<'a> {
@@ -36,11 +35,8 @@ impl<'a> Jws<'a> {
         else {
             return Err(malformed("not three dot-separated parts"));
         };
-        let header: Header = B64
-            .decode(header)
-            .ok()
-            .and_then(|h| serde_json::from_slice(&h).ok())
-            .ok_or_else(|| malformed("the header is not base64url JSON"))?;
+        let header: Header =
+            decode_jwt_part(header).ok_or_else(|| malformed("the header is not base64url JSON"))?;
         let alg = header.alg.ok_or_else(|| malformed("no alg"))?;
         let alg = AssertionAlg::parse(&alg).ok_or(AssertionError::AlgorithmNotAllowed(alg))?;
         if header.crit.is_some() {
@@ -68,11 +64,8 @@ impl<'a> Jws<'a> {
     }
 
     pub(super) fn claims(&self) -> Result<Claims, AssertionError> {
-        B64.decode(self.payload)
-            .ok()
-            .and_then(|p| serde_json::from_slice(&p).ok())
-            .ok_or_else(|| {
-                AssertionError::Malformed("the payload is not a JSON claims object".into())
-            })
+        decode_jwt_part(self.payload).ok_or_else(|| {
+            AssertionError::Malformed("the payload is not a JSON claims object".into())
+        })
     }
 }

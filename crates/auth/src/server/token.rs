@@ -20,8 +20,6 @@ use super::web::{Params, basic_credentials, client_throttled, json_no_store, oau
 use crate::keys::Algorithm;
 use crate::tokens::{AccessClaims, unix_now};
 
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
 fn invalid_client(msg: &str) -> Response {
     oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", msg)
 }
@@ -55,12 +53,9 @@ pub(crate) fn form(headers: &HeaderMap, body: &Bytes) -> Result<Params, Response
 
 /// The unverified `iss` of a JWT (only to find which client's keys verify it).
 fn unverified_issuer(jwt: &str) -> Option<String> {
-    let payload = jwt.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    v["iss"].as_str().map(str::to_string)
+    crate::keys::unverified_claims(jwt)?["iss"]
+        .as_str()
+        .map(str::to_string)
 }
 
 impl AuthServer {
@@ -117,7 +112,7 @@ impl AuthServer {
             let raw = (raw != secret).then_some(raw);
             (id, Presented::Secret(secret, raw))
         } else if let Some(a) = assertion {
-            if assertion_type != Some(JWT_BEARER) {
+            if assertion_type != Some(crate::assertion::ASSERTION_TYPE) {
                 return Err(invalid_client(
                     "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
                 ));
