@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 
 use super::AuthServer;
 use super::authorize::ClientAddr;
-use super::authorize::is_form;
 use super::clients::{ClientAuth, ClientInfo};
 use super::records::{CODE, CodeRecord, GRANT, GrantRecord, REFRESH, RefreshRecord, Use, hashed};
+use super::web::is_form;
 use super::web::{Params, basic_credentials, client_throttled, json_no_store, oauth_error};
 use crate::keys::Algorithm;
 use crate::tokens::{AccessClaims, unix_now};

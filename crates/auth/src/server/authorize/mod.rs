@@ -23,12 +23,12 @@ use axum::response::Response;
 use fhirgate_smart::scopes::{Scope, ScopeSet, intersect};
 
 use http::request::Parts;
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 
 use super::AuthServer;
 use super::clients::ClientInfo;
 use super::records::{PENDING, Pending};
-use super::web::{self, Params, redirect, with_query};
+use super::web::{Params, redirect, with_query};
 
 /// The client's address, when the server was started with connect info.
 pub struct ClientAddr(pub Option<IpAddr>);
@@ -66,17 +66,6 @@ fn pending_return(p: &Pending) -> Return {
         redirect_uri: p.redirect_uri.clone(),
         state: p.state.clone(),
     }
-}
-
-pub fn is_form(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| {
-            m.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
 }
 
 fn internal(s: &AuthServer, e: impl std::fmt::Display) -> Response {
@@ -123,22 +112,10 @@ impl AuthServer {
         &self,
         headers: &HeaderMap,
         name: &str,
-        ctx: impl Fn(&str) -> minijinja::Value,
+        ctx: impl FnOnce(&str) -> minijinja::Value,
     ) -> Response {
-        let (csrf, cookie) = match web::csrf_token(
-            self.rng.as_ref(),
-            headers,
-            self.cookie_path(),
-            self.secure_cookies,
-        ) {
-            Ok(t) => t,
-            Err(e) => return internal(self, e),
-        };
-        let mut resp = self.pages.render(StatusCode::OK, name, ctx(&csrf));
-        if let Some(c) = cookie {
-            resp.headers_mut().append(header::SET_COOKIE, c);
-        }
-        resp
+        self.csrf_page(headers, name, ctx)
+            .unwrap_or_else(|e| internal(self, e))
     }
 
     pub(crate) fn cookie_path(&self) -> &str {
@@ -159,23 +136,11 @@ async fn form_request(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(Params, String, Pending, fhirgate_store::AuthRecord), Response> {
-    let p = match Params::parse(body) {
-        Ok(p) if is_form(headers) => p,
-        _ => {
-            return Err(s.pages.error(
-                StatusCode::BAD_REQUEST,
-                "Invalid request",
-                "the form was malformed",
-            ));
-        }
-    };
-    if !web::csrf_ok(headers, &p) {
-        return Err(s.pages.error(
-            StatusCode::FORBIDDEN,
-            "Form expired",
-            "The form could not be verified (CSRF); start again from the app.",
-        ));
-    }
+    let p = s.page_form(
+        headers,
+        body,
+        "The form could not be verified (CSRF); start again from the app.",
+    )?;
     let req = p.get("req").unwrap_or_default().to_string();
     let (pending, rec) = match s.records.get::<Pending>(PENDING, &req).await {
         Ok(Some(x)) => x,

@@ -9,13 +9,14 @@ use axum::response::Response;
 
 use http::{HeaderMap, StatusCode};
 
-use super::{Return, internal, is_form};
+use super::{Return, internal};
 use crate::server::AuthServer;
 use crate::server::clients::ClientAuth;
 use crate::server::records::{
     self, LAUNCH, LaunchRecord, PENDING, PENDING_TTL, Pending, Use, hashed,
 };
 use crate::server::web::Params;
+use crate::server::web::is_form;
 
 pub async fn authorize_get(
     State(s): State<Arc<AuthServer>>,

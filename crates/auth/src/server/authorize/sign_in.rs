@@ -11,9 +11,10 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use minijinja::context;
 use serde_json::Value;
 
-use super::{ClientAddr, internal, is_form};
+use super::{ClientAddr, internal};
 use crate::server::AuthServer;
 use crate::server::records::{PENDING, Pending, SESSION, SESSION_TTL, SessionRecord, hashed};
+use crate::server::web::is_form;
 use crate::server::web::{self, Params, SESSION_COOKIE, redirect, with_query};
 use crate::tokens::unix_now;
 
