@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::AuthServer;
 use super::authorize::ClientAddr;
-use super::records::{GRANT, GrantRecord, REFRESH, RefreshRecord, hashed};
+use super::records::{GRANT, GrantRecord, REFRESH, RefreshRecord, fhir_user_url, hashed};
 use super::token::{form, server_error};
 use super::web::{json_no_store, oauth_error};
 
@@ -123,7 +123,7 @@ pub async fn introspect(
                 body["encounter"] = json!(e);
             }
             if let Some(u) = &r.fhir_user {
-                body["fhirUser"] = json!(format!("{}/{u}", r.aud));
+                body["fhirUser"] = json!(fhir_user_url(&r.aud, u));
             }
             json_no_store(StatusCode::OK, body)
         }
@@ -204,14 +204,8 @@ pub async fn userinfo(State(s): State<Arc<AuthServer>>, headers: HeaderMap) -> R
     if let Some(u) = &c.fhir_user {
         body["fhirUser"] = json!(u);
     }
-    if scopes.has("profile")
-        && let Ok(user) = s.store.read("User", &c.sub).await
-    {
-        for k in ["name", "email"] {
-            if !user[k].is_null() {
-                body[k] = user[k].clone();
-            }
-        }
+    if scopes.has("profile") {
+        s.add_profile_claims(&c.sub, &mut body).await;
     }
     json_no_store(StatusCode::OK, body)
 }

@@ -47,6 +47,12 @@ pub fn hashed(secret: &str) -> String {
     ))
 }
 
+/// The `fhirUser` claim of a token for FHIR base `aud`: the User's `fhirUser` reference
+/// (`Patient/pt-1`) made absolute under it.
+pub fn fhir_user_url(aud: &str, reference: &str) -> String {
+    format!("{aud}/{reference}")
+}
+
 /// Launch context, as the token response and introspection report it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LaunchContext {

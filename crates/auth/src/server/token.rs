@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use super::AuthServer;
 use super::authorize::ClientAddr;
 use super::clients::{ClientAuth, ClientInfo};
-use super::records::{CODE, CodeRecord, GRANT, GrantRecord, REFRESH, RefreshRecord, Use, hashed};
+use super::records::{
+    CODE, CodeRecord, GRANT, GrantRecord, REFRESH, RefreshRecord, Use, fhir_user_url, hashed,
+};
 use super::web::is_form;
 use super::web::{Params, basic_credentials, client_throttled, json_no_store, oauth_error};
 use crate::keys::Algorithm;
@@ -549,11 +551,23 @@ impl AuthServer {
         )
     }
 
+    /// The `profile` scope's claims, in the id_token and at userinfo: the User's `name` and
+    /// `email`, those it has, added to `claims`.
+    pub(crate) async fn add_profile_claims(&self, user: &str, claims: &mut Value) {
+        if let Ok(user) = self.store.read("User", user).await {
+            for k in ["name", "email"] {
+                if !user[k].is_null() {
+                    claims[k] = user[k].clone();
+                }
+            }
+        }
+    }
+
     /// The token response for a user grant.
     async fn respond(&self, i: Issue<'_>) -> Response {
         let now = unix_now();
         let scopes = ScopeSet::parse(i.scope);
-        let fhir_user_url = i.fhir_user.map(|r| format!("{}/{r}", i.aud));
+        let fhir_user_url = i.fhir_user.map(|r| fhir_user_url(i.aud, r));
         let jti = match self.random_id() {
             Ok(j) => j,
             Err(e) => return server_error(e),
@@ -636,14 +650,8 @@ impl AuthServer {
             {
                 id["fhirUser"] = json!(u);
             }
-            if has("profile")
-                && let Ok(user) = self.store.read("User", i.user).await
-            {
-                for k in ["name", "email"] {
-                    if !user[k].is_null() {
-                        id[k] = user[k].clone();
-                    }
-                }
+            if has("profile") {
+                self.add_profile_claims(i.user, &mut id).await;
             }
             match self
                 .verifier

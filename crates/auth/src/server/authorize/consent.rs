@@ -67,9 +67,8 @@ pub async fn consent_submit(
         let _ = s.records.state.remove(PENDING, &req).await;
         return ret.error("access_denied", "the user denied access");
     }
-    let client = match s.load_client(&pending.client_id).await {
-        Ok(Some(c)) if c.active => c,
-        Ok(_) => return ret.error("unauthorized_client", "the client is no longer active"),
+    let client = match s.active_client(&pending).await {
+        Ok(c) => c,
         Err(r) => return r,
     };
     let offered = offered_scopes(&pending.scope, &client);

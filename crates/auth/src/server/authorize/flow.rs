@@ -73,9 +73,8 @@ impl AuthServer {
         {
             return ret.error("access_denied", "the EHR launch was made for another user");
         }
-        let client = match self.load_client(&pending.client_id).await {
-            Ok(Some(c)) if c.active => c,
-            Ok(_) => return ret.error("unauthorized_client", "the client is no longer active"),
+        let client = match self.active_client(&pending).await {
+            Ok(c) => c,
             Err(r) => return r,
         };
         let user = match self.store.read("User", &user_id).await {

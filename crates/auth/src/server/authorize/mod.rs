@@ -108,6 +108,16 @@ impl AuthServer {
         }
     }
 
+    /// The pending request's client, if it is still active; else what to answer.
+    async fn active_client(&self, pending: &Pending) -> Result<ClientInfo, Response> {
+        match self.load_client(&pending.client_id).await {
+            Ok(Some(c)) if c.active => Ok(c),
+            Ok(_) => Err(pending_return(pending)
+                .error("unauthorized_client", "the client is no longer active")),
+            Err(r) => Err(r),
+        }
+    }
+
     pub(super) fn page_with_csrf(
         &self,
         headers: &HeaderMap,
