@@ -1,5 +1,18 @@
 //! A client's keys: its inline `jwks` or its fetched `jwks_uri`, prepared once and cached, and
-//! the one key that verifies an assertion chosen by `kid` and algorithm.
+//! the one key that verifies an assertion chosen by `kid` and algorithm (`KeySet::select`).
+//! Fetching, caching and refetch limits are `remote_key`'s.
+//!
+//! ```no_run
+//! # async fn example(verifier: &fhirgate_auth::assertion::AssertionVerifier, assertion: &str) {
+//! use fhirgate_auth::assertion::AssertionError;
+//! use serde_json::json;
+//!
+//! // keys inline or at a jwks_uri (https, or http to loopback), never both
+//! let both = json!({"id": "app", "jwks": {"keys": []}, "jwks_uri": "https://app.example/jwks"});
+//! let refused = verifier.verify(&both, assertion, &["https://ehr.example/auth/token"]).await;
+//! assert!(matches!(refused, Err(AssertionError::ConflictingKeys)));
+//! # }
+//! ```
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,17 @@
 //! A compact JWS split into its parts, its header read (`alg` on the allow-list, no `crit`),
-//! its signature checked and its payload read as claims.
+//! its signature checked and its payload read as claims. Header and payload are decoded by
+//! [`crate::keys::decode_jwt_part`], the crate's one unverified JWT reader.
+//!
+//! ```
+//! use fhirgate_auth::assertion::{AssertionError, claimed_client_id};
+//!
+//! // {"alg":"RS384"}.{"sub":"app"}: read, not verified
+//! let t = "eyJhbGciOiJSUzM4NCJ9.eyJzdWIiOiJhcHAifQ.c2ln";
+//! assert_eq!(claimed_client_id(t).unwrap(), "app");
+//! // {"alg":"none"}: refused before anything else is read
+//! let none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhcHAifQ.";
+//! assert!(matches!(claimed_client_id(none), Err(AssertionError::AlgorithmNotAllowed(_))));
+//! ```
 
 use jsonwebtoken::DecodingKey;
 use serde::Deserialize;

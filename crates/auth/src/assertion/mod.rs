@@ -39,6 +39,22 @@
 //! triggers a refetch (key rotation), at most once every 10 s per URL; a failed fetch is also
 //! retried at most once every 10 s, and in between the client's assertions fail (closed) rather
 //! than hammer its server.
+//!
+//! The checks are split by concern: `jws` (the token's parts and signature), `jwks` (the
+//! client's keys, fetched and cached) and `verifier` (claims, `jti` replay).
+//!
+//! ```no_run
+//! # async fn example(assertion: &str) -> Result<(), Box<dyn std::error::Error>> {
+//! use fhirgate_auth::assertion::{AssertionVerifier, claimed_client_id};
+//!
+//! let store = fhirgate_store::open("sqlite:/tmp/fhirgate.db").await?;
+//! let verifier = AssertionVerifier::new(store.auth_state());
+//! // which Client to load, from the assertion itself (unverified), then the real check
+//! let client = store.read("Client", &claimed_client_id(assertion)?).await?;
+//! verifier.verify(&client, assertion, &["https://ehr.example/auth/token"]).await?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod jwks;
 mod jws;

@@ -1,5 +1,21 @@
 //! [`AssertionVerifier`]: one assertion checked end to end — size, header, key, signature,
-//! claims — and its `jti` recorded last, so that a valid assertion is accepted once.
+//! claims (`Claims::check`) — and its `jti` recorded last, so that a valid assertion is
+//! accepted once.
+//!
+//! ```no_run
+//! # async fn example(client: serde_json::Value, assertion: &str) -> Result<(), Box<dyn std::error::Error>> {
+//! use fhirgate_auth::assertion::{AssertionError, AssertionVerifier};
+//!
+//! let store = fhirgate_store::open("sqlite:/tmp/fhirgate.db").await?;
+//! let verifier = AssertionVerifier::new(store.auth_state());
+//! let audiences = ["https://ehr.example/auth/token", "https://ehr.example"];
+//! verifier.verify(&client, assertion, &audiences).await?;
+//! // the same assertion again: its jti is used
+//! let again = verifier.verify(&client, assertion, &audiences).await;
+//! assert!(matches!(again, Err(AssertionError::Replay)));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,17 @@
-//! Introspection (RFC 7662), revocation (RFC 7009), userinfo, OIDC discovery and the JWKS.
+//! Introspection (RFC 7662), revocation (RFC 7009), userinfo and discovery
+//! (`/.well-known/openid-configuration`, `/.well-known/jwks.json`). Which tokens a client may
+//! introspect is decided in `introspect` (its own; `root` sees all).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), reqwest::Error> {
+//! let conf: serde_json::Value = reqwest::get("https://ehr.example/.well-known/openid-configuration")
+//!     .await?
+//!     .json()
+//!     .await?;
+//! assert_eq!(conf["token_endpoint"], "https://ehr.example/auth/token");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 

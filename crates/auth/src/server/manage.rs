@@ -1,5 +1,17 @@
 //! The signed-in user's pages: `/auth/grants` (revocable grants) and `/auth/apps` (EHR launch of
-//! registered apps); and launch values for the `aidbox.smart/get-launch-uri` RPC.
+//! registered apps); and launch values for the `aidbox.smart/get-launch-uri` RPC. Whether a
+//! launch may be made is decided in [`AuthServer::create_launch`](crate::server::AuthServer::create_launch).
+//!
+//! ```no_run
+//! # async fn example(auth: &fhirgate_auth::server::AuthServer) -> Result<(), fhirgate_auth::server::LaunchError> {
+//! use fhirgate_auth::server::LaunchContext;
+//!
+//! let context = LaunchContext { patient: Some("pt-1".into()), ..Default::default() };
+//! let launch = auth.create_launch("dr-a", "https://ehr.example/smart", "app", context).await?;
+//! assert!(launch.uri.starts_with(&launch.launch_uri));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 

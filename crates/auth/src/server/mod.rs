@@ -5,7 +5,21 @@
 //! revocations published by any process on the same database, and [`AuthServer::routes`] gives
 //! the axum routes: `/auth/*`, `/.well-known/openid-configuration`, `/.well-known/jwks.json`.
 //! Everything a flow needs to remember lives in the store's [`AuthState`], so several processes
-//! on one PostgreSQL act as one server.
+//! on one PostgreSQL act as one server. The decisions live in the submodules: `authorize` (the
+//! browser flow), `token` (grants and client authentication), `endpoints` (introspection,
+//! revocation, userinfo, discovery), `manage` (grants page, EHR launch).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use fhirgate_auth::server::{AuthConfig, AuthServer};
+//!
+//! let store = fhirgate_store::open("sqlite:/tmp/fhirgate.db").await?;
+//! let auth = AuthServer::start(store, AuthConfig::new("https://ehr.example", vec![])).await?;
+//! assert_eq!(auth.url("/auth/token"), "https://ehr.example/auth/token");
+//! assert!(auth.jwks()["keys"].is_array());
+//! # Ok(())
+//! # }
+//! ```
 
 mod authorize;
 pub mod clients;

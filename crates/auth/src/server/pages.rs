@@ -1,6 +1,15 @@
 //! The interactive pages (contract §4): login, patient picker, consent, grants, launchable apps
 //! and errors. Server-rendered with minijinja, HTML auto-escaping on; every form has an explicit
-//! `action` and a hidden CSRF input.
+//! `action` and a hidden CSRF input, which `AuthServer::page_form` checks on submit.
+//!
+//! ```
+//! use fhirgate_auth::server::pages::Pages;
+//! use http::StatusCode;
+//!
+//! let pages = Pages::new().unwrap();
+//! let page = pages.error(StatusCode::BAD_REQUEST, "Invalid request", "<b>escaped</b>");
+//! assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+//! ```
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};

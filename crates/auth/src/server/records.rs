@@ -2,6 +2,14 @@
 //!
 //! Secrets handed to clients or browsers (codes, refresh tokens, session cookies, launch values)
 //! are stored under their SHA-256, never as given.
+//!
+//! ```
+//! use fhirgate_auth::server::records::{fhir_user_url, hashed};
+//!
+//! assert_eq!(hashed("a-code").len(), 43); // base64url SHA-256: the key, never the code
+//! let url = fhir_user_url("https://ehr.example/smart", "Patient/pt-1");
+//! assert_eq!(url, "https://ehr.example/smart/Patient/pt-1");
+//! ```
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;

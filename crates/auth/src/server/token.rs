@@ -1,5 +1,24 @@
 //! `POST /auth/token` (RFC 6749 §3.2, RFC 7636, SMART Backend Services) and client
-//! authentication, shared with introspection and revocation.
+//! authentication, shared with introspection and revocation. Who the client is, is decided in
+//! `AuthServer::authenticate_client` (one method per request, throttled failures); what it gets,
+//! in the grant's handler (`code_grant`, `refresh_grant`, `client_credentials_grant`).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), reqwest::Error> {
+//! // a backend service with a client secret (SMART Backend Services use an assertion instead)
+//! let token: serde_json::Value = reqwest::Client::new()
+//!     .post("https://ehr.example/auth/token")
+//!     .basic_auth("svc", Some("svc-secret"))
+//!     .header("content-type", "application/x-www-form-urlencoded")
+//!     .body("grant_type=client_credentials&scope=system/Patient.rs")
+//!     .send()
+//!     .await?
+//!     .json()
+//!     .await?;
+//! assert_eq!(token["token_type"], "Bearer");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 

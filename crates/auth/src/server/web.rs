@@ -1,4 +1,17 @@
-//! HTTP plumbing shared by the endpoints: forms, cookies, CSRF, OAuth error bodies and redirects.
+//! HTTP plumbing shared by the endpoints: forms, cookies, CSRF, OAuth error bodies and
+//! redirects. Small functions, no decisions of their own beyond what they check (the form
+//! content type, the double-submit CSRF value, one value per OAuth parameter).
+//!
+//! ```
+//! use fhirgate_auth::server::basic_credentials;
+//! use http::{HeaderMap, HeaderValue, header};
+//!
+//! let mut h = HeaderMap::new();
+//! // "svc:a+b" — the secret form-decoded ("a b"), and as sent
+//! h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic c3ZjOmErYg=="));
+//! let (id, secret, raw) = basic_credentials(&h).unwrap().unwrap();
+//! assert_eq!((id.as_str(), secret.as_str(), raw.as_str()), ("svc", "a b", "a+b"));
+//! ```
 
 use std::collections::HashMap;
 

@@ -1,6 +1,20 @@
 //! The consent page and its answer: what the User is asked to allow (worded by
 //! [`crate::server::consent`], granular category alternatives included) and which of the
-//! offered scopes the submitted form may grant.
+//! offered scopes the submitted form may grant (`consent_submit`: only what the page offered).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), reqwest::Error> {
+//! // a consent without the page's CSRF value is refused
+//! let resp = reqwest::Client::new()
+//!     .post("https://ehr.example/auth/consent")
+//!     .header("content-type", "application/x-www-form-urlencoded")
+//!     .body("req=r1&decision=allow&scope=openid")
+//!     .send()
+//!     .await?;
+//! assert_eq!(resp.status(), 403);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 

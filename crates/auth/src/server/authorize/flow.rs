@@ -1,5 +1,21 @@
 //! The flow of a validated authorization request: sign-in, patient and encounter context,
-//! a remembered grant or the consent page, and finally the code sent back to the app.
+//! a remembered grant or the consent page, and finally the code sent back to the app. Every
+//! step is decided in `AuthServer::proceed`, which the pages return to after each answer;
+//! `finish` issues the code, once per pending request.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), reqwest::Error> {
+//! let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+//! // `prompt=none` and no sign-in: no page is shown, the app hears `login_required`
+//! let resp = http
+//!     .get("https://ehr.example/auth/authorize?response_type=code&client_id=app&prompt=none\
+//!           &redirect_uri=https://app.example/cb&scope=openid&aud=https://ehr.example/smart")
+//!     .send()
+//!     .await?;
+//! assert!(resp.headers()["location"].to_str().unwrap().contains("error=login_required"));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 

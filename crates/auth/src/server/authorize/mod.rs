@@ -3,6 +3,24 @@
 //! consent (unless a remembered grant covers the request) → 302 to the app with a code.
 //!
 //! Until the `redirect_uri` is known to belong to the client, nothing redirects: errors are pages.
+//! The request is checked in `request`, each next step is decided in `flow` (`proceed`), and
+//! `sign_in`, `picker` and `consent` serve the pages in between; what they share (the error
+//! redirect, the scopes a client may be offered, the picker/consent form check) is here.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), reqwest::Error> {
+//! // a browser without a sign-in session is sent to the login page, the request kept
+//! let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+//! let resp = http
+//!     .get("https://ehr.example/auth/authorize?response_type=code&client_id=app\
+//!           &redirect_uri=https://app.example/cb&scope=openid&aud=https://ehr.example/smart")
+//!     .send()
+//!     .await?;
+//! assert_eq!(resp.status(), 302);
+//! assert!(resp.headers()["location"].to_str().unwrap().contains("/auth/login?req="));
+//! # Ok(())
+//! # }
+//! ```
 
 mod consent;
 mod flow;

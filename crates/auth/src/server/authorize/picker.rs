@@ -1,5 +1,19 @@
 //! The patient picker and the encounter choice: who may be chosen, the provider's search,
-//! and the submitted choice checked against the User's standing.
+//! and the submitted choice checked against the User's standing (`picker_submit`).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), reqwest::Error> {
+//! // a choice without the page's CSRF value is refused
+//! let resp = reqwest::Client::new()
+//!     .post("https://ehr.example/auth/picker")
+//!     .header("content-type", "application/x-www-form-urlencoded")
+//!     .body("req=r1&decision=allow&patient=pt-1")
+//!     .send()
+//!     .await?;
+//! assert_eq!(resp.status(), 403);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 

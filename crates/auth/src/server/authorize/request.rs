@@ -1,5 +1,22 @@
 //! `GET`/`POST /auth/authorize`: the request checked parameter by parameter (client,
-//! `redirect_uri`, PKCE, `aud`, `launch`, `max_age`) and stored as a pending request.
+//! `redirect_uri`, PKCE, `aud`, `launch`, `max_age`) and stored as a pending request, whose next
+//! step `flow` decides. The checks are in `AuthServer::authorize`, in the order the errors are
+//! answered: pages until the `redirect_uri` is trusted, redirects with `error=` after.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), reqwest::Error> {
+//! let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+//! // no `aud`: the app is told so at its redirect_uri
+//! let resp = http
+//!     .get("https://ehr.example/auth/authorize?response_type=code&client_id=app\
+//!           &redirect_uri=https://app.example/cb&scope=openid&state=s1")
+//!     .send()
+//!     .await?;
+//! let location = resp.headers()["location"].to_str().unwrap();
+//! assert!(location.starts_with("https://app.example/cb?error=invalid_request"));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 

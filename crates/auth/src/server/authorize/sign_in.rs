@@ -1,5 +1,16 @@
 //! Sign-in and sign-out: the login page, the password check with its failure throttle, and
-//! the browser's session cookie.
+//! the browser's session cookie. The decision is `login_submit`'s: the throttle first, then
+//! argon2 (against a dummy hash for an unknown user), then a new session.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), reqwest::Error> {
+//! // the login page sets the CSRF cookie its form must send back
+//! let resp = reqwest::get("https://ehr.example/auth/login").await?;
+//! assert_eq!(resp.status(), 200);
+//! assert!(resp.headers().get("set-cookie").is_some());
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 
