@@ -22,7 +22,7 @@
 //!   and `jwks_uri` is refused (they "MUST NOT both be present", OpenID Connect Registration §2).
 //! - **Claims**: `iss` = `sub` = the client id; `aud` (a string or an array) contains one of the
 //!   accepted audiences; `exp` required, not past, and at most 5 minutes ahead (contract §6);
-//!   `iat` and `nbf`, if present, not in the future; all with [`LEEWAY_SECS`] of clock skew.
+//!   `iat` and `nbf`, if present, not in the future; all with [`LEEWAY_SECS`](crate::keys::LEEWAY_SECS) of clock skew.
 //! - **Replay**: `jti` required and accepted once: it is recorded in the authorization server's
 //!   store ([`fhirgate_store::AuthState`], kind `jti`, key `client_id:base64url(SHA-256(jti))`)
 //!   until the assertion can no longer be accepted (`exp` + leeway). The record is written *last*,
@@ -74,7 +74,7 @@ use jws::Jws;
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Longest assertion accepted, in bytes.
 pub const MAX_ASSERTION_BYTES: usize = 16 * 1024;
-/// Longest an assertion may live: `exp - now` at most this (plus [`LEEWAY_SECS`]).
+/// Longest an assertion may live: `exp - now` at most this (plus [`LEEWAY_SECS`](crate::keys::LEEWAY_SECS)).
 pub const MAX_LIFETIME_SECS: i64 = 300;
 /// The `AuthState` kind under which used `jti`s are recorded.
 pub const JTI_KIND: &str = "jti";
