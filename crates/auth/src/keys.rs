@@ -295,19 +295,34 @@ impl Keyring {
     }
 }
 
+/// The claims of a compact JWT, **unverified**: only to find which keys verify it (a client
+/// assertion's `iss`), or to show a token this server has just issued. `None` when the second
+/// part is missing or not base64url (unpadded) JSON.
+///
+/// ```
+/// let t = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJhcHAifQ.c2ln";
+/// assert_eq!(fhirgate_auth::keys::unverified_claims(t).unwrap()["iss"], "app");
+/// assert!(fhirgate_auth::keys::unverified_claims("not a jwt").is_none());
+/// ```
+pub fn unverified_claims(jwt: &str) -> Option<Value> {
+    decode_jwt_part(jwt.split('.').nth(1)?)
+}
+
+/// One part of a compact JWT (header or payload), base64url-decoded (unpadded) and read as
+/// JSON into `T`; `None` when it is not. Nothing is verified.
+pub(crate) fn decode_jwt_part<T: serde::de::DeserializeOwned>(part: &str) -> Option<T> {
+    B64.decode(part)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::now;
 
     const ISS: &str = "http://localhost:8080";
     const AUD: &str = "http://localhost:8080/smart";
-
-    fn now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
 
     fn claims(exp: u64) -> Value {
         json!({"iss": ISS, "aud": AUD, "sub": "u1", "exp": exp, "scope": "patient/*.rs"})

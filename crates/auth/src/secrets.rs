@@ -8,6 +8,14 @@
 //! of the same secret costs one SHA-256; a wrong secret always pays the full argon2 check; a
 //! changed stored hash (the Client was updated) never matches an old entry, so nothing needs
 //! clearing when a secret is rotated.
+//!
+//! ```
+//! use fhirgate_auth::secrets::{hash_secret, verify_hash};
+//!
+//! let stored = hash_secret("s3cret").unwrap();
+//! assert!(verify_hash("s3cret", &stored));
+//! assert!(!verify_hash("guess", &stored));
+//! ```
 
 use std::collections::HashSet;
 use std::sync::Mutex;

@@ -13,6 +13,19 @@
 //! doubled since the last prune), so the maps hold only keys with failures in the last minute.
 //!
 //! The counters live in the process: behind a load balancer each process counts its own.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use fhirgate_auth::throttle::FailureThrottle;
+//!
+//! let throttle = Arc::new(FailureThrottle::new(2, 60));
+//! let addr = Some("192.0.2.1".parse().unwrap());
+//! for _ in 0..2 {
+//!     drop(throttle.begin("amy", addr).unwrap()); // dropped unredeemed: a failure
+//! }
+//! assert!(throttle.begin("amy", addr).is_err()); // amy's budget is spent for now
+//! throttle.begin("bob", addr).unwrap().succeeded(); // a success gives its reservation back
+//! ```
 
 use std::collections::HashMap;
 use std::hash::Hash;

@@ -96,6 +96,11 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// [`now`] as a signed number, for the records' and claims' `i64` times.
+pub fn unix_now() -> i64 {
+    now() as i64
+}
+
 /// The random generator failed: no id, code, token or secret can be made. Callers answer with
 /// a server error; an id is never made of the zeroed buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

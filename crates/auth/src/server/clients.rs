@@ -1,4 +1,16 @@
-//! What a stored `Client` resource (contract §3) means to the authorization server.
+//! A Client resource read for one request ([`ClientInfo`]): how it authenticates, which grants,
+//! redirect URIs and scopes it may use, and its token lifetimes. Which method a Client must use
+//! is decided in [`ClientInfo::from_resource`]; a Client with no usable one is `Unusable`.
+//!
+//! ```
+//! use fhirgate_auth::server::clients::{ClientAuth, ClientInfo};
+//! use serde_json::json;
+//!
+//! let c = ClientInfo::from_resource(json!({"id": "svc", "grant_types": ["client_credentials"],
+//!     "jwks_uri": "https://svc.example/jwks"}));
+//! assert_eq!(c.auth, ClientAuth::PrivateKeyJwt);
+//! assert!(c.allows_grant("client_credentials") && !c.allows_grant("authorization_code"));
+//! ```
 
 use serde_json::Value;
 

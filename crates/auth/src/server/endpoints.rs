@@ -1,4 +1,17 @@
-//! Introspection (RFC 7662), revocation (RFC 7009), userinfo, OIDC discovery and the JWKS.
+//! Introspection (RFC 7662), revocation (RFC 7009), userinfo and discovery
+//! (`/.well-known/openid-configuration`, `/.well-known/jwks.json`). Which tokens a client may
+//! introspect is decided in `introspect` (its own; `root` sees all).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), reqwest::Error> {
+//! let conf: serde_json::Value = reqwest::get("https://ehr.example/.well-known/openid-configuration")
+//!     .await?
+//!     .json()
+//!     .await?;
+//! assert_eq!(conf["token_endpoint"], "https://ehr.example/auth/token");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 
@@ -11,7 +24,7 @@ use serde_json::{Value, json};
 
 use super::AuthServer;
 use super::authorize::ClientAddr;
-use super::records::{GRANT, GrantRecord, REFRESH, RefreshRecord, hashed};
+use super::records::{GRANT, GrantRecord, REFRESH, RefreshRecord, fhir_user_url, hashed};
 use super::token::{form, server_error};
 use super::web::{json_no_store, oauth_error};
 
@@ -123,7 +136,7 @@ pub async fn introspect(
                 body["encounter"] = json!(e);
             }
             if let Some(u) = &r.fhir_user {
-                body["fhirUser"] = json!(format!("{}/{u}", r.aud));
+                body["fhirUser"] = json!(fhir_user_url(&r.aud, u));
             }
             json_no_store(StatusCode::OK, body)
         }
@@ -204,14 +217,8 @@ pub async fn userinfo(State(s): State<Arc<AuthServer>>, headers: HeaderMap) -> R
     if let Some(u) = &c.fhir_user {
         body["fhirUser"] = json!(u);
     }
-    if scopes.has("profile")
-        && let Ok(user) = s.store.read("User", &c.sub).await
-    {
-        for k in ["name", "email"] {
-            if !user[k].is_null() {
-                body[k] = user[k].clone();
-            }
-        }
+    if scopes.has("profile") {
+        s.add_profile_claims(&c.sub, &mut body).await;
     }
     json_no_store(StatusCode::OK, body)
 }

@@ -1,20 +1,31 @@
 //! The signed-in user's pages: `/auth/grants` (revocable grants) and `/auth/apps` (EHR launch of
-//! registered apps); and launch values for the `aidbox.smart/get-launch-uri` RPC.
+//! registered apps); and launch values for the `aidbox.smart/get-launch-uri` RPC. Whether a
+//! launch may be made is decided in [`AuthServer::create_launch`](crate::server::AuthServer::create_launch).
+//!
+//! ```no_run
+//! # async fn example(auth: &fhirgate_auth::server::AuthServer) -> Result<(), fhirgate_auth::server::LaunchError> {
+//! use fhirgate_auth::server::LaunchContext;
+//!
+//! let context = LaunchContext { patient: Some("pt-1".into()), ..Default::default() };
+//! let launch = auth.create_launch("dr-a", "https://ehr.example/smart", "app", context).await?;
+//! assert!(launch.uri.starts_with(&launch.launch_uri));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use minijinja::context;
 use serde_json::{Value, json};
 
 use super::AuthServer;
-use super::authorize::is_form;
 use super::clients::ClientInfo;
 use super::records::{GRANT, GrantRecord, LAUNCH, LAUNCH_TTL, LaunchContext, LaunchRecord, hashed};
-use super::web::{self, Params, redirect, with_query};
+use super::web::{Params, redirect, with_query};
 
 /// Why a launch could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -173,20 +184,10 @@ pub async fn grants_page(State(s): State<Arc<AuthServer>>, headers: HeaderMap) -
             })
         })
         .collect();
-    let (csrf, cookie) =
-        match web::csrf_token(s.rng.as_ref(), &headers, s.cookie_path(), s.secure_cookies) {
-            Ok(t) => t,
-            Err(e) => return super::token::server_error(e),
-        };
-    let mut resp = s.pages.render(
-        StatusCode::OK,
-        "grants",
-        context! { base => &s.base_path, csrf => csrf, user => user, grants => grants },
-    );
-    if let Some(c) = cookie {
-        resp.headers_mut().append(header::SET_COOKIE, c);
-    }
-    resp
+    s.csrf_page(&headers, "grants", |csrf| {
+        context! { base => &s.base_path, csrf => csrf, user => user, grants => grants }
+    })
+    .unwrap_or_else(super::token::server_error)
 }
 
 /// A page form from a signed-in user, CSRF-checked.
@@ -195,23 +196,11 @@ async fn signed_form(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(Params, String), Response> {
-    let p = match Params::parse(body) {
-        Ok(p) if is_form(headers) => p,
-        _ => {
-            return Err(s.pages.error(
-                StatusCode::BAD_REQUEST,
-                "Invalid request",
-                "the form was malformed",
-            ));
-        }
-    };
-    if !web::csrf_ok(headers, &p) {
-        return Err(s.pages.error(
-            StatusCode::FORBIDDEN,
-            "Form expired",
-            "The form could not be verified (CSRF); reload the page and try again.",
-        ));
-    }
+    let p = s.page_form(
+        headers,
+        body,
+        "The form could not be verified (CSRF); reload the page and try again.",
+    )?;
     match s.session(headers).await {
         Some(sess) => Ok((p, sess.user)),
         None => Err(s
@@ -285,21 +274,11 @@ pub async fn apps_page(State(s): State<Arc<AuthServer>>, headers: HeaderMap) -> 
         .and_then(|u| super::authorize::fhir_user_reference(&u))
         .and_then(|r| r.strip_prefix("Patient/").map(str::to_string))
         .unwrap_or_default();
-    let (csrf, cookie) =
-        match web::csrf_token(s.rng.as_ref(), &headers, s.cookie_path(), s.secure_cookies) {
-            Ok(t) => t,
-            Err(e) => return super::token::server_error(e),
-        };
-    let mut resp = s.pages.render(
-        StatusCode::OK,
-        "apps",
+    s.csrf_page(&headers, "apps", |csrf| {
         context! { base => &s.base_path, csrf => csrf, user => user, apps => apps,
-        bases => &s.config.fhir_bases, patient => own_patient },
-    );
-    if let Some(c) = cookie {
-        resp.headers_mut().append(header::SET_COOKIE, c);
-    }
-    resp
+        bases => &s.config.fhir_bases, patient => own_patient }
+    })
+    .unwrap_or_else(super::token::server_error)
 }
 
 pub async fn apps_submit(

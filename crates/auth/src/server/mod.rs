@@ -5,7 +5,21 @@
 //! revocations published by any process on the same database, and [`AuthServer::routes`] gives
 //! the axum routes: `/auth/*`, `/.well-known/openid-configuration`, `/.well-known/jwks.json`.
 //! Everything a flow needs to remember lives in the store's [`AuthState`], so several processes
-//! on one PostgreSQL act as one server.
+//! on one PostgreSQL act as one server. The decisions live in the submodules: `authorize` (the
+//! browser flow), `token` (grants and client authentication), `endpoints` (introspection,
+//! revocation, userinfo, discovery), `manage` (grants page, EHR launch).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use fhirgate_auth::server::{AuthConfig, AuthServer};
+//!
+//! let store = fhirgate_store::open("sqlite:/tmp/fhirgate.db").await?;
+//! let auth = AuthServer::start(store, AuthConfig::new("https://ehr.example", vec![])).await?;
+//! assert_eq!(auth.url("/auth/token"), "https://ehr.example/auth/token");
+//! assert!(auth.jwks()["keys"].is_array());
+//! # Ok(())
+//! # }
+//! ```
 
 mod authorize;
 pub mod clients;
@@ -26,7 +40,7 @@ use crate::assertion::AssertionVerifier;
 use crate::keys::{Algorithm, KeyError, Keyring, SigningKey};
 use crate::secrets::SecretCache;
 use crate::throttle::FailureThrottle;
-use crate::tokens::{RandomError, RandomSource, SystemRandomSource, TokenVerifier};
+use crate::tokens::{RandomError, RandomSource, SystemRandomSource, TokenVerifier, unix_now};
 use records::{KEY, NODE, REVOKED, Records};
 
 pub use authorize::ClientAddr;
@@ -261,7 +275,7 @@ impl AuthServer {
                 &key,
                 None,
                 &serde_json::json!({}),
-                records::unix_now() + records::GRANT_TTL,
+                unix_now() + records::GRANT_TTL,
             )
             .await
         {
@@ -278,7 +292,7 @@ impl AuthServer {
             self.records.set(records::GRANT, &rec, &g).await?;
         }
         self.verifier
-            .revoke_grant(grant, revocation_until(records::unix_now()));
+            .revoke_grant(grant, revocation_until(unix_now()));
         self.await_acknowledgements(&key).await
     }
 
@@ -384,7 +398,7 @@ impl AuthServer {
     /// new kids.
     pub async fn rotate_keys(&self) -> Result<Vec<String>, StartError> {
         let state = self.records.state.as_ref();
-        let now = records::unix_now();
+        let now = unix_now();
         let mut kids = Vec::new();
         for alg in [Algorithm::ES256, Algorithm::RS256] {
             let name = format!("current:{alg:?}");
@@ -432,7 +446,7 @@ async fn load_revocations(
     state: &dyn AuthState,
     verifier: &TokenVerifier,
 ) -> Result<(), StartError> {
-    let now = records::unix_now();
+    let now = unix_now();
     for r in state.list(REVOKED).await? {
         // a revocation older than any access token's lifetime covers no live token
         if revocation_until(r.created_at) >= now as u64 {
@@ -472,7 +486,7 @@ async fn register_node(
     state: &dyn AuthState,
     node: &str,
 ) -> Result<(), fhirgate_store::StoreError> {
-    let expires = records::unix_now() + NODE_TTL;
+    let expires = unix_now() + NODE_TTL;
     let value = serde_json::json!({});
     if !state.replace(NODE, node, &value, expires).await? {
         state.insert(NODE, node, None, &value, expires).await?;
@@ -522,7 +536,7 @@ async fn follow_revocations(
                 }
             }
             Ok(e) if e.starts_with("grant:") || e.starts_with("jti:") => {
-                apply_revocation(&verifier, &e, records::unix_now());
+                apply_revocation(&verifier, &e, unix_now());
                 if let Err(err) = state.publish(&format!("ack:{node}:{e}")).await {
                     tracing::warn!("acknowledging revocation {e} failed: {err}");
                 }

@@ -1,11 +1,69 @@
 //! The interactive pages (contract §4): login, patient picker, consent, grants, launchable apps
 //! and errors. Server-rendered with minijinja, HTML auto-escaping on; every form has an explicit
-//! `action` and a hidden CSRF input.
+//! `action` and a hidden CSRF input, which `AuthServer::page_form` checks on submit.
+//!
+//! ```
+//! use fhirgate_auth::server::pages::Pages;
+//! use http::StatusCode;
+//!
+//! let pages = Pages::new().unwrap();
+//! let page = pages.error(StatusCode::BAD_REQUEST, "Invalid request", "<b>escaped</b>");
+//! assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+//! ```
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use minijinja::Environment;
 use serde::Serialize;
+
+impl super::AuthServer {
+    /// Render page `name` with the browser's CSRF token (a new one, and its cookie, when the
+    /// browser has none): `ctx` makes the page's context from the token.
+    pub(crate) fn csrf_page(
+        &self,
+        headers: &http::HeaderMap,
+        name: &str,
+        ctx: impl FnOnce(&str) -> minijinja::Value,
+    ) -> Result<Response, crate::tokens::RandomError> {
+        let (csrf, cookie) = super::web::csrf_token(
+            self.rng.as_ref(),
+            headers,
+            self.cookie_path(),
+            self.secure_cookies,
+        )?;
+        let mut resp = self.pages.render(StatusCode::OK, name, ctx(&csrf));
+        if let Some(c) = cookie {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+        Ok(resp)
+    }
+
+    /// A submitted page form: a url-encoded body whose CSRF token matches the browser's cookie.
+    /// A malformed form is a 400 page; a failed CSRF check a 403 page saying `csrf_refusal`.
+    pub(crate) fn page_form(
+        &self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+        csrf_refusal: &str,
+    ) -> Result<super::web::Params, Response> {
+        let p = match super::web::Params::parse(body) {
+            Ok(p) if super::web::is_form(headers) => p,
+            _ => {
+                return Err(self.pages.error(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid request",
+                    "the form was malformed",
+                ));
+            }
+        };
+        if !super::web::csrf_ok(headers, &p) {
+            return Err(self
+                .pages
+                .error(StatusCode::FORBIDDEN, "Form expired", csrf_refusal));
+        }
+        Ok(p)
+    }
+}
 
 const LAYOUT: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

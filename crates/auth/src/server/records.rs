@@ -2,6 +2,14 @@
 //!
 //! Secrets handed to clients or browsers (codes, refresh tokens, session cookies, launch values)
 //! are stored under their SHA-256, never as given.
+//!
+//! ```
+//! use fhirgate_auth::server::records::{fhir_user_url, hashed};
+//!
+//! assert_eq!(hashed("a-code").len(), 43); // base64url SHA-256: the key, never the code
+//! let url = fhir_user_url("https://ehr.example/smart", "Patient/pt-1");
+//! assert_eq!(url, "https://ehr.example/smart/Patient/pt-1");
+//! ```
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -10,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::tokens::now;
+use crate::tokens::unix_now;
 
 /// Record kinds.
 pub const CODE: &str = "code";
@@ -47,8 +55,10 @@ pub fn hashed(secret: &str) -> String {
     ))
 }
 
-pub fn unix_now() -> i64 {
-    now() as i64
+/// The `fhirUser` claim of a token for FHIR base `aud`: the User's `fhirUser` reference
+/// (`Patient/pt-1`) made absolute under it.
+pub fn fhir_user_url(aud: &str, reference: &str) -> String {
+    format!("{aud}/{reference}")
 }
 
 /// Launch context, as the token response and introspection report it.

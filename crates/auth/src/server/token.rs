@@ -1,5 +1,24 @@
 //! `POST /auth/token` (RFC 6749 §3.2, RFC 7636, SMART Backend Services) and client
-//! authentication, shared with introspection and revocation.
+//! authentication, shared with introspection and revocation. Who the client is, is decided in
+//! `AuthServer::authenticate_client` (one method per request, throttled failures); what it gets,
+//! in the grant's handler (`code_grant`, `refresh_grant`, `client_credentials_grant`).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), reqwest::Error> {
+//! // a backend service with a client secret (SMART Backend Services use an assertion instead)
+//! let token: serde_json::Value = reqwest::Client::new()
+//!     .post("https://ehr.example/auth/token")
+//!     .basic_auth("svc", Some("svc-secret"))
+//!     .header("content-type", "application/x-www-form-urlencoded")
+//!     .body("grant_type=client_credentials&scope=system/Patient.rs")
+//!     .send()
+//!     .await?
+//!     .json()
+//!     .await?;
+//! assert_eq!(token["token_type"], "Bearer");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 
@@ -13,16 +32,14 @@ use serde_json::{Value, json};
 
 use super::AuthServer;
 use super::authorize::ClientAddr;
-use super::authorize::is_form;
 use super::clients::{ClientAuth, ClientInfo};
 use super::records::{
-    CODE, CodeRecord, GRANT, GrantRecord, REFRESH, RefreshRecord, Use, hashed, unix_now,
+    CODE, CodeRecord, GRANT, GrantRecord, REFRESH, RefreshRecord, Use, fhir_user_url, hashed,
 };
+use super::web::is_form;
 use super::web::{Params, basic_credentials, client_throttled, json_no_store, oauth_error};
 use crate::keys::Algorithm;
-use crate::tokens::AccessClaims;
-
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+use crate::tokens::{AccessClaims, unix_now};
 
 fn invalid_client(msg: &str) -> Response {
     oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", msg)
@@ -57,12 +74,9 @@ pub(crate) fn form(headers: &HeaderMap, body: &Bytes) -> Result<Params, Response
 
 /// The unverified `iss` of a JWT (only to find which client's keys verify it).
 fn unverified_issuer(jwt: &str) -> Option<String> {
-    let payload = jwt.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    v["iss"].as_str().map(str::to_string)
+    crate::keys::unverified_claims(jwt)?["iss"]
+        .as_str()
+        .map(str::to_string)
 }
 
 impl AuthServer {
@@ -119,7 +133,7 @@ impl AuthServer {
             let raw = (raw != secret).then_some(raw);
             (id, Presented::Secret(secret, raw))
         } else if let Some(a) = assertion {
-            if assertion_type != Some(JWT_BEARER) {
+            if assertion_type != Some(crate::assertion::ASSERTION_TYPE) {
                 return Err(invalid_client(
                     "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
                 ));
@@ -556,11 +570,23 @@ impl AuthServer {
         )
     }
 
+    /// The `profile` scope's claims, in the id_token and at userinfo: the User's `name` and
+    /// `email`, those it has, added to `claims`.
+    pub(crate) async fn add_profile_claims(&self, user: &str, claims: &mut Value) {
+        if let Ok(user) = self.store.read("User", user).await {
+            for k in ["name", "email"] {
+                if !user[k].is_null() {
+                    claims[k] = user[k].clone();
+                }
+            }
+        }
+    }
+
     /// The token response for a user grant.
     async fn respond(&self, i: Issue<'_>) -> Response {
         let now = unix_now();
         let scopes = ScopeSet::parse(i.scope);
-        let fhir_user_url = i.fhir_user.map(|r| format!("{}/{r}", i.aud));
+        let fhir_user_url = i.fhir_user.map(|r| fhir_user_url(i.aud, r));
         let jti = match self.random_id() {
             Ok(j) => j,
             Err(e) => return server_error(e),
@@ -643,14 +669,8 @@ impl AuthServer {
             {
                 id["fhirUser"] = json!(u);
             }
-            if has("profile")
-                && let Ok(user) = self.store.read("User", i.user).await
-            {
-                for k in ["name", "email"] {
-                    if !user[k].is_null() {
-                        id[k] = user[k].clone();
-                    }
-                }
+            if has("profile") {
+                self.add_profile_claims(i.user, &mut id).await;
             }
             match self
                 .verifier

@@ -1,4 +1,17 @@
-//! HTTP plumbing shared by the endpoints: forms, cookies, CSRF, OAuth error bodies and redirects.
+//! HTTP plumbing shared by the endpoints: forms, cookies, CSRF, OAuth error bodies and
+//! redirects. Small functions, no decisions of their own beyond what they check (the form
+//! content type, the double-submit CSRF value, one value per OAuth parameter).
+//!
+//! ```
+//! use fhirgate_auth::server::basic_credentials;
+//! use http::{HeaderMap, HeaderValue, header};
+//!
+//! let mut h = HeaderMap::new();
+//! // "svc:a+b" — the secret form-decoded ("a b"), and as sent
+//! h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic c3ZjOmErYg=="));
+//! let (id, secret, raw) = basic_credentials(&h).unwrap().unwrap();
+//! assert_eq!((id.as_str(), secret.as_str(), raw.as_str()), ("svc", "a b", "a+b"));
+//! ```
 
 use std::collections::HashMap;
 
@@ -202,6 +215,18 @@ pub fn set_cookie(
         "{name}={value}; Max-Age={max_age}; Path={path}; HttpOnly; SameSite={same_site}{secure}"
     ))
     .ok()
+}
+
+/// Whether the request body is `application/x-www-form-urlencoded`.
+pub fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
 }
 
 /// Double-submit CSRF check: the form's `csrf` equals the `fhirgate_csrf` cookie, which
