@@ -171,7 +171,8 @@ impl DemoPages {
             })
             .collect();
         let access = outcome.token["access_token"].as_str().unwrap_or_default();
-        let claims = jwt_payload(access)
+        // unverified: for display, the server has just issued it
+        let claims = fhirgate_auth::keys::unverified_claims(access)
             .map(|c| serde_json::to_string_pretty(&c).unwrap_or_default())
             .unwrap_or_default();
         let (patient, patient_name, facts, patient_error) = match &outcome.patient {
@@ -255,16 +256,6 @@ fn abbreviate(s: &str) -> String {
     let head: String = s.chars().take(12).collect();
     let tail: String = s.chars().skip(n - 6).collect();
     format!("{head}…{tail} ({n} characters)")
-}
-
-/// The claims of a JWT, unverified (for display: the server has just issued it).
-fn jwt_payload(jwt: &str) -> Option<Value> {
-    use base64::Engine;
-    let payload = jwt.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
 }
 
 /// `Rosa María Delgado` from a Patient's first name.
