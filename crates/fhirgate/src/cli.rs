@@ -241,6 +241,32 @@ pub struct ServeArgs {
     /// keep it internal. On the main address `/metrics` needs admin authentication.
     #[arg(long, env = "FHIRGATE_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Access token lifetime in seconds for Clients that set none
+    /// (`auth.*.access_token_expiration`); at most 7 days.
+    #[arg(
+        long,
+        env = "FHIRGATE_ACCESS_TOKEN_LIFETIME",
+        default_value_t = 3600,
+        value_parser = clap::value_parser!(u32).range(60..=604_800)
+    )]
+    pub access_token_lifetime: u32,
+    /// Refresh token lifetime in seconds for Clients that set none
+    /// (`auth.authorization_code.refresh_token_expiration`); 92 days by default.
+    #[arg(
+        long,
+        env = "FHIRGATE_REFRESH_TOKEN_LIFETIME",
+        default_value_t = 92 * 24 * 3600,
+        value_parser = clap::value_parser!(u32).range(60..)
+    )]
+    pub refresh_token_lifetime: u32,
+    /// How long a sign-in at the authorization server lasts, in seconds.
+    #[arg(
+        long,
+        env = "FHIRGATE_SESSION_LIFETIME",
+        default_value_t = 8 * 3600,
+        value_parser = clap::value_parser!(u32).range(60..)
+    )]
+    pub session_lifetime: u32,
     /// Reload the project when one of its files changes (development; SIGHUP reloads it
     /// always). A project with errors is reported and the old one keeps serving.
     #[arg(long, env = "FHIRGATE_WATCH")]
@@ -346,6 +372,41 @@ mod tests {
             (3, 30)
         );
         assert!(serve(&["--login-failures-per-user", "0"]).is_err());
+    }
+
+    #[test]
+    fn lifetimes_default_to_an_hour_92_days_and_8_hours_and_are_bounded() {
+        let serve = |args: &[&str]| {
+            let mut argv = vec!["fhirgate", "serve"];
+            argv.extend(args);
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Serve(s) => (
+                    s.access_token_lifetime,
+                    s.refresh_token_lifetime,
+                    s.session_lifetime,
+                ),
+                _ => unreachable!(),
+            })
+        };
+        assert_eq!(serve(&[]).unwrap(), (3600, 92 * 24 * 3600, 8 * 3600));
+        let defaults = fhirgate_auth::server::Lifetimes::default();
+        assert_eq!(
+            serve(&[]).unwrap(),
+            (
+                defaults.access as u32,
+                defaults.refresh as u32,
+                defaults.session as u32
+            ),
+            "the flags' defaults are the library's"
+        );
+        assert_eq!(
+            serve(&["--access-token-lifetime", "604800"]).unwrap().0,
+            604_800
+        );
+        // an access token never outlives a week; nothing lives under a minute
+        assert!(serve(&["--access-token-lifetime", "604801"]).is_err());
+        assert!(serve(&["--session-lifetime", "59"]).is_err());
+        assert!(serve(&["--refresh-token-lifetime", "0"]).is_err());
     }
 
     #[test]

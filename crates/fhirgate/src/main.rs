@@ -279,6 +279,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 expiry_secs: i64::from(args.export_expiry),
                 ..Default::default()
             },
+            lifetimes: fhirgate_auth::server::Lifetimes {
+                access: i64::from(args.access_token_lifetime),
+                refresh: i64::from(args.refresh_token_lifetime),
+                session: i64::from(args.session_lifetime),
+            },
         };
         let prepared = match fhirgate::server::prepare(&project, store, &options).await {
             Ok(p) => p,

@@ -35,6 +35,7 @@ pub struct ServeOptions {
     pub brand_bundle_url: Option<String>,
     /// `--export-concurrency`, `--export-expiry`: how Bulk Data exports run.
     pub export: fhirgate_smart::export::ExportSettings,
+    pub lifetimes: fhirgate_auth::server::Lifetimes,
 }
 
 impl ServeOptions {
@@ -51,6 +52,7 @@ impl ServeOptions {
             login_failures_per_address: 60,
             brand_bundle_url: None,
             export: fhirgate_smart::export::ExportSettings::default(),
+            lifetimes: fhirgate_auth::server::Lifetimes::default(),
         }
     }
 }
@@ -113,6 +115,7 @@ pub async fn prepare(
     auth_config.provider_roles = provider_roles.clone();
     auth_config.login_failures_per_user = options.login_failures_per_user;
     auth_config.login_failures_per_address = options.login_failures_per_address;
+    auth_config.lifetimes = options.lifetimes;
     let auth = AuthServer::start(store.clone(), auth_config)
         .await
         .map_err(|e| format!("cannot start the authorization server: {e}"))?;

@@ -14,7 +14,7 @@
 
 use serde_json::Value;
 
-use super::records::{ACCESS_TTL, MAX_ACCESS_TTL, REFRESH_TTL};
+use super::records::MAX_ACCESS_TTL;
 
 /// How a client proves who it is at the token, introspection and revocation endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +74,12 @@ fn seconds(v: &Value, default: i64) -> i64 {
 
 impl ClientInfo {
     pub fn from_resource(resource: Value) -> ClientInfo {
+        ClientInfo::from_resource_with(resource, &super::Lifetimes::default())
+    }
+
+    /// [`ClientInfo::from_resource`] with the server's default `lifetimes` where the Client sets
+    /// none.
+    pub fn from_resource_with(resource: Value, lifetimes: &super::Lifetimes) -> ClientInfo {
         let id = resource["id"].as_str().unwrap_or_default().to_string();
         let ac = &resource["auth"]["authorization_code"];
         let cc = &resource["auth"]["client_credentials"];
@@ -110,9 +116,10 @@ impl ClientInfo {
             redirect_uris: strings(&ac["redirect_uri"]),
             refresh_allowed,
             pkce_required,
-            access_ttl: seconds(&ac["access_token_expiration"], ACCESS_TTL).min(MAX_ACCESS_TTL),
-            refresh_ttl: seconds(&ac["refresh_token_expiration"], REFRESH_TTL),
-            client_credentials_ttl: seconds(&cc["access_token_expiration"], ACCESS_TTL)
+            access_ttl: seconds(&ac["access_token_expiration"], lifetimes.access)
+                .min(MAX_ACCESS_TTL),
+            refresh_ttl: seconds(&ac["refresh_token_expiration"], lifetimes.refresh),
+            client_credentials_ttl: seconds(&cc["access_token_expiration"], lifetimes.access)
                 .min(MAX_ACCESS_TTL),
             allowed_scope,
             launch_uri: resource["smart"]["launch_uri"].as_str().map(str::to_string),

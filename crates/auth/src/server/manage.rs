@@ -111,7 +111,7 @@ impl AuthServer {
             }
         }
         let info = match self.store.read("Client", client).await {
-            Ok(c) => ClientInfo::from_resource(c),
+            Ok(c) => ClientInfo::from_resource_with(c, &self.config.lifetimes),
             Err(e) if e.is_client_error() => {
                 return Err(LaunchError::UnknownClient(client.into()));
             }
@@ -258,7 +258,7 @@ pub async fn apps_page(State(s): State<Arc<AuthServer>>, headers: HeaderMap) -> 
     };
     let apps: Vec<Value> = clients
         .into_iter()
-        .map(ClientInfo::from_resource)
+        .map(|c| ClientInfo::from_resource_with(c, &s.config.lifetimes))
         .filter(|c| c.active)
         .filter_map(|c| {
             let uri = c.launch_uri.clone()?;

@@ -80,6 +80,28 @@ pub struct AuthConfig {
     pub login_failures_per_address: u32,
     /// The Role names that give provider access (issue 12).
     pub provider_roles: fhirgate_smart::standing::ProviderRoles,
+    /// Token and session lifetimes where a Client sets none.
+    pub lifetimes: Lifetimes,
+}
+
+/// Lifetimes in seconds: the defaults of Clients that set none (`auth.*.access_token_expiration`,
+/// `refresh_token_expiration`) and of sign-in sessions. An access token never lives longer than
+/// [`records::MAX_ACCESS_TTL`], whatever says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    pub access: i64,
+    pub refresh: i64,
+    pub session: i64,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Lifetimes {
+            access: records::ACCESS_TTL,
+            refresh: records::REFRESH_TTL,
+            session: records::SESSION_TTL,
+        }
+    }
 }
 
 impl AuthConfig {
@@ -90,6 +112,7 @@ impl AuthConfig {
             login_failures_per_user: 10,
             login_failures_per_address: 60,
             provider_roles: fhirgate_smart::standing::ProviderRoles::default(),
+            lifetimes: Lifetimes::default(),
         }
     }
 }

@@ -154,7 +154,7 @@ impl AuthServer {
             (id.to_string(), Presented::Nothing)
         };
         let client = match self.store.read("Client", &id).await {
-            Ok(c) => Some(ClientInfo::from_resource(c)),
+            Ok(c) => Some(ClientInfo::from_resource_with(c, &self.config.lifetimes)),
             Err(e) if e.is_client_error() => None,
             Err(e) => return Err(server_error(e)),
         };

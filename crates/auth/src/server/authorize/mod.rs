@@ -120,7 +120,10 @@ pub use fhirgate_smart::standing::fhir_user_reference;
 impl AuthServer {
     pub(crate) async fn load_client(&self, id: &str) -> Result<Option<ClientInfo>, Response> {
         match self.store.read("Client", id).await {
-            Ok(c) => Ok(Some(ClientInfo::from_resource(c))),
+            Ok(c) => Ok(Some(ClientInfo::from_resource_with(
+                c,
+                &self.config.lifetimes,
+            ))),
             Err(e) if e.is_client_error() => Ok(None),
             Err(e) => Err(internal(self, e)),
         }

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::{ClientAddr, internal};
 use crate::server::AuthServer;
-use crate::server::records::{PENDING, Pending, SESSION, SESSION_TTL, SessionRecord, hashed};
+use crate::server::records::{PENDING, Pending, SESSION, SessionRecord, hashed};
 use crate::server::web::is_form;
 use crate::server::web::{self, Params, SESSION_COOKIE, redirect, with_query};
 use crate::tokens::unix_now;
@@ -211,7 +211,7 @@ pub async fn login_submit(
             &hashed(&session),
             Some(&user_id),
             &record,
-            SESSION_TTL,
+            s.config.lifetimes.session,
         )
         .await
     {
@@ -246,7 +246,7 @@ pub async fn login_submit(
     if let Some(c) = web::set_cookie(
         SESSION_COOKIE,
         &session,
-        SESSION_TTL,
+        s.config.lifetimes.session,
         s.cookie_path(),
         "Lax",
         s.secure_cookies,
