@@ -123,6 +123,9 @@ fn address_key(a: IpAddr) -> IpAddr {
 pub struct FailureThrottle {
     per_name: Keyed<(String, Option<IpAddr>)>,
     per_address: Keyed<IpAddr>,
+    /// What it throttles (`sign-in`, `client-auth`): the `kind` label of
+    /// `fhirgate_throttled_total`.
+    kind: &'static str,
 }
 
 /// A refused attempt: retry after this long (at least one second, for `Retry-After`).
@@ -158,7 +161,14 @@ impl FailureThrottle {
         FailureThrottle {
             per_name: Keyed::new(failures_per_name_per_minute),
             per_address: Keyed::new(failures_per_address_per_minute),
+            kind: "other",
         }
+    }
+
+    /// The same throttle, counted in metrics as `kind`.
+    pub fn named(mut self, kind: &'static str) -> Self {
+        self.kind = kind;
+        self
     }
 
     fn keys(name: &str, address: Option<IpAddr>) -> ((String, Option<IpAddr>), Option<IpAddr>) {
@@ -173,7 +183,10 @@ impl FailureThrottle {
         address: Option<IpAddr>,
     ) -> Result<Attempt, Throttled> {
         let (name, address) = Self::keys(name, address);
-        self.begin_at(&name, address, Instant::now())?;
+        if let Err(t) = self.begin_at(&name, address, Instant::now()) {
+            metrics::counter!("fhirgate_throttled_total", "kind" => self.kind).increment(1);
+            return Err(t);
+        }
         Ok(Attempt {
             throttle: self.clone(),
             name,

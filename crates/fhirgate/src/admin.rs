@@ -68,7 +68,10 @@ impl Admin {
     /// An admin API with its own failure throttle at the default limits (10 failures a minute
     /// per client and address, 60 per address).
     pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
-        Self::with_failure_throttle(store, Arc::new(FailureThrottle::new(10, 60)))
+        Self::with_failure_throttle(
+            store,
+            Arc::new(FailureThrottle::new(10, 60).named("client-auth")),
+        )
     }
 
     /// An admin API whose failed authentications count in `failures`.

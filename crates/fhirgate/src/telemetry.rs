@@ -103,6 +103,14 @@ fn describe() {
         Unit::Seconds,
         "Time to answer an HTTP request, by method, route template and status class"
     );
+    describe_counter!(
+        "fhirgate_token_requests_total",
+        "Token endpoint requests, by grant type and outcome (issued, refused, throttled, error)"
+    );
+    describe_counter!(
+        "fhirgate_throttled_total",
+        "Attempts refused by failure throttling before any credential check, by kind (sign-in, client-auth)"
+    );
 }
 
 /// Middleware: the request id (see the module doc), in the request's headers and task, and in

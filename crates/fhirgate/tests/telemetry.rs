@@ -68,6 +68,7 @@ async fn request_ids_json_logs_and_metrics() {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--base-url", &format!("http://127.0.0.1:{port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--login-failures-per-user", "2"])
         .env("FHIRGATE_ROOT_SECRET", ROOT_SECRET)
         .env("RUST_LOG", "info,tower_http=debug")
         .stdout(Stdio::null())
@@ -124,6 +125,37 @@ async fn request_ids_json_logs_and_metrics() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+
+    // token requests: one issued, one refused, and client authentication failures until throttled
+    let client = serde_json::json!({"resourceType": "Client", "id": "svc", "secret": "svc-secret",
+        "grant_types": ["client_credentials"], "scope": "system/Patient.rs"});
+    let r = http
+        .put(format!("{base}/Client/svc"))
+        .basic_auth("root", Some(ROOT_SECRET))
+        .json(&client)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let token = |secret: &'static str| {
+        http.post(format!("{base}/auth/token"))
+            .basic_auth("svc", Some(secret))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "system/Patient.rs"),
+            ])
+            .send()
+    };
+    assert_eq!(token("svc-secret").await.unwrap().status(), 200);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(token("wrong").await.unwrap().status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 429],
+        "two failures allowed a minute, then throttled"
+    );
 
     // /metrics on the main address: admin authentication
     let r = http.get(format!("{base}/metrics")).send().await.unwrap();
@@ -182,6 +214,26 @@ async fn request_ids_json_logs_and_metrics() {
                 assert!(!v.contains("no/such"), "{}: {v}", x.metric);
             }
         }
+        let value = |metric: &str, labels: &[(&str, &str)]| -> f64 {
+            s.iter()
+                .filter(|x| x.metric == metric)
+                .filter(|x| {
+                    labels
+                        .iter()
+                        .all(|(k, v)| x.labels.get(*k).map(String::as_str) == Some(*v))
+                })
+                .map(|x| x.value)
+                .sum()
+        };
+        let tokens = "fhirgate_token_requests_total";
+        let cc = ("grant_type", "client_credentials");
+        assert_eq!(value(tokens, &[cc, ("outcome", "issued")]), 1.0);
+        assert_eq!(value(tokens, &[cc, ("outcome", "refused")]), 2.0);
+        assert_eq!(value(tokens, &[cc, ("outcome", "throttled")]), 1.0);
+        assert_eq!(
+            value("fhirgate_throttled_total", &[("kind", "client-auth")]),
+            1.0
+        );
         // latency histograms with buckets, by the same labels
         let hist = s
             .iter()

@@ -171,14 +171,20 @@ impl AuthServer {
             node,
         ));
         let pages = pages::Pages::new().map_err(|e| StartError::Pages(e.to_string()))?;
-        let login_failures = Arc::new(FailureThrottle::new(
-            config.login_failures_per_user,
-            config.login_failures_per_address,
-        ));
-        let client_failures = Arc::new(FailureThrottle::new(
-            config.login_failures_per_user,
-            config.login_failures_per_address,
-        ));
+        let login_failures = Arc::new(
+            FailureThrottle::new(
+                config.login_failures_per_user,
+                config.login_failures_per_address,
+            )
+            .named("sign-in"),
+        );
+        let client_failures = Arc::new(
+            FailureThrottle::new(
+                config.login_failures_per_user,
+                config.login_failures_per_address,
+            )
+            .named("client-auth"),
+        );
         Ok(Arc::new(AuthServer {
             base_path: issuer_url.path().trim_end_matches('/').to_string(),
             secure_cookies: issuer_url.scheme() == "https",

@@ -248,16 +248,31 @@ pub async fn token(
         Ok(None) => return invalid_request("grant_type is missing"),
         Err(e) => return invalid_request(&e.to_string()),
     };
-    match grant_type {
-        "authorization_code" => s.code_grant(&headers, &p, addr).await,
-        "refresh_token" => s.refresh_grant(&headers, &p, addr).await,
-        "client_credentials" => s.client_credentials_grant(&headers, &p, addr).await,
-        _ => oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "supported: authorization_code, refresh_token, client_credentials",
+    let (label, resp) = match grant_type {
+        "authorization_code" => ("authorization_code", s.code_grant(&headers, &p, addr).await),
+        "refresh_token" => ("refresh_token", s.refresh_grant(&headers, &p, addr).await),
+        "client_credentials" => (
+            "client_credentials",
+            s.client_credentials_grant(&headers, &p, addr).await,
         ),
-    }
+        _ => (
+            "other",
+            oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "supported: authorization_code, refresh_token, client_credentials",
+            ),
+        ),
+    };
+    let outcome = match resp.status() {
+        st if st.is_success() => "issued",
+        StatusCode::TOO_MANY_REQUESTS => "throttled",
+        st if st.is_client_error() => "refused",
+        _ => "error",
+    };
+    metrics::counter!("fhirgate_token_requests_total", "grant_type" => label, "outcome" => outcome)
+        .increment(1);
+    resp
 }
 
 /// What a token response is issued from.
