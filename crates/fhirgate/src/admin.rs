@@ -408,6 +408,36 @@ async fn previous(admin: &Admin, rt: &str, id: &str) -> Option<Value> {
     admin.store.read(rt, id).await.ok()
 }
 
+/// What a single-resource write (`POST /{rt}`, `PUT /{rt}/{id}`) starts with: the guard for
+/// `method path`, a known type name, the parsed body.
+async fn write_request(
+    admin: &Admin,
+    addr: Option<IpAddr>,
+    headers: &HeaderMap,
+    (method, path): (&str, &str),
+    rt: &str,
+    body: &Bytes,
+) -> Result<Value, Response> {
+    guard(admin, addr, headers, method, path, None).await?;
+    if !fhirgate_fhir::is_valid_type_name(rt) {
+        return Err(outcome::not_found(format!("no resource type {rt}")));
+    }
+    parse_body(headers, body)
+}
+
+/// The answer to a stored write: the resource as stored (secrets redacted), after telling the
+/// caches what type changed.
+async fn written(
+    admin: &Admin,
+    headers: &HeaderMap,
+    rt: &str,
+    status: StatusCode,
+    stored: Option<Value>,
+) -> Response {
+    admin.written(&[rt]).await;
+    answer(headers, status, &redact(stored.unwrap_or_default()))
+}
+
 async fn create(
     State(admin): State<Arc<Admin>>,
     ClientAddr(addr): ClientAddr,
@@ -415,28 +445,17 @@ async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = guard(&admin, addr, &headers, "POST", &format!("/{rt}"), None).await {
-        return r;
-    }
-    if !fhirgate_fhir::is_valid_type_name(&rt) {
-        return outcome::not_found(format!("no resource type {rt}"));
-    }
-    let mut resource = match parse_body(&headers, &body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let path = format!("/{rt}");
+    let mut resource =
+        match write_request(&admin, addr, &headers, ("POST", &path), &rt, &body).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
     if let Err(r) = check_shape(&resource, &rt, None).and_then(|_| prepare(&mut resource, None)) {
         return r;
     }
     match admin.store.create(resource).await {
-        Ok(stored) => {
-            admin.written(&[rt.as_str()]).await;
-            answer(
-                &headers,
-                StatusCode::CREATED,
-                &redact(stored.resource.unwrap_or_default()),
-            )
-        }
+        Ok(stored) => written(&admin, &headers, &rt, StatusCode::CREATED, stored.resource).await,
         Err(e) => store_error(e),
     }
 }
@@ -463,13 +482,9 @@ async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = guard(&admin, addr, &headers, "PUT", &format!("/{rt}/{id}"), None).await {
-        return r;
-    }
-    if !fhirgate_fhir::is_valid_type_name(&rt) {
-        return outcome::not_found(format!("no resource type {rt}"));
-    }
-    let mut resource = match parse_body(&headers, &body) {
+    let path = format!("/{rt}/{id}");
+    let mut resource = match write_request(&admin, addr, &headers, ("PUT", &path), &rt, &body).await
+    {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -487,16 +502,12 @@ async fn update(
         .map(|s| s.trim_start_matches("W/").trim_matches('"').to_string());
     match admin.store.update(resource, if_match.as_deref()).await {
         Ok(stored) => {
-            admin.written(&[rt.as_str()]).await;
-            answer(
-                &headers,
-                if stored.created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                &redact(stored.resource.unwrap_or_default()),
-            )
+            let status = if stored.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            written(&admin, &headers, &rt, status, stored.resource).await
         }
         Err(e) => store_error(e),
     }

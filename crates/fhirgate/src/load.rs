@@ -471,20 +471,23 @@ fn stream_ndjson(
             .map(|f| std::io::BufReader::with_capacity(1 << 20, f))
             .map_err(|e| file_err(e.to_string()))
     };
+    // the next line into `line`, counted in `n`; false at the end of the file
+    let next = |reader: &mut std::io::BufReader<std::fs::File>,
+                line: &mut String,
+                n: &mut usize|
+     -> Result<bool, LoadError> {
+        line.clear();
+        *n += 1;
+        let read = reader
+            .read_line(line)
+            .map_err(|e| file_err(format!("line {n}: {e}")))?;
+        Ok(read > 0)
+    };
     let mut line = String::new();
     if skips.is_none() {
         let mut reader = open()?;
         let mut n = 0;
-        loop {
-            line.clear();
-            n += 1;
-            if reader
-                .read_line(&mut line)
-                .map_err(|e| file_err(format!("line {n}: {e}")))?
-                == 0
-            {
-                break;
-            }
+        while next(&mut reader, &mut line, &mut n)? {
             if !line.trim().is_empty() {
                 check_line(&line).map_err(|e| file_err(format!("line {n}: {e}")))?;
             }
@@ -494,16 +497,7 @@ fn stream_ndjson(
     let mut reader = open()?;
     let mut n = 0;
     let mut pending = Vec::with_capacity(size);
-    loop {
-        line.clear();
-        n += 1;
-        if reader
-            .read_line(&mut line)
-            .map_err(|e| file_err(format!("line {n}: {e}")))?
-            == 0
-        {
-            break;
-        }
+    while next(&mut reader, &mut line, &mut n)? {
         if line.trim().is_empty() {
             continue;
         }
