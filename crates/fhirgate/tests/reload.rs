@@ -155,7 +155,10 @@ async fn sighup_reloads_under_load_and_a_broken_project_keeps_the_old_routes() {
         l.await.unwrap();
     }
     let (done, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    eprintln!("{} requests during 20 reloads, {failed} failed", done + failed);
+    eprintln!(
+        "{} requests during 20 reloads, {failed} failed",
+        done + failed
+    );
     assert_eq!(failed, 0, "{failed} of {} requests failed", done + failed);
     assert!(done > 40, "only {done} requests ran during the reloads");
 

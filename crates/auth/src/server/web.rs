@@ -182,16 +182,14 @@ pub fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
     out
 }
 
-/// Cookies of the request.
+/// Cookies of the request (the `cookie` crate's parser; the first of a repeated name wins).
 pub fn cookies(headers: &HeaderMap) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for v in headers.get_all(header::COOKIE) {
         let Ok(s) = v.to_str() else { continue };
-        for part in s.split(';') {
-            if let Some((k, v)) = part.trim().split_once('=') {
-                out.entry(k.trim().to_string())
-                    .or_insert_with(|| v.trim().to_string());
-            }
+        for c in cookie::Cookie::split_parse(s).flatten() {
+            out.entry(c.name().to_string())
+                .or_insert_with(|| c.value().to_string());
         }
     }
     out
@@ -200,7 +198,8 @@ pub fn cookies(headers: &HeaderMap) -> HashMap<String, String> {
 pub const SESSION_COOKIE: &str = "fhirgate_session";
 pub const CSRF_COOKIE: &str = "fhirgate_csrf";
 
-/// A `Set-Cookie` value: HttpOnly always, Secure on https, `SameSite` as given.
+/// A `Set-Cookie` value: HttpOnly always, Secure on https, `SameSite` as given (`Strict`,
+/// `Lax` or `None`; anything else is `Strict`).
 pub fn set_cookie(
     name: &str,
     value: &str,
@@ -209,12 +208,20 @@ pub fn set_cookie(
     same_site: &str,
     secure: bool,
 ) -> Option<HeaderValue> {
-    let path = if path.is_empty() { "/" } else { path };
-    let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "{name}={value}; Max-Age={max_age}; Path={path}; HttpOnly; SameSite={same_site}{secure}"
-    ))
-    .ok()
+    use cookie::{Cookie, SameSite};
+    let same_site = match same_site {
+        "Lax" => SameSite::Lax,
+        "None" => SameSite::None,
+        _ => SameSite::Strict,
+    };
+    let c = Cookie::build((name, value))
+        .max_age(cookie::time::Duration::seconds(max_age))
+        .path(if path.is_empty() { "/" } else { path })
+        .http_only(true)
+        .same_site(same_site)
+        .secure(secure)
+        .build();
+    HeaderValue::from_str(&c.to_string()).ok()
 }
 
 /// Whether the request body is `application/x-www-form-urlencoded`.
