@@ -579,22 +579,9 @@ pub struct DataAction {
     pub route: Arc<Route>,
 }
 
-impl tower::Service<Request> for DataAction {
-    type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(handle(this.kind, this.access, this.route, req).await) })
+impl crate::service::Handle for DataAction {
+    async fn handle(self, req: Request) -> Response {
+        handle(self.kind, self.access, self.route, req).await
     }
 }
 

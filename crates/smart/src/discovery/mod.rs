@@ -14,7 +14,7 @@ use axum::body::{Body, Bytes};
 use fhirgate_config::{Route, RouteTable, Segment};
 use fhirgate_fhir::UsCoreVersion;
 use fhirgate_router::{Request, Response, outcome};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, header};
 use serde_json::{Value, json};
 
 /// The action that serves `.well-known/smart-configuration`.
@@ -476,7 +476,8 @@ fn datetime(secs: u64) -> String {
     )
 }
 
-/// A fixed JSON document, readable cross-origin. `OPTIONS` answers a CORS preflight.
+/// A fixed JSON document. Registered behind [`crate::cors::discovery`], which makes it readable
+/// cross-origin and answers its CORS preflight (`OPTIONS`).
 #[derive(Clone)]
 pub struct Document {
     body: Bytes,
@@ -502,70 +503,19 @@ impl Document {
         Self::new(value, outcome::FHIR_JSON)
     }
 
-    fn respond(&self, req: &Request) -> Response {
-        let mut resp = if req.method() == http::Method::OPTIONS {
-            preflight(req)
-        } else {
-            let mut resp = Response::new(Body::from(self.body.clone()));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(self.content_type),
-            );
-            resp
-        };
+    fn respond(&self) -> Response {
+        let mut resp = Response::new(Body::from(self.body.clone()));
         resp.headers_mut().insert(
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            HeaderValue::from_static("*"),
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
         );
         resp
     }
 }
 
-/// 204 with what a CORS preflight for a GET needs; the requested headers are allowed (an app
-/// that already holds a token may send `Authorization`).
-fn preflight(req: &Request) -> Response {
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::NO_CONTENT;
-    let h = resp.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, HEAD, OPTIONS"),
-    );
-    let requested = req
-        .headers()
-        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static("accept, authorization, content-type"));
-    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("86400"),
-    );
-    h.insert(
-        header::VARY,
-        HeaderValue::from_static("access-control-request-headers"),
-    );
-    h.insert(
-        header::ALLOW,
-        HeaderValue::from_static("GET, HEAD, OPTIONS"),
-    );
-    resp
-}
-
-impl tower::Service<Request> for Document {
-    type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        std::future::ready(Ok(self.respond(&req)))
+impl crate::service::Handle for Document {
+    async fn handle(self, _req: Request) -> Response {
+        self.respond()
     }
 }
 

@@ -1,6 +1,7 @@
 use super::*;
 use fhirgate_config::{MemorySources, Project, load_sources};
 use fhirgate_router::{ProjectRouter, Registry};
+use http::StatusCode;
 use tower::ServiceExt;
 
 const BASE: &str = "https://ehr.example";

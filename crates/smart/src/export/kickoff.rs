@@ -28,7 +28,7 @@ pub struct Kickoff {
 }
 
 impl Kickoff {
-    pub(super) async fn handle(self, req: Request) -> Response {
+    async fn answer(self, req: Request) -> Response {
         let (mut parts, body) = req.into_parts();
         let Some(auth) = parts.extensions.remove::<Authorized>() else {
             return forbidden("no SMART middleware authorized this request");
@@ -492,21 +492,8 @@ impl Kickoff {
     }
 }
 
-impl tower::Service<Request> for Kickoff {
-    type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
+impl crate::service::Handle for Kickoff {
+    async fn handle(self, req: Request) -> Response {
+        self.answer(req).await
     }
 }
