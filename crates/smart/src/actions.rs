@@ -225,26 +225,24 @@ fn audit(
         "data access"
     );
     if let Some(sink) = &access.audit {
-        sink.record(crate::audit::AccessRecord {
-            who: p.subject.clone(),
-            client: p.client_id.clone(),
-            patient: p.patient.clone(),
-            resource_type: resource_type.to_string(),
-            interaction: match kind {
+        sink.record(crate::audit::AccessRecord::of(
+            p,
+            resource_type,
+            match kind {
                 Kind::Read => "read",
                 Kind::VRead => "vread",
                 Kind::Search => "search-type",
                 Kind::History => "history-instance",
                 Kind::AppState(op) => op.interaction_code(),
             },
-            id: m.param("id").map(str::to_string),
-            query: uri.to_string(),
-            allowed: allowed_by.is_some(),
-            detail: match allowed_by {
+            m.param("id").map(str::to_string),
+            uri.to_string(),
+            allowed_by.is_some(),
+            match allowed_by {
                 Some(policy) => format!("allowed by AccessPolicy {policy}"),
                 None => "no AccessPolicy allows this request".into(),
             },
-        });
+        ));
     }
 }
 

@@ -229,20 +229,18 @@ impl SmartAuthorizer {
                 "data access"
             );
             if let Some(sink) = &self.audit {
-                sink.record(crate::audit::AccessRecord {
-                    who: principal.subject.clone(),
-                    client: principal.client_id.clone(),
-                    patient: principal.patient.clone(),
-                    resource_type: resource_type.clone(),
-                    interaction: match interaction {
+                sink.record(crate::audit::AccessRecord::of(
+                    &principal,
+                    &resource_type,
+                    match interaction {
                         crate::scopes::Interaction::Search => "search-type",
                         _ => "read",
                     },
-                    id: id.clone(),
-                    query: req.uri().to_string(),
-                    allowed: false,
-                    detail: why.clone(),
-                });
+                    id.clone(),
+                    req.uri().to_string(),
+                    false,
+                    why.clone(),
+                ));
             }
             forbidden(why)
         })?;
