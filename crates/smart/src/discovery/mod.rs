@@ -5,6 +5,16 @@
 //! Each document is computed once, when the route's stack is built, and served as it is. All
 //! three are readable cross-origin (`Access-Control-Allow-Origin: *`) and answer a CORS
 //! preflight (`OPTIONS`), so that browser apps can discover the server before they have a token.
+//!
+//! The documents are built here; their CORS is [`crate::cors::discovery`]; the unit tests are in
+//! `tests.rs`.
+//!
+//! ```
+//! use fhirgate_smart::discovery::{SCOPES, is_discovery};
+//!
+//! assert!(is_discovery("smart.fhir/capability"));
+//! assert!(SCOPES.contains(&"launch/patient"));
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -1,5 +1,15 @@
 //! The [`Exporter`]: the jobs of one process (worker pool, cancel flags) and the sweeper that
 //! fails jobs whose process died and removes expired ones with their files.
+//!
+//! ```no_run
+//! # async fn example(access: fhirgate_smart::confined::DataAccess) {
+//! use fhirgate_smart::export::{ExportSettings, Exporter};
+//!
+//! let exporter = Exporter::new(access, ExportSettings::default());
+//! exporter.start_sweeper(); // every minute; or sweep once by hand:
+//! exporter.sweep(false).await.ok();
+//! # }
+//! ```
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -1,6 +1,14 @@
 //! The kick-off action ([`Kickoff`]): validates the request, decides each type as a search of it
 //! and queues the job (202 with `Content-Location`). The decision lives in
 //! [`crate::enforce::decide`] via [`crate::authorize::Authorized::decide_for`].
+//!
+//! ```
+//! use fhirgate_smart::service::{Action, Handle};
+//!
+//! // registered as `Action(Kickoff { .. })` by `fhirgate_smart::register_export`
+//! fn registrable<H: Handle>(_: Option<Action<H>>) {}
+//! registrable::<fhirgate_smart::export::Kickoff>(None);
+//! ```
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -15,6 +15,18 @@
 //! a keyset scan, a page at a time, into one NDJSON file per type: under `<data>/exports/<job>`
 //! for an SQLite store, in the database (`export_output`) otherwise. A manifest is written only
 //! when every file is complete; a cancelled, failed or expired job's files are removed.
+//!
+//! Where things live: [`Kickoff`] (kickoff.rs) and its parameters (params.rs), the
+//! [`Exporter`]'s jobs and sweeper (jobs.rs), the worker (worker.rs), NDJSON output (ndjson.rs),
+//! and the status and file routes, [`JobRoute`] (status.rs).
+//!
+//! ```
+//! use fhirgate_smart::export::{ExportSettings, Level};
+//!
+//! assert_eq!(Level::for_action("smart.fhir/export-group"), Some(Level::Group));
+//! assert_eq!(Level::for_action("smart.fhir/read"), None);
+//! assert_eq!(ExportSettings::default().concurrency, 2);
+//! ```
 
 mod jobs;
 mod kickoff;

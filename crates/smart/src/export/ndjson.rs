@@ -1,5 +1,10 @@
 //! NDJSON output: one file per type (a `.part` file for SQLite, chunks in the database
 //! otherwise), and the per-line transforms (`_elements`, referenced-type collection).
+//!
+//! ```
+//! // one line per resource, in a file per type; the formats a kick-off may ask for:
+//! assert!(fhirgate_smart::export::OUTPUT_FORMATS.contains(&"ndjson"));
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

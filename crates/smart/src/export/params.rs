@@ -1,5 +1,10 @@
 //! A job's validated parameters ([`Params`], stored with the job) and the kick-off's parameter
 //! reading: `_since`, `_until`, `_type`, `_typeFilter`, `_elements`, `patient`, `Prefer`.
+//!
+//! ```
+//! // `_outputFormat` accepts these (all mean NDJSON)
+//! assert!(fhirgate_smart::export::OUTPUT_FORMATS.contains(&"application/fhir+ndjson"));
+//! ```
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

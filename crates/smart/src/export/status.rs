@@ -1,6 +1,14 @@
 //! The built-in status (`GET`/`DELETE {base}/_export/{job}`) and file
 //! (`GET {base}/_export/{job}/{file}`) routes: [`JobRoute`]. A job belongs to (FHIR base,
 //! client, user); a download decides the file's type again and must match the export's grant.
+//!
+//! ```
+//! use fhirgate_smart::service::{Action, Handle};
+//!
+//! // registered as `Action(JobRoute { .. })` by `fhirgate_smart::register_export`
+//! fn registrable<H: Handle>(_: Option<Action<H>>) {}
+//! registrable::<fhirgate_smart::export::JobRoute>(None);
+//! ```
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -1,5 +1,10 @@
 //! The worker: runs a queued job off the request path, a keyset page at a time per type, and
 //! writes its manifest when every file is complete.
+//!
+//! ```
+//! // besides the compartment, a Patient- or Group-level export carries what it references
+//! assert!(fhirgate_smart::export::REFERENCED_TYPES.contains(&"Practitioner"));
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;

@@ -6,6 +6,16 @@
 //! (`r.rid IN (SELECT rid FROM index WHERE resource_type, param, value …)`, an index range scan)
 //! and the others are checked per candidate with correlated `EXISTS` on the per-resource index,
 //! so `Observation?patient=X&category=laboratory` reads the patient's rows, not every lab result.
+//!
+//! Where things live: the query and its parsing here, the SQL in `sql.rs`, the unit tests in
+//! `tests.rs`.
+//!
+//! ```
+//! use fhirgate_store::SearchQuery;
+//!
+//! let q = SearchQuery::from_pairs("Observation", [("patient", "Patient/1"), ("_count", "10")]).unwrap();
+//! assert_eq!(q.count, Some(10));
+//! ```
 
 use serde_json::Value;
 

@@ -1,6 +1,14 @@
 //! Search's SQL: the WHERE clause from a [`SearchQuery`]'s filters (the first selective
 //! condition drives, the others are correlated `EXISTS`), sorting, paging, counting, keyset
 //! scans and `_include`/`_revinclude`. Every request value is a bind.
+//!
+//! ```
+//! use fhirgate_store::SearchQuery;
+//!
+//! // the query the SQL is built from; its values become binds, never SQL text
+//! let q = SearchQuery::from_pairs("Observation", [("code", "x' OR 1=1 --")]).unwrap();
+//! assert_eq!(q.resource_type, "Observation");
+//! ```
 
 use std::sync::Arc;
 
