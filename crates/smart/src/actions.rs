@@ -376,13 +376,7 @@ async fn search_params(
                 m.trim()
                     .eq_ignore_ascii_case("application/x-www-form-urlencoded")
             });
-        let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| {
-            outcome::response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-costly",
-                "request body too large or unreadable",
-            )
-        })?;
+        let bytes = read_body(body).await?;
         // one parser for search requests: only a form body carries parameters, and the router's
         // :params check has read the same form (any other body would skip that check)
         if !form && !bytes.is_empty() {
@@ -567,6 +561,17 @@ fn confine_included(auth: &Authorized, included: Vec<Value>) -> Vec<Value> {
         }
     }
     out
+}
+
+/// A request body, whole; 413 when it is too large or cannot be read.
+pub(crate) async fn read_body(body: axum::body::Body) -> Result<bytes::Bytes, Response> {
+    axum::body::to_bytes(body, usize::MAX).await.map_err(|_| {
+        outcome::response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            "request body too large or unreadable",
+        )
+    })
 }
 
 /// A tower service running one data action on one route.

@@ -72,22 +72,8 @@ impl Kickoff {
         };
         let access = &self.exporter.access;
         // the kick-off request itself passes the AccessPolicies, as every request does
-        if let Some(ac) = &access.access {
-            let route_params: Vec<(String, String)> = m
-                .params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect();
-            if let Err(resp) = ac.check(
-                parts.method.as_str(),
-                parts.uri.path(),
-                &pairs,
-                &route_params,
-                auth.principal(),
-                &parts.headers,
-            ) {
-                return resp;
-            }
+        if let Err(resp) = policies_allow(access, &parts, &m, &pairs, &auth) {
+            return resp;
         }
         let params = match self.validate(&auth, &m, &parts, &pairs, lenient).await {
             Ok(p) => p,

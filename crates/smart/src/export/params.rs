@@ -11,9 +11,12 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use fhirgate_config::{Route, RouteTable, Segment};
-use fhirgate_router::{Response, outcome};
+use fhirgate_router::{Response, RouteMatch, outcome};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
+
+use crate::authorize::Authorized;
+use crate::confined::DataAccess;
 
 use super::*;
 
@@ -227,13 +230,7 @@ pub(super) async fn kickoff_pairs(
     if parts.method != Method::POST {
         return Ok(pairs);
     }
-    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| {
-        outcome::response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-costly",
-            "request body too large or unreadable",
-        )
-    })?;
+    let bytes = crate::actions::read_body(body).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(pairs);
     }
@@ -273,6 +270,35 @@ pub(super) async fn kickoff_pairs(
         pairs.push((name.to_string(), value));
     }
     Ok(pairs)
+}
+
+/// Whether the AccessPolicies allow this export request (the kick-off, a status or a file
+/// request), as every request must pass them: `pairs` are its parameters. Without policies,
+/// every request passes.
+pub(super) fn policies_allow(
+    access: &DataAccess,
+    parts: &http::request::Parts,
+    m: &RouteMatch,
+    pairs: &[(String, String)],
+    auth: &Authorized,
+) -> Result<(), Response> {
+    let Some(ac) = &access.access else {
+        return Ok(());
+    };
+    let route_params: Vec<(String, String)> = m
+        .params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    ac.check(
+        parts.method.as_str(),
+        parts.uri.path(),
+        pairs,
+        &route_params,
+        auth.principal(),
+        &parts.headers,
+    )
+    .map(drop)
 }
 
 #[cfg(test)]

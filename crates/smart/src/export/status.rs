@@ -50,24 +50,12 @@ impl JobRoute {
             return forbidden("no route match");
         };
         let access = &self.exporter.access;
-        if let Some(ac) = &access.access {
-            let route_params: Vec<(String, String)> = m
-                .params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect();
+        if access.access.is_some() {
             let pairs: Vec<(String, String)> =
                 form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
                     .into_owned()
                     .collect();
-            if let Err(resp) = ac.check(
-                parts.method.as_str(),
-                parts.uri.path(),
-                &pairs,
-                &route_params,
-                auth.principal(),
-                &parts.headers,
-            ) {
+            if let Err(resp) = policies_allow(access, &parts, &m, &pairs, &auth) {
                 return resp;
             }
         }
