@@ -225,26 +225,24 @@ fn audit(
         "data access"
     );
     if let Some(sink) = &access.audit {
-        sink.record(crate::audit::AccessRecord {
-            who: p.subject.clone(),
-            client: p.client_id.clone(),
-            patient: p.patient.clone(),
-            resource_type: resource_type.to_string(),
-            interaction: match kind {
+        sink.record(crate::audit::AccessRecord::of(
+            p,
+            resource_type,
+            match kind {
                 Kind::Read => "read",
                 Kind::VRead => "vread",
                 Kind::Search => "search-type",
                 Kind::History => "history-instance",
                 Kind::AppState(op) => op.interaction_code(),
             },
-            id: m.param("id").map(str::to_string),
-            query: uri.to_string(),
-            allowed: allowed_by.is_some(),
-            detail: match allowed_by {
+            m.param("id").map(str::to_string),
+            uri.to_string(),
+            allowed_by.is_some(),
+            match allowed_by {
                 Some(policy) => format!("allowed by AccessPolicy {policy}"),
                 None => "no AccessPolicy allows this request".into(),
             },
-        });
+        ));
     }
 }
 
@@ -378,13 +376,7 @@ async fn search_params(
                 m.trim()
                     .eq_ignore_ascii_case("application/x-www-form-urlencoded")
             });
-        let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| {
-            outcome::response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-costly",
-                "request body too large or unreadable",
-            )
-        })?;
+        let bytes = read_body(body).await?;
         // one parser for search requests: only a form body carries parameters, and the router's
         // :params check has read the same form (any other body would skip that check)
         if !form && !bytes.is_empty() {
@@ -571,6 +563,17 @@ fn confine_included(auth: &Authorized, included: Vec<Value>) -> Vec<Value> {
     out
 }
 
+/// A request body, whole; 413 when it is too large or cannot be read.
+pub(crate) async fn read_body(body: axum::body::Body) -> Result<bytes::Bytes, Response> {
+    axum::body::to_bytes(body, usize::MAX).await.map_err(|_| {
+        outcome::response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            "request body too large or unreadable",
+        )
+    })
+}
+
 /// A tower service running one data action on one route.
 #[derive(Clone)]
 pub struct DataAction {
@@ -579,22 +582,9 @@ pub struct DataAction {
     pub route: Arc<Route>,
 }
 
-impl tower::Service<Request> for DataAction {
-    type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(handle(this.kind, this.access, this.route, req).await) })
+impl crate::service::Handle for DataAction {
+    async fn handle(self, req: Request) -> Response {
+        handle(self.kind, self.access, self.route, req).await
     }
 }
 

@@ -394,6 +394,18 @@ impl Ctx<'_> {
 
     /// The current app state `id` this request may write, or the answer: 404 when missing or
     /// out of reach, 412 when deleted.
+    /// [`Self::current`], which an `If-Match` must name at `version`.
+    async fn current_at(&self, id: &str, version: &str) -> Result<Value, Response> {
+        let current = self.current(id).await?;
+        if version_of(&current) != version {
+            return Err(precondition(format!(
+                "Basic/{id} is at version {}, not {version}",
+                version_of(&current)
+            )));
+        }
+        Ok(current)
+    }
+
     async fn current(&self, id: &str) -> Result<Value, Response> {
         if !fhirgate_fhir::is_valid_id(id) {
             return Err(outcome::not_found(format!("Basic/{id} not found")));
@@ -432,16 +444,10 @@ impl Ctx<'_> {
                 "Basic.id must be present and be {id}, as in the URL"
             ));
         }
-        let current = match self.current(id).await {
+        let current = match self.current_at(id, &version).await {
             Ok(c) => c,
             Err(resp) => return resp,
         };
-        if version_of(&current) != version {
-            return precondition(format!(
-                "Basic/{id} is at version {}, not {version}",
-                version_of(&current)
-            ));
-        }
         if r["code"] != current["code"] || r["subject"] != current["subject"] {
             return precondition("Basic.code and Basic.subject cannot change");
         }
@@ -462,15 +468,8 @@ impl Ctx<'_> {
             Ok(v) => v,
             Err(resp) => return resp,
         };
-        let current = match self.current(id).await {
-            Ok(c) => c,
-            Err(resp) => return resp,
-        };
-        if version_of(&current) != version {
-            return precondition(format!(
-                "Basic/{id} is at version {}, not {version}",
-                version_of(&current)
-            ));
+        if let Err(resp) = self.current_at(id, &version).await {
+            return resp;
         }
         match self.store.delete_app_state(id, &version).await {
             Ok(()) => StatusCode::NO_CONTENT.into_response(),

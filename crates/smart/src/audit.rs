@@ -38,6 +38,31 @@ pub struct AccessRecord {
     pub detail: String,
 }
 
+impl AccessRecord {
+    /// `principal`'s request (who, client, patient from the token), as decided.
+    pub fn of(
+        principal: &crate::enforce::Principal,
+        resource_type: &str,
+        interaction: &'static str,
+        id: Option<String>,
+        query: String,
+        allowed: bool,
+        detail: String,
+    ) -> AccessRecord {
+        AccessRecord {
+            who: principal.subject.clone(),
+            client: principal.client_id.clone(),
+            patient: principal.patient.clone(),
+            resource_type: resource_type.to_string(),
+            interaction,
+            id,
+            query,
+            allowed,
+            detail,
+        }
+    }
+}
+
 /// Writes [`AccessRecord`]s as AuditEvent resources.
 pub struct AuditSink {
     tx: mpsc::Sender<AccessRecord>,

@@ -6,6 +6,8 @@
 //! `WWW-Authenticate` challenge; a type or interaction the scopes do not grant, or a missing
 //! patient context → 403 OperationOutcome (never an empty 200 Bundle).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use fhirgate_config::Route;
@@ -160,7 +162,20 @@ fn forbidden(msg: impl AsRef<str>) -> Response {
 }
 
 impl AuthorizeRequest for SmartAuthorizer {
-    fn authorize(&self, req: &mut Request) -> Result<(), Response> {
+    type Future = Pin<Box<dyn Future<Output = Result<Request, Response>> + Send>>;
+
+    fn authorize(&self, mut req: Request) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            this.decide(&mut req)?;
+            Ok(req)
+        })
+    }
+}
+
+impl SmartAuthorizer {
+    /// The decision: token → principal → standing → [`enforce::decide`] → [`Authorized`].
+    fn decide(&self, req: &mut Request) -> Result<(), Response> {
         let Some(token) = bearer(req) else {
             return Err(unauthorized(None, "a bearer token is required"));
         };
@@ -214,20 +229,18 @@ impl AuthorizeRequest for SmartAuthorizer {
                 "data access"
             );
             if let Some(sink) = &self.audit {
-                sink.record(crate::audit::AccessRecord {
-                    who: principal.subject.clone(),
-                    client: principal.client_id.clone(),
-                    patient: principal.patient.clone(),
-                    resource_type: resource_type.clone(),
-                    interaction: match interaction {
+                sink.record(crate::audit::AccessRecord::of(
+                    &principal,
+                    &resource_type,
+                    match interaction {
                         crate::scopes::Interaction::Search => "search-type",
                         _ => "read",
                     },
-                    id: id.clone(),
-                    query: req.uri().to_string(),
-                    allowed: false,
-                    detail: why.clone(),
-                });
+                    id.clone(),
+                    req.uri().to_string(),
+                    false,
+                    why.clone(),
+                ));
             }
             forbidden(why)
         })?;

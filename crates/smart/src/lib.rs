@@ -17,12 +17,14 @@ pub mod app_state;
 pub mod audit;
 pub mod authorize;
 pub mod confined;
+pub mod cors;
 pub mod discovery;
 pub mod enforce;
 pub mod export;
 pub mod middleware;
 pub mod policy;
 pub mod scopes;
+pub mod service;
 pub mod standing;
 
 use std::sync::Arc;
@@ -118,7 +120,9 @@ pub fn register(registry: &mut Registry, setup: &Setup) {
                     keyword,
                     spec,
                     move |route: &Arc<Route>, table: &RouteTable| {
-                        discovery::document(keyword, &base_url, &brands, route, table)
+                        let document =
+                            discovery::document(keyword, &base_url, &brands, route, table);
+                        cors::WithCors::new(cors::discovery(), true, service::Action(document))
                     },
                 )
                 .accept_options(keyword);
@@ -134,11 +138,11 @@ pub fn register(registry: &mut Registry, setup: &Setup) {
                 );
                 registry
                     .action(keyword, spec, move |route: &Arc<Route>| {
-                        actions::DataAction {
+                        service::Action(actions::DataAction {
                             kind,
                             access: access.clone(),
                             route: route.clone(),
-                        }
+                        })
                     })
                     // CORS preflights reach the route's stack, where the SMART middleware
                     // answers them (a route without one refuses them like any request)
@@ -215,19 +219,23 @@ pub fn register_export(
             Some(level) => registry.action_with_routes(
                 keyword,
                 spec,
-                move |route: &Arc<Route>, table: &RouteTable| export::Kickoff {
-                    exporter: exporter.clone(),
-                    level,
-                    route: route.clone(),
-                    table: Arc::new(table.clone()),
+                move |route: &Arc<Route>, table: &RouteTable| {
+                    service::Action(export::Kickoff {
+                        exporter: exporter.clone(),
+                        level,
+                        route: route.clone(),
+                        table: Arc::new(table.clone()),
+                    })
                 },
             ),
             None => {
                 let file = keyword == fhirgate_config::builtin::EXPORT_FILE_ACTION;
-                registry.action(keyword, spec, move |route: &Arc<Route>| export::JobRoute {
-                    exporter: exporter.clone(),
-                    route: route.clone(),
-                    file,
+                registry.action(keyword, spec, move |route: &Arc<Route>| {
+                    service::Action(export::JobRoute {
+                        exporter: exporter.clone(),
+                        route: route.clone(),
+                        file,
+                    })
                 })
             }
         }
@@ -236,30 +244,18 @@ pub fn register_export(
     Some(exporter)
 }
 
-fn not_yet(keyword: &'static str) -> impl Fn(&Arc<Route>) -> NotYet + Send + Sync + 'static {
-    move |_| NotYet(keyword)
+fn not_yet(
+    keyword: &'static str,
+) -> impl Fn(&Arc<Route>) -> service::Action<NotYet> + Send + Sync + 'static {
+    move |_| service::Action(NotYet(keyword))
 }
 
 /// An action whose implementation has not landed: 501 with an OperationOutcome.
 #[derive(Clone, Copy)]
 pub struct NotYet(&'static str);
 
-impl tower::Service<fhirgate_router::Request> for NotYet {
-    type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _req: fhirgate_router::Request) -> Self::Future {
-        std::future::ready(Ok(outcome::not_implemented(format!(
-            "fhirgate does not implement :{} yet",
-            self.0
-        ))))
+impl service::Handle for NotYet {
+    async fn handle(self, _req: fhirgate_router::Request) -> Response {
+        outcome::not_implemented(format!("fhirgate does not implement :{} yet", self.0))
     }
 }

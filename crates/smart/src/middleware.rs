@@ -1,5 +1,8 @@
-//! The SMART authentication middleware: a [`tower::Layer`] whose decision lives behind the small
-//! [`AuthorizeRequest`] trait (closures implement it).
+//! The SMART authentication middleware: a [`tower::Layer`] whose decision lives behind the
+//! [`AuthorizeRequest`] trait, in the manner of tower-http's `AsyncAuthorizeRequest`: the
+//! decision returns a future, so it may do I/O (revocation lookups, policy data) without
+//! blocking; async closures implement it. CORS (SMART App Launch 2.2, "Considerations for CORS
+//! support") is tower-http's CORS around the decision ([`crate::cors`]).
 //!
 //! ```
 //! use fhirgate_smart::middleware::SmartAuthLayer;
@@ -7,8 +10,8 @@
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
 //! // Allow requests that carry a particular header; the real decider verifies a bearer token.
-//! let layer = SmartAuthLayer::new(|req: &mut Request| {
-//!     if req.headers().contains_key("x-ok") { Ok(()) } else { Err(outcome::not_found("no")) }
+//! let layer = SmartAuthLayer::new(|req: Request| async move {
+//!     if req.headers().contains_key("x-ok") { Ok(req) } else { Err(outcome::not_found("no")) }
 //! });
 //! let svc = ServiceBuilder::new().layer(layer).service(service_fn(|_req: Request| async {
 //!     Ok::<_, std::convert::Infallible>(axum::response::Response::new(axum::body::Body::empty()))
@@ -20,28 +23,38 @@
 //! assert_eq!(rt.block_on(svc.oneshot(ok)).unwrap().status(), 200);
 //! ```
 
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use fhirgate_router::{Request, Response, outcome};
 use http::{HeaderValue, StatusCode, header};
 use tower::{Layer, Service};
 
-/// Decides whether a request may proceed. It may annotate the request (e.g. insert the verified
-/// principal into its extensions); `Err` is the response to send instead.
+use crate::cors::WithCors;
+
+/// Decides whether a request may proceed. The future may annotate the request (e.g. insert the
+/// verified principal into its extensions) and yields it back; `Err` is the response to send
+/// instead. It runs on the request's task: do I/O here with `.await`, never by blocking.
 pub trait AuthorizeRequest: Clone + Send + Sync + 'static {
-    fn authorize(&self, req: &mut Request) -> Result<(), Response>;
+    type Future: Future<Output = Result<Request, Response>> + Send + 'static;
+
+    fn authorize(&self, req: Request) -> Self::Future;
 }
 
-impl<F> AuthorizeRequest for F
+impl<F, Fut> AuthorizeRequest for F
 where
-    F: Fn(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static,
+    F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Request, Response>> + Send + 'static,
 {
-    fn authorize(&self, req: &mut Request) -> Result<(), Response> {
+    type Future = Fut;
+
+    fn authorize(&self, req: Request) -> Fut {
         self(req)
     }
 }
 
-/// Wraps a route with an [`AuthorizeRequest`] decision.
+/// Wraps a route with an [`AuthorizeRequest`] decision, behind CORS.
 #[derive(Clone)]
 pub struct SmartAuthLayer<A> {
     auth: A,
@@ -56,21 +69,27 @@ impl<A> SmartAuthLayer<A> {
 impl<S, A: Clone> Layer<S> for SmartAuthLayer<A> {
     type Service = SmartAuth<S, A>;
     fn layer(&self, inner: S) -> Self::Service {
-        SmartAuth {
-            inner,
-            auth: self.auth.clone(),
-        }
+        // browser apps hold bearer tokens, never cookies, so any origin may call the FHIR API;
+        // the preflight is answered before the decision (it carries no token) and without the
+        // action, and a same-origin response is not marked
+        let auth = self.auth.clone();
+        WithCors::new(crate::cors::fhir_api(), false, Authorize { inner, auth })
     }
 }
 
-/// The service [`SmartAuthLayer`] produces.
+/// The service [`SmartAuthLayer`] produces: tower-http's CORS around the decision.
+pub type SmartAuth<S, A> = WithCors<Authorize<S, A>>;
+
+type BoxFuture<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
+
+/// The decision in front of the route: [`AuthorizeRequest`], then the route.
 #[derive(Clone)]
-pub struct SmartAuth<S, A> {
+pub struct Authorize<S, A> {
     inner: S,
     auth: A,
 }
 
-impl<S, A> Service<Request> for SmartAuth<S, A>
+impl<S, A> Service<Request> for Authorize<S, A>
 where
     S: Service<Request, Response = Response> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -79,81 +98,24 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, S::Error>> + Send>>;
+    type Future = BoxFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
-        // CORS (SMART App Launch 2.2, "Considerations for CORS support"): browser apps hold
-        // bearer tokens, never cookies, so any origin may call the FHIR API; the preflight is
-        // answered here, before authentication (it carries no token) and without the action
-        if req.method() == http::Method::OPTIONS {
-            return Box::pin(std::future::ready(Ok(preflight(&req))));
-        }
-        let cross_origin = req.headers().contains_key(header::ORIGIN);
-        let fut = match self.auth.authorize(&mut req) {
-            Ok(()) => Box::pin(self.inner.call(req)),
-            Err(resp) => Box::pin(std::future::ready(Ok(resp))) as Self::Future,
-        };
-        if !cross_origin {
-            return fut;
-        }
+    fn call(&mut self, req: Request) -> Self::Future {
+        // the ready service serves this request; its clone waits for the next
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let decision = self.auth.authorize(req);
         Box::pin(async move {
-            let mut resp = fut.await?;
-            allow_any_origin(&mut resp);
-            Ok(resp)
+            match decision.await {
+                Ok(req) => inner.call(req).await,
+                Err(resp) => Ok(resp),
+            }
         })
     }
-}
-
-/// `Access-Control-Allow-Origin: *`, and the headers a browser app may read besides the simple
-/// ones (the 401 challenge, where a resource lives, and a Bulk Data job's progress and expiry).
-fn allow_any_origin(resp: &mut Response) {
-    let h = resp.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(
-            "www-authenticate, location, content-location, etag, last-modified, x-progress, retry-after, expires",
-        ),
-    );
-}
-
-/// 204 with what a CORS preflight for a FHIR request needs: GET and POST (`_search`), and the
-/// headers the browser asks to send (an app sends `Authorization`).
-fn preflight(req: &Request) -> Response {
-    let mut resp = Response::new(axum::body::Body::empty());
-    *resp.status_mut() = StatusCode::NO_CONTENT;
-    let requested = req
-        .headers()
-        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static("accept, authorization, content-type"));
-    let h = resp.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, HEAD, POST, OPTIONS"),
-    );
-    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("86400"),
-    );
-    h.insert(
-        header::VARY,
-        HeaderValue::from_static("access-control-request-headers"),
-    );
-    resp
 }
 
 /// A 401 with the RFC 6750 challenge: no `error` when no token was sent, else `error`.
@@ -183,8 +145,8 @@ pub fn bearer(req: &Request) -> Option<&str> {
 }
 
 /// The decision used until token verification exists: fail closed on every protected request.
-pub fn refuse_unverifiable(req: &mut Request) -> Result<(), Response> {
-    match bearer(req) {
+pub async fn refuse_unverifiable(req: Request) -> Result<Request, Response> {
+    match bearer(&req) {
         None => Err(unauthorized(None, "a bearer token is required")),
         Some(_) => Err(unauthorized(
             Some("invalid_token"),
@@ -224,7 +186,7 @@ mod tests {
 
     #[tokio::test]
     async fn allows_what_the_decider_allows() {
-        let layer = SmartAuthLayer::new(|_: &mut Request| Ok(()));
+        let layer = SmartAuthLayer::new(|req: Request| async move { Ok(req) });
         let resp = layer.layer(ok_service()).oneshot(req(None)).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
     }
@@ -243,9 +205,11 @@ mod tests {
     #[tokio::test]
     async fn answers_preflights_and_marks_cross_origin_responses() {
         // the decider is never asked about a preflight
-        let svc = SmartAuthLayer::new(|_: &mut Request| -> Result<(), Response> {
-            panic!("a preflight needs no authorization")
-        })
+        let svc = SmartAuthLayer::new(
+            |_: Request| -> std::future::Ready<Result<Request, Response>> {
+                panic!("a preflight needs no authorization")
+            },
+        )
         .layer(ok_service());
         let preflight = http::Request::builder()
             .method(http::Method::OPTIONS)

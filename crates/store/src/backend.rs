@@ -435,6 +435,21 @@ macro_rules! bind_ready {
 macro_rules! store_impl {
     ($store:ident, $db:ty, $backend:expr, auth: $auth:ident, begin: $begin:expr, claim: $claim:expr, for_update: $for_update:expr, explain: $explain:expr) => {
         impl $store {
+            /// Begin a write transaction: after this process's write lock (SQLite: one writer),
+            /// with the backend's `BEGIN` statement.
+            async fn begin_write(&self) -> Result<(Option<tokio::sync::OwnedMutexGuard<()>>, sqlx::Transaction<'static, $db>)> {
+                let guard = match self.write_lock.clone() {
+                    Some(l) => Some(l.lock_owned().await),
+                    None => None,
+                };
+                let begin: Option<&'static str> = $begin;
+                let tx = match begin {
+                    Some(stmt) => self.pool.begin_with(stmt).await?,
+                    None => self.pool.begin().await?,
+                };
+                Ok((guard, tx))
+            }
+
             /// Run a batch of writes in one transaction.
             async fn write(&self, ops: Vec<Op>) -> Result<Vec<Option<Stored>>> {
                 // Validation and index extraction are CPU work: keep big batches off the
@@ -452,16 +467,8 @@ macro_rules! store_impl {
             /// Run prepared writes in one transaction.
             async fn write_planned(&self, prepared: Vec<write::Prepared>, sorted: Option<write::SortedRows>) -> Result<Vec<Option<Stored>>> {
                 let keys = write::keys(&prepared);
-                let lock = self.write_lock.clone();
-                let _guard = match &lock {
-                    Some(l) => Some(l.lock().await),
-                    None => None,
-                };
-                let begin: Option<&'static str> = $begin;
-                let mut tx = match begin {
-                    Some(stmt) => self.pool.begin_with(stmt).await?,
-                    None => self.pool.begin().await?,
-                };
+                // the guard outlives the transaction (dropped after it)
+                let (_guard, mut tx) = self.begin_write().await?;
                 if $claim {
                     for sql in write::claim_sql(&keys) {
                         bind_all!($db, sql).execute(&mut *tx).await?;
@@ -505,16 +512,8 @@ macro_rules! store_impl {
                 if queued == 0 {
                     return Ok(()); // every open but the first after such a migration
                 }
-                let lock = self.write_lock.clone();
-                let _guard = match &lock {
-                    Some(l) => Some(l.lock().await),
-                    None => None,
-                };
-                let begin: Option<&'static str> = $begin;
-                let mut tx = match begin {
-                    Some(stmt) => self.pool.begin_with(stmt).await?,
-                    None => self.pool.begin().await?,
-                };
+                // the guard outlives the transaction (dropped after it)
+                let (_guard, mut tx) = self.begin_write().await?;
                 // Another process opening the same database at the same time waits here, then
                 // finds the queue empty.
                 let mut types = Vec::new();

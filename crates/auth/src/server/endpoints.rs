@@ -223,23 +223,8 @@ pub async fn userinfo(State(s): State<Arc<AuthServer>>, headers: HeaderMap) -> R
     json_no_store(StatusCode::OK, body)
 }
 
-/// Scopes the server knows, for discovery.
-pub const SCOPES_SUPPORTED: &[&str] = &[
-    "openid",
-    "fhirUser",
-    "profile",
-    "launch",
-    "launch/patient",
-    "launch/encounter",
-    "offline_access",
-    "online_access",
-    "patient/*.rs",
-    "user/*.rs",
-    "system/*.rs",
-    "patient/*.read",
-    "user/*.read",
-    "system/*.read",
-];
+/// Scopes the server knows, for discovery: the SMART configuration's list.
+pub const SCOPES_SUPPORTED: &[&str] = fhirgate_smart::discovery::SCOPES;
 
 pub async fn openid_configuration(State(s): State<Arc<AuthServer>>) -> Json<Value> {
     Json(json!({
