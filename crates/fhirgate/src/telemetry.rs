@@ -93,7 +93,7 @@ pub fn metrics_text() -> Option<String> {
 }
 
 fn describe() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         "fhirgate_http_requests_total",
         "HTTP requests answered, by method, route template and status class"
@@ -106,6 +106,31 @@ fn describe() {
     describe_counter!(
         "fhirgate_token_requests_total",
         "Token endpoint requests, by grant type and outcome (issued, refused, throttled, error)"
+    );
+    describe_counter!(
+        "fhirgate_access_decisions_total",
+        "Data access decisions, by outcome (allow, deny-policy, deny-scope)"
+    );
+    describe_histogram!(
+        "fhirgate_store_operation_duration_seconds",
+        Unit::Seconds,
+        "Time of a store operation (read, search, create, update, delete, upsert, load, history), by backend"
+    );
+    describe_gauge!(
+        "fhirgate_store_pool_connections",
+        "Database pool connections, by backend and state (idle, in_use), as of the last operation"
+    );
+    describe_counter!(
+        "fhirgate_export_jobs_total",
+        "Bulk Data export jobs that ended, by outcome (completed, failed, cancelled)"
+    );
+    describe_gauge!(
+        "fhirgate_export_jobs_running",
+        "Bulk Data export jobs running in this process"
+    );
+    describe_counter!(
+        "fhirgate_export_resources_total",
+        "Resources written to Bulk Data export files"
     );
     describe_counter!(
         "fhirgate_throttled_total",

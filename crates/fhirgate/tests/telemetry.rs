@@ -146,7 +146,24 @@ async fn request_ids_json_logs_and_metrics() {
             ])
             .send()
     };
-    assert_eq!(token("svc-secret").await.unwrap().status(), 200);
+    let issued: Value = token("svc-secret").await.unwrap().json().await.unwrap();
+    let access = issued["access_token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    // a data request: decided (allowed or refused by AccessPolicy), and the store is timed
+    let r = http
+        .get(format!("{base}/smart/Patient?_count=1"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert!([200, 403].contains(&r.status().as_u16()), "{}", r.status());
+    let decided = if r.status() == 200 {
+        "allow"
+    } else {
+        "deny-policy"
+    };
     let mut statuses = Vec::new();
     for _ in 0..3 {
         statuses.push(token("wrong").await.unwrap().status().as_u16());
@@ -233,6 +250,27 @@ async fn request_ids_json_logs_and_metrics() {
         assert_eq!(
             value("fhirgate_throttled_total", &[("kind", "client-auth")]),
             1.0
+        );
+        assert_eq!(
+            value("fhirgate_access_decisions_total", &[("outcome", decided)]),
+            1.0
+        );
+        let timed = |op: &str| {
+            s.iter().any(|x| {
+                x.metric == "fhirgate_store_operation_duration_seconds"
+                    && x.labels.get("backend").map(String::as_str) == Some("sqlite")
+                    && x.labels.get("op").map(String::as_str) == Some(op)
+                    && x.value >= 1.0
+            })
+        };
+        for op in ["read", "search", "update", "upsert"] {
+            assert!(timed(op), "no store timing of {op}");
+        }
+        assert!(
+            s.iter()
+                .any(|x| x.metric == "fhirgate_store_pool_connections"
+                    && x.labels.get("state").map(String::as_str) == Some("in_use")),
+            "pool gauges"
         );
         // latency histograms with buckets, by the same labels
         let hist = s

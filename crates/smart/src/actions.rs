@@ -213,6 +213,7 @@ fn audit(
     } else {
         "deny-policy"
     };
+    metrics::counter!("fhirgate_access_decisions_total", "outcome" => outcome).increment(1);
     tracing::info!(
         target: "fhirgate::audit",
         who = %p.subject,

@@ -217,6 +217,8 @@ impl SmartAuthorizer {
         }
         let grant = enforce::decide(self.mode, &principal, &standing, &target).map_err(|d| {
             let why = d.to_string();
+            metrics::counter!("fhirgate_access_decisions_total", "outcome" => "deny-scope")
+                .increment(1);
             tracing::info!(
                 target: "fhirgate::audit",
                 who = %principal.subject,

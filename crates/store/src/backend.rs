@@ -570,10 +570,12 @@ macro_rules! store_impl {
             }
 
             async fn create(&self, resource: Value) -> Result<Stored> {
+                let _timed = crate::metered::Timed::start($backend, "create", &self.pool);
                 self.write_one(Op::Create(resource)).await?.ok_or_else(|| StoreError::Backend("create wrote nothing".into()))
             }
 
             async fn read(&self, resource_type: &str, id: &str) -> Result<Value> {
+                let _timed = crate::metered::Timed::start($backend, "read", &self.pool);
                 let sql = <$db as Placeholders>::placeholders(read_sql(resource_type, id));
                 if let Some(row) = self.inline_current(&sql) {
                     return current(resource_type, id, row)?.parse();
@@ -592,6 +594,7 @@ macro_rules! store_impl {
             }
 
             async fn read_raw(&self, resource_type: &str, id: &str) -> Result<RawResource> {
+                let _timed = crate::metered::Timed::start($backend, "read", &self.pool);
                 let sql = <$db as Placeholders>::placeholders(read_sql(resource_type, id));
                 if let Some(row) = self.inline_current(&sql) {
                     return current(resource_type, id, row);
@@ -608,6 +611,7 @@ macro_rules! store_impl {
             }
 
             async fn lookup(&self, resource_type: &str, id: &str, patient_compartment: Option<&str>, filters: &[Filter]) -> Result<Option<RawResource>> {
+                let _timed = crate::metered::Timed::start($backend, "read", &self.pool);
                 let sql = <$db as Placeholders>::placeholders(search::lookup_sql(resource_type, id, patient_compartment, filters)?);
                 if let Some(found) = self.inline_lookup(&sql) {
                     return Ok(found);
@@ -622,6 +626,7 @@ macro_rules! store_impl {
             }
 
             async fn vread(&self, resource_type: &str, id: &str, version_id: &str) -> Result<Value> {
+                let _timed = crate::metered::Timed::start($backend, "read", &self.pool);
                 let not_found = || StoreError::NotFound { resource_type: resource_type.into(), id: format!("{id}/_history/{version_id}") };
                 let version: i64 = version_id.parse().map_err(|_| not_found())?;
                 let row = sqlx::query::<$db>("SELECT h.deleted, h.body FROM resource r JOIN resource_history h ON h.rid = r.rid \
@@ -639,16 +644,19 @@ macro_rules! store_impl {
             }
 
             async fn update(&self, resource: Value, if_match: Option<&str>) -> Result<Stored> {
+                let _timed = crate::metered::Timed::start($backend, "update", &self.pool);
                 self.write_one(Op::Put { resource, if_match: if_match.map(str::to_string) })
                     .await?
                     .ok_or_else(|| StoreError::Backend("update wrote nothing".into()))
             }
 
             async fn delete(&self, resource_type: &str, id: &str) -> Result<Option<Stored>> {
+                let _timed = crate::metered::Timed::start($backend, "delete", &self.pool);
                 self.write_one(Op::Delete { resource_type: resource_type.into(), id: id.into(), if_match: None }).await
             }
 
             async fn history(&self, resource_type: &str, id: &str) -> Result<Vec<HistoryEntry>> {
+                let _timed = crate::metered::Timed::start($backend, "history", &self.pool);
                 let rows = sqlx::query::<$db>(
                     "SELECT h.version_id, h.last_updated, h.deleted, h.body FROM resource r JOIN resource_history h ON h.rid = r.rid \
                      WHERE r.resource_type = $1 AND r.id = $2 ORDER BY h.version_id DESC",
@@ -673,11 +681,13 @@ macro_rules! store_impl {
             }
 
             async fn upsert_all(&self, resources: Vec<Value>) -> Result<Vec<Stored>> {
+                let _timed = crate::metered::Timed::start($backend, "upsert", &self.pool);
                 let ops = resources.into_iter().map(|resource| Op::Put { resource, if_match: None }).collect();
                 Ok(self.write(ops).await?.into_iter().flatten().collect())
             }
 
             async fn upsert_and_delete(&self, resources: Vec<Value>, deletes: Vec<Deletion>) -> Result<Vec<Stored>> {
+                let _timed = crate::metered::Timed::start($backend, "upsert", &self.pool);
                 let ops = resources
                     .into_iter()
                     .map(|resource| Op::Put { resource, if_match: None })
@@ -687,10 +697,12 @@ macro_rules! store_impl {
             }
 
             async fn write_prepared(&self, batch: PreparedBatch) -> Result<usize> {
+                let _timed = crate::metered::Timed::start($backend, "load", &self.pool);
                 Ok(self.write_planned(batch.prepared, Some(batch.sorted)).await?.iter().flatten().count())
             }
 
             async fn search(&self, q: &SearchQuery) -> Result<SearchResult> {
+                let _timed = crate::metered::Timed::start($backend, "search", &self.pool);
                 let count = q.count.unwrap_or(search::DEFAULT_COUNT);
                 let mut result = SearchResult::default();
                 if count > 0 {

@@ -25,6 +25,7 @@ mod export;
 mod fhirpath;
 mod index;
 mod inline;
+mod metered;
 mod own_params;
 mod refs;
 mod search;

@@ -145,9 +145,17 @@ impl Exporter {
             last_beat: Instant::now(),
             grants: BTreeMap::new(),
         };
+        metrics::gauge!("fhirgate_export_jobs_running").increment(1.0);
         let result = run.all().await;
+        metrics::gauge!("fhirgate_export_jobs_running").decrement(1.0);
+        metrics::counter!("fhirgate_export_resources_total").increment(run.written);
         let now = now_secs();
         let expires = Some(now + self.settings.expiry_secs);
+        let outcome = match &result {
+            Ok(_) => "completed",
+            Err(Stop::Failed(_)) => "failed",
+            Err(_) => "cancelled",
+        };
         match result {
             Ok(manifest) => {
                 let done = jobs
@@ -166,9 +174,15 @@ impl Exporter {
                 if !matches!(done, Ok(true)) {
                     // cancelled while finishing: nothing of it stays
                     self.remove_files(&id).await;
+                    metrics::counter!("fhirgate_export_jobs_total", "outcome" => "cancelled")
+                        .increment(1);
+                } else {
+                    metrics::counter!("fhirgate_export_jobs_total", "outcome" => outcome)
+                        .increment(1);
                 }
             }
             Err(stop) => {
+                metrics::counter!("fhirgate_export_jobs_total", "outcome" => outcome).increment(1);
                 self.remove_files(&id).await;
                 if let Stop::Failed(why) = stop {
                     let _ = jobs
