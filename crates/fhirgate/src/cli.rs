@@ -267,6 +267,14 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(60..)
     )]
     pub session_lifetime: u32,
+    /// The most database connections the pool opens (default: 8 on SQLite, 16 on PostgreSQL).
+    #[arg(
+        long,
+        env = "FHIRGATE_DB_MAX_CONNECTIONS",
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=1024)
+    )]
+    pub db_max_connections: Option<u32>,
     /// Reload the project when one of its files changes (development; SIGHUP reloads it
     /// always). A project with errors is reported and the old one keeps serving.
     #[arg(long, env = "FHIRGATE_WATCH")]
@@ -407,6 +415,22 @@ mod tests {
         assert!(serve(&["--access-token-lifetime", "604801"]).is_err());
         assert!(serve(&["--session-lifetime", "59"]).is_err());
         assert!(serve(&["--refresh-token-lifetime", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_pool_size_is_the_backends_default_unless_given_and_is_bounded() {
+        let serve = |args: &[&str]| {
+            let mut argv = vec!["fhirgate", "serve"];
+            argv.extend(args);
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Serve(s) => s.db_max_connections,
+                _ => unreachable!(),
+            })
+        };
+        assert_eq!(serve(&[]).unwrap(), None);
+        assert_eq!(serve(&["--db-max-connections", "4"]).unwrap(), Some(4));
+        assert!(serve(&["--db-max-connections", "0"]).is_err());
+        assert!(serve(&["--db-max-connections", "1025"]).is_err());
     }
 
     #[test]

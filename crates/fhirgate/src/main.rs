@@ -262,7 +262,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 }
             },
         };
-        let Some(store) = open_store_or_report(&args.database_url).await else {
+        let open = fhirgate_store::OpenOptions {
+            max_connections: args.db_max_connections,
+        };
+        let Some(store) = open_store_or_report_with(&args.database_url, &open).await else {
             return Ok(ExitCode::FAILURE);
         };
         let options = fhirgate::server::ServeOptions {
@@ -485,14 +488,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// [`open_store`], printing its explanation on failure.
 async fn open_store_or_report(url: &str) -> Option<std::sync::Arc<dyn fhirgate_store::Store>> {
-    open_store(url)
+    open_store_or_report_with(url, &fhirgate_store::OpenOptions::default()).await
+}
+
+/// [`open_store_or_report`] with `options`.
+async fn open_store_or_report_with(
+    url: &str,
+    options: &fhirgate_store::OpenOptions,
+) -> Option<std::sync::Arc<dyn fhirgate_store::Store>> {
+    open_store(url, options)
         .await
         .map_err(|msg| say("error", format!("fhirgate: {msg}")))
         .ok()
 }
 
 /// Open the store, with a one-line explanation of what to fix when it cannot be.
-async fn open_store(url: &str) -> Result<std::sync::Arc<dyn fhirgate_store::Store>, String> {
+async fn open_store(
+    url: &str,
+    options: &fhirgate_store::OpenOptions,
+) -> Result<std::sync::Arc<dyn fhirgate_store::Store>, String> {
     if let Some(path) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
@@ -507,7 +521,7 @@ async fn open_store(url: &str) -> Result<std::sync::Arc<dyn fhirgate_store::Stor
             ));
         }
     }
-    fhirgate_store::open(url).await.map_err(|e| {
+    fhirgate_store::open_with(url, options).await.map_err(|e| {
         if url.starts_with("postgres") {
             format!("cannot open the PostgreSQL database ({e}); is the server running and the URL in --database-url / FHIRGATE_DATABASE_URL right?")
         } else {

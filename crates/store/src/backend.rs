@@ -91,6 +91,11 @@ impl SqliteStore {
 
     /// Open (creating the file and its folders if needed) and migrate the database at `path`.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, &crate::OpenOptions::default()).await
+    }
+
+    /// [`SqliteStore::open`] with `options`.
+    pub async fn open_with(path: impl AsRef<Path>, options: &crate::OpenOptions) -> Result<Self> {
         let path = path.as_ref();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -124,7 +129,7 @@ impl SqliteStore {
             .pragma("wal_autocheckpoint", "32768")
             .pragma("journal_size_limit", "268435456");
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(options.max_connections.unwrap_or(8))
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
@@ -244,6 +249,11 @@ impl PostgresStore {
     /// Connect to and migrate the database `url` names (`postgres://…`; an
     /// `options[search_path]=schema` query parameter selects a schema).
     pub async fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, &crate::OpenOptions::default()).await
+    }
+
+    /// [`PostgresStore::open`] with `options`.
+    pub async fn open_with(url: &str, options: &crate::OpenOptions) -> Result<Self> {
         // Search SQL binds parameter names and values; a generic (value-blind) plan guesses
         // selectivity and, after five runs of a statement, drove
         // `Observation?patient=X&category=laboratory` from the category (a fifth of the table)
@@ -264,7 +274,7 @@ impl PostgresStore {
             let _ = probe.close().await;
         }
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(options.max_connections.unwrap_or(16))
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts.clone())
             .await?;
@@ -787,6 +797,46 @@ store_impl!(PostgresStore, Postgres, Backend::Postgres, auth: PgAuthState, begin
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `OpenOptions::max_connections` bounds the pool: 16 concurrent pings on a pool of at most
+    /// 2 connections never open a third, where the default pool opens more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn max_connections_bounds_the_pool() -> Result<()> {
+        async fn peak(options: &crate::OpenOptions) -> Result<u32> {
+            let dir = tempfile::tempdir().unwrap();
+            let store =
+                Arc::new(SqliteStore::open_with(dir.path().join("db.sqlite"), options).await?);
+            let mut peak = 0;
+            for _ in 0..5 {
+                let tasks: Vec<_> = (0..16)
+                    .map(|_| {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            sqlx::query("SELECT 1 FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20000) SELECT x FROM c) LIMIT 1 OFFSET 19999")
+                                .execute(&store.pool)
+                                .await
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap()?;
+                }
+                peak = peak.max(store.pool.size());
+            }
+            Ok(peak)
+        }
+        let bounded = peak(&crate::OpenOptions {
+            max_connections: Some(2),
+        })
+        .await?;
+        assert!((1..=2).contains(&bounded), "{bounded}");
+        let default = peak(&crate::OpenOptions::default()).await?;
+        assert!(
+            default > 2,
+            "the default pool grows past 2 under this load: {default}"
+        );
+        Ok(())
+    }
 
     /// The inline path really runs (no silent fallback) and answers what the pool answers for
     /// the same statement.

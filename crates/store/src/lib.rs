@@ -212,15 +212,28 @@ pub trait Store: ExportJobs + Send + Sync {
 /// Open (creating and migrating as needed) the store a URL names: `sqlite:PATH` /
 /// `sqlite://PATH` or `postgres://…` / `postgresql://…`.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    open_with(url, &OpenOptions::default()).await
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// The most connections the pool opens (default: 8 on SQLite — one writes at a time, the
+    /// rest read — and 16 on PostgreSQL).
+    pub max_connections: Option<u32>,
+}
+
+/// [`open`] with `options`.
+pub async fn open_with(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::open(url).await?))
+        Ok(Arc::new(PostgresStore::open_with(url, options).await?))
     } else if let Some(path) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
     {
         // `sqlite:path?mode=rwc` style options are not used: the store sets its own.
         let path = path.split('?').next().unwrap_or(path);
-        Ok(Arc::new(SqliteStore::open(path).await?))
+        Ok(Arc::new(SqliteStore::open_with(path, options).await?))
     } else {
         Err(StoreError::Invalid(format!(
             "unsupported database URL {url:?}: expected sqlite:PATH or postgres://…"
