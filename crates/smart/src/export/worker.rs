@@ -279,6 +279,21 @@ impl Run<'_> {
             .map_err(|d| d.to_string())
     }
 
+    /// The decision for `t` (kept for the checks of later downloads) and its queries, or `None`
+    /// when the decision refuses it (reported by [`Run::refused`]).
+    async fn admit(&mut self, t: &str) -> Result<Option<(Authorized, Vec<SearchQuery>)>, Stop> {
+        let grant = match self.decide(t) {
+            Ok(g) => g,
+            Err(why) => {
+                self.refused(t, why).await?;
+                return Ok(None);
+            }
+        };
+        self.grants.insert(t.to_string(), grant_key(&grant));
+        let queries = self.queries(t)?;
+        Ok(Some((grant, queries)))
+    }
+
     pub(super) async fn refused(&mut self, t: &str, why: String) -> Result<(), Stop> {
         if self.params.named.iter().any(|n| n == t) {
             self.error(format!("{t} was not exported: {why}")).await?;
@@ -295,14 +310,11 @@ impl Run<'_> {
         if per_patient && self.params.patients.as_ref().is_some_and(Vec::is_empty) {
             return Ok(()); // no patient to export (a Group without existing members)
         }
-        let grant = match self.decide(t) {
-            Ok(g) => g,
-            Err(why) => return self.refused(t, why).await,
+        let Some((grant, queries)) = self.admit(t).await? else {
+            return Ok(());
         };
-        self.grants.insert(t.to_string(), grant_key(&grant));
         let access = self.exporter.access.clone();
         let store = access.confined(&grant);
-        let queries = self.queries(t)?;
         let by_param = per_patient && reach(t) == Reach::PatientParam;
         let mut patients: Vec<Option<String>> = match (&self.params.patients, per_patient) {
             (Some(list), true) => list.iter().cloned().map(Some).collect(),
@@ -475,14 +487,11 @@ impl Run<'_> {
         t: &str,
         ids: BTreeSet<String>,
     ) -> Result<(), Stop> {
-        let grant = match self.decide(t) {
-            Ok(g) => g,
-            Err(why) => return self.refused(t, why).await,
+        let Some((grant, queries)) = self.admit(t).await? else {
+            return Ok(());
         };
-        self.grants.insert(t.to_string(), grant_key(&grant));
         let access = self.exporter.access.clone();
         let store = access.confined(&grant);
-        let queries = self.queries(t)?;
         let name = format!("{t}.ndjson");
         let ids: Vec<String> = ids.into_iter().collect();
         let mut seen: HashSet<i64> = HashSet::new();
