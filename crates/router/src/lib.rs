@@ -35,6 +35,7 @@ use tower::Service;
 
 pub use fhirgate_config::ActionSpec;
 pub use matcher::{Matcher, PathMatch};
+pub use params::is_form;
 pub use registry::{BuildError, Registry};
 
 pub type Request = http::Request<Body>;

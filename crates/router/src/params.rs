@@ -60,18 +60,18 @@ impl Service<Request> for ParamsCheck {
     }
 }
 
-fn is_form(req: &Request) -> bool {
-    req.method() == Method::POST
-        && req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(';').next().is_some_and(|m| {
-                    m.trim()
-                        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-                })
-            })
+/// Whether a request with `headers` carries an `application/x-www-form-urlencoded` body (the
+/// media type, parameters such as `charset` aside). The one check of it: the router's
+/// `:params`, the data actions' POST `_search` and the authorization server's forms.
+pub fn is_form(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
 }
 
 fn is_lenient(req: &Request) -> bool {
@@ -95,7 +95,7 @@ async fn checked(route: &Route, req: Request) -> Result<Request, Response> {
         parts.uri = with_query(&parts.uri, &q)?;
     }
     let req = Request::from_parts(parts, body);
-    if !is_form(&req) {
+    if !(req.method() == Method::POST && is_form(req.headers())) {
         return Ok(req);
     }
     let (parts, body) = req.into_parts();

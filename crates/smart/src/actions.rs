@@ -368,15 +368,7 @@ async fn search_params(
             .into_owned()
             .collect();
     if parts.method == http::Method::POST {
-        let form = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|m| {
-                m.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            });
+        let form = fhirgate_router::is_form(&parts.headers);
         let bytes = read_body(body).await?;
         // one parser for search requests: only a form body carries parameters, and the router's
         // :params check has read the same form (any other body would skip that check)

@@ -224,17 +224,7 @@ pub fn set_cookie(
     HeaderValue::from_str(&c.to_string()).ok()
 }
 
-/// Whether the request body is `application/x-www-form-urlencoded`.
-pub fn is_form(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| {
-            m.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
-}
+pub use fhirgate_router::is_form;
 
 /// Double-submit CSRF check: the form's `csrf` equals the `fhirgate_csrf` cookie, which
 /// another site can neither read nor set. Compared in constant time.
