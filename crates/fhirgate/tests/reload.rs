@@ -5,14 +5,11 @@
 
 mod common;
 
-use std::io::Read;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::process::{free_port, wait_listening};
+use common::process::Serve;
 
 const ROOT_SECRET: &str = "reload-root-secret-0123456789abcdef";
 
@@ -42,57 +39,6 @@ fn project(with_b: bool) -> String {
     )
 }
 
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-impl Serve {
-    fn start(dir: &Path, extra: &[&str]) -> Serve {
-        let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
-            .current_dir(dir)
-            .args(["serve", "--config", "core.edn"])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--base-url", &format!("http://127.0.0.1:{port}")])
-            .args(extra)
-            .env("FHIRGATE_ROOT_SECRET", ROOT_SECRET)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Err(why) = wait_listening(port, &mut child, Duration::from_secs(30)) {
-            let mut log = String::new();
-            let _ = child.stderr.take().unwrap().read_to_string(&mut log);
-            panic!("{why}: {log}");
-        }
-        Serve {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    fn hup(&self) {
-        let ok = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    }
-
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let status = self.child.wait().unwrap();
-        let mut log = String::new();
-        let _ = self.child.stderr.take().unwrap().read_to_string(&mut log);
-        assert!(status.success(), "{status:?}: {log}");
-        log
-    }
-}
-
 async fn status(http: &reqwest::Client, url: &str) -> u16 {
     match http.get(url).send().await {
         Ok(r) => r.status().as_u16(),
@@ -116,7 +62,11 @@ async fn until(http: &reqwest::Client, url: &str, want: u16) {
 async fn sighup_reloads_under_load_and_a_broken_project_keeps_the_old_routes() {
     let dir = common::tempdir("reload");
     std::fs::write(dir.join("core.edn"), project(false)).unwrap();
-    let serve = Serve::start(&dir, &[]);
+    let serve = Serve::start(
+        &dir,
+        &["--config", "core.edn"],
+        &[("FHIRGATE_ROOT_SECRET", ROOT_SECRET)],
+    );
     let base = serve.base.clone();
     let http = reqwest::Client::new();
     assert_eq!(status(&http, &format!("{base}/a/style")).await, 200);
@@ -142,7 +92,7 @@ async fn sighup_reloads_under_load_and_a_broken_project_keeps_the_old_routes() {
     for i in 0..20 {
         let with_b = i % 2 == 0;
         std::fs::write(dir.join("core.edn"), project(with_b)).unwrap();
-        serve.hup();
+        serve.signal("-HUP");
         until(
             &http,
             &format!("{base}/b/style"),
@@ -168,7 +118,7 @@ async fn sighup_reloads_under_load_and_a_broken_project_keeps_the_old_routes() {
     let admin = |url: String| http.get(url).basic_auth("root", Some(ROOT_SECRET)).send();
     assert_eq!(admin(policy.clone()).await.unwrap().status(), 410);
     std::fs::write(dir.join("core.edn"), project(true)).unwrap();
-    serve.hup();
+    serve.signal("-HUP");
     until(&http, &format!("{base}/b/style"), 200).await;
     assert_eq!(admin(policy.clone()).await.unwrap().status(), 200);
 
@@ -178,7 +128,7 @@ async fn sighup_reloads_under_load_and_a_broken_project_keeps_the_old_routes() {
         "{ns core import #{zenbox} root-api {:zen/tags",
     )
     .unwrap();
-    serve.hup();
+    serve.signal("-HUP");
     // a project that moves the FHIR base: refused (the token audiences are fixed at start)
     tokio::time::sleep(Duration::from_millis(500)).await;
     std::fs::write(
@@ -186,7 +136,7 @@ async fn sighup_reloads_under_load_and_a_broken_project_keeps_the_old_routes() {
         project(true).replace("\"smart\" {:apis", "\"fhir\" {:apis"),
     )
     .unwrap();
-    serve.hup();
+    serve.signal("-HUP");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(status(&http, &format!("{base}/a/style")).await, 200);
     assert_eq!(status(&http, &format!("{base}/b/style")).await, 200);
@@ -214,7 +164,11 @@ async fn sighup_reloads_under_load_and_a_broken_project_keeps_the_old_routes() {
 async fn watch_reloads_when_the_file_changes() {
     let dir = common::tempdir("reload-watch");
     std::fs::write(dir.join("core.edn"), project(false)).unwrap();
-    let serve = Serve::start(&dir, &["--watch"]);
+    let serve = Serve::start(
+        &dir,
+        &["--config", "core.edn", "--watch"],
+        &[("FHIRGATE_ROOT_SECRET", ROOT_SECRET)],
+    );
     let http = reqwest::Client::new();
     let b = format!("{}/b/style", serve.base);
     assert_eq!(status(&http, &b).await, 404);

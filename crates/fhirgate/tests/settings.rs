@@ -2,11 +2,7 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use common::process::{free_port, wait_listening};
+use common::process::Serve;
 use serde_json::{Value, json};
 
 const ROOT_SECRET: &str = "settings-root-secret-0123456789abcdef";
@@ -16,22 +12,12 @@ const ROOT_SECRET: &str = "settings-root-secret-0123456789abcdef";
 #[tokio::test]
 async fn the_access_token_lifetime_flag_is_the_default_of_clients_that_set_none() {
     let dir = common::tempdir("settings");
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
-        .current_dir(&dir)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--base-url", &base, "--access-token-lifetime", "120"])
-        .env("FHIRGATE_ROOT_SECRET", ROOT_SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Err(why) = wait_listening(port, &mut child, Duration::from_secs(30)) {
-        let mut log = String::new();
-        let _ = child.stderr.take().unwrap().read_to_string(&mut log);
-        panic!("{why}: {log}");
-    }
+    let serve = Serve::start(
+        &dir,
+        &["--access-token-lifetime", "120"],
+        &[("FHIRGATE_ROOT_SECRET", ROOT_SECRET)],
+    );
+    let base = serve.base.clone();
     let http = reqwest::Client::new();
     for (id, own) in [("svc-default", None), ("svc-own", Some(900))] {
         let mut client = json!({"resourceType": "Client", "id": id, "secret": "svc-secret",
@@ -62,8 +48,5 @@ async fn the_access_token_lifetime_flag_is_the_default_of_clients_that_set_none(
             .unwrap();
         assert_eq!(t["expires_in"], own.unwrap_or(120), "{id}: {t}");
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().unwrap().success());
+    serve.stop();
 }

@@ -6,11 +6,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::process::{free_port, wait_listening};
+use common::process::{Serve, free_port, wait_listening};
 use serde_json::Value;
 
 const ROOT_SECRET: &str = "telemetry-root-secret-0123456789";
@@ -61,27 +59,25 @@ fn scrape(text: &str) -> Vec<Sample> {
 #[tokio::test]
 async fn request_ids_json_logs_and_metrics() {
     let dir = common::tempdir("telemetry");
-    let (port, metrics_port) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
-        .current_dir(&dir)
-        .args(["serve", "--log-format", "json"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--base-url", &format!("http://127.0.0.1:{port}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .args(["--login-failures-per-user", "2"])
-        .env("FHIRGATE_ROOT_SECRET", ROOT_SECRET)
-        .env("RUST_LOG", "info,tower_http=debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Err(why) = wait_listening(port, &mut child, Duration::from_secs(30)) {
-        let mut log = String::new();
-        let _ = child.stderr.take().unwrap().read_to_string(&mut log);
-        panic!("{why}: {log}");
-    }
-    wait_listening(metrics_port, &mut child, Duration::from_secs(10)).unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let metrics_port = free_port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let mut serve = Serve::start(
+        &dir,
+        &[
+            "--log-format",
+            "json",
+            "--metrics-listen",
+            &metrics_listen,
+            "--login-failures-per-user",
+            "2",
+        ],
+        &[
+            ("FHIRGATE_ROOT_SECRET", ROOT_SECRET),
+            ("RUST_LOG", "info,tower_http=debug"),
+        ],
+    );
+    wait_listening(metrics_port, &mut serve.child, Duration::from_secs(10)).unwrap();
+    let base = serve.base.clone();
     let http = reqwest::Client::new();
 
     // a request id the client chose (a FHIR id) comes back, and names the OperationOutcome
@@ -286,18 +282,7 @@ async fn request_ids_json_logs_and_metrics() {
     }
 
     // stop; every stderr line is a JSON object, and the request's lines name its id
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = serve.stop();
     let lines: Vec<Value> = log
         .lines()
         .filter(|l| !l.trim().is_empty())

@@ -60,3 +60,60 @@ pub fn wait_listening(port: u16, child: &mut Child, timeout: Duration) -> Result
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A `fhirgate serve` child on a free loopback port, its stderr kept for [`Serve::stop`].
+pub struct Serve {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`, also its `--base-url`.
+    pub base: String,
+}
+
+impl Serve {
+    /// Start `fhirgate serve` in `dir` with `args` (after `--listen` and `--base-url`) and
+    /// `env`, and wait until it listens; panics with its stderr if it does not.
+    pub fn start(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
+        use std::io::Read;
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+            .current_dir(dir)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--base-url", &base])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn fhirgate serve");
+        if let Err(why) = wait_listening(port, &mut child, Duration::from_secs(30)) {
+            let mut log = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut log);
+            }
+            panic!("{why}: {log}");
+        }
+        Serve { child, base }
+    }
+
+    /// Send `signal` (`-HUP`, `-TERM`, …).
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill {signal}");
+    }
+
+    /// SIGTERM; asserts a clean exit and returns what it wrote on stderr.
+    pub fn stop(mut self) -> String {
+        use std::io::Read;
+        self.signal("-TERM");
+        let status = self.child.wait().expect("wait for fhirgate");
+        let mut log = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = err.read_to_string(&mut log);
+        }
+        assert!(status.success(), "{status:?}: {log}");
+        log
+    }
+}
