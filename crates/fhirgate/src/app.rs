@@ -197,9 +197,8 @@ pub fn build_swappable_app(
                 "internal error",
             )
         }))
-        .layer(axum::middleware::from_fn(crate::telemetry::http_metrics))
         .layer(TraceLayer::new_for_http().make_span_with(crate::telemetry::request_span))
-        .layer(axum::middleware::from_fn(crate::telemetry::request_id));
+        .layer(crate::telemetry::TelemetryLayer);
     // the process's metrics recorder, so that the libraries' metrics are kept from the start
     let _ = crate::telemetry::recorder();
     Ok((app, swap))

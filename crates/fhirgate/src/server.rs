@@ -98,6 +98,8 @@ pub async fn prepare(
     store: Arc<dyn Store>,
     options: &ServeOptions,
 ) -> Result<Prepared, String> {
+    // the metrics recorder first: the store keeps its metric handles from its first operation
+    let _ = crate::telemetry::recorder();
     let bases = fhir_bases(project, &options.base_url);
     let demo_data = options
         .demo

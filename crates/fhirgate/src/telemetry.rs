@@ -1,22 +1,21 @@
 //! What an operator watches: request ids, logs (text or JSON lines) and Prometheus metrics.
 //!
-//! - **Request ids.** [`request_id`] gives every request an id: the client's `x-request-id` when
-//!   it is a FHIR id (1–64 of `A-Z a-z 0-9 - .`), else a new UUID. The response carries it back
+//! - **Request ids.** [`TelemetryLayer`] gives every request an id: the client's `x-request-id` when
+//!   it is a FHIR id (1–64 of `A-Z a-z 0-9 - .`), else a new one of the server's. The response carries it back
 //!   in `x-request-id`, every log line of the request names it (the `request` span), and every
 //!   OperationOutcome of the request has it as its `id` ([`fhirgate_router::request_id`]).
 //! - **Logs.** [`init_logs`]: tracing-subscriber's text or JSON format, filtered by `RUST_LOG`
 //!   (`info` by default; `tower_http=debug` adds a line per response with status and latency).
 //! - **Metrics.** [`recorder`] installs the process's Prometheus recorder (the `metrics` crate's
-//!   facade, which fhirgate's libraries record to); [`http_metrics`] counts and times requests
+//!   facade, which fhirgate's libraries record to); [`TelemetryLayer`] counts and times requests
 //!   by route template and status class, never by path or query values; [`metrics_text`] is
 //!   the text exposition `GET /metrics` serves.
 //!
 //! ```
-//! use axum::{Router, middleware, routing::get};
+//! use axum::{Router, routing::get};
 //! let app: Router = Router::new()
 //!     .route("/x", get(|| async { "ok" }))
-//!     .layer(middleware::from_fn(fhirgate::telemetry::http_metrics))
-//!     .layer(middleware::from_fn(fhirgate::telemetry::request_id));
+//!     .layer(fhirgate::telemetry::TelemetryLayer);
 //! # let _ = app;
 //! ```
 
@@ -24,7 +23,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
 use axum::response::Response;
 use http::{HeaderName, HeaderValue};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -79,6 +77,17 @@ pub fn recorder() -> Option<&'static PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            // histograms keep their samples until an upkeep folds them into buckets: without
+            // one, memory would grow with every request between scrapes
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                });
             Some(handle)
         })
         .as_ref()
@@ -138,21 +147,14 @@ fn describe() {
     );
 }
 
-/// Middleware: the request id (see the module doc), in the request's headers and task, and in
-/// the response's `x-request-id`.
-pub async fn request_id(mut req: Request, next: Next) -> Response {
-    let id: Arc<str> = match req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        Some(given) if fhirgate_fhir::is_valid_id(given) => given.into(),
-        _ => uuid::Uuid::new_v4().to_string().into(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        req.headers_mut().insert(REQUEST_ID, v.clone());
-        let mut resp = fhirgate_router::request_id::scope(id, next.run(req)).await;
-        resp.headers_mut().insert(REQUEST_ID, v);
-        resp
-    } else {
-        next.run(req).await
-    }
+/// A request id of this process: a random prefix drawn once at start and a counter
+/// (`3f9c1e0a7b2d4c68-41`): unique, a FHIR id, and without a system call per request.
+fn new_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_string());
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The span every request's log lines are in: its id, method and path.
@@ -170,50 +172,134 @@ pub fn request_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
     )
 }
 
-/// Middleware: count and time the request by method, route template (axum's matched path for
-/// built-in routes, [`fhirgate_router::RouteTemplate`] for the project's, `unmatched` for
-/// neither) and status class.
-pub async fn http_metrics(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = method_label(req.method());
-    let matched = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
-    let resp = next.run(req).await;
-    let route = match (
-        matched,
-        resp.extensions().get::<fhirgate_router::RouteTemplate>(),
-    ) {
-        (_, Some(t)) => t.0.to_string(),
-        (Some(m), None) => m,
-        (None, None) => "unmatched".to_string(),
-    };
-    let status = status_class(resp.status());
-    let labels = [("method", method), ("route", route), ("status", status)];
-    metrics::counter!("fhirgate_http_requests_total", &labels).increment(1);
-    metrics::histogram!("fhirgate_http_request_duration_seconds", &labels)
-        .record(start.elapsed().as_secs_f64());
-    resp
+/// The request id and the HTTP metrics (see the module doc) as one tower [`Layer`]: outside
+/// the routes (applied with `Router::layer`, so axum's matched path is known), around the
+/// trace span (which names the id).
+///
+/// [`Layer`]: tower::Layer
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TelemetryLayer;
+
+impl<S> tower::Layer<S> for TelemetryLayer {
+    type Service = Telemetry<S>;
+
+    fn layer(&self, inner: S) -> Telemetry<S> {
+        Telemetry { inner }
+    }
 }
 
-/// The method, or `other` for one outside HTTP's own (a label's values stay few).
-fn method_label(m: &http::Method) -> String {
-    use http::Method;
-    let known = [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::PATCH,
-        Method::DELETE,
-        Method::OPTIONS,
-    ];
-    if known.contains(m) {
-        m.as_str().to_string()
-    } else {
-        "other".to_string()
+/// The service of [`TelemetryLayer`].
+#[derive(Clone, Debug)]
+pub struct Telemetry<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for Telemetry<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
     }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let start = Instant::now();
+        // the clone that was made ready is the one that runs (tower's usual swap)
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let id: Arc<str> = match req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            Some(given) if fhirgate_fhir::is_valid_id(given) => given.into(),
+            _ => new_request_id().into(),
+        };
+        let header = HeaderValue::from_str(&id).ok();
+        if let Some(v) = &header {
+            req.headers_mut().insert(REQUEST_ID, v.clone());
+        }
+        let method = method_index(req.method());
+        let matched = req.extensions().get::<MatchedPath>().cloned();
+        // the inner call inside the id's scope: a router may answer (404) in `call` itself
+        Box::pin(fhirgate_router::request_id::scope(id, async move {
+            let mut resp = inner.call(req).await?;
+            let route = match resp.extensions().get::<fhirgate_router::RouteTemplate>() {
+                Some(t) => t.0.clone(),
+                None => match &matched {
+                    Some(m) => Arc::from(m.as_str()),
+                    None => Arc::from("unmatched"),
+                },
+            };
+            let class = usize::from(resp.status().as_u16() / 100).min(STATUS_CLASSES - 1);
+            let (count, time) = http_handles(route, method, class);
+            count.increment(1);
+            time.record(start.elapsed().as_secs_f64());
+            if let Some(v) = header {
+                resp.headers_mut().insert(REQUEST_ID, v);
+            }
+            Ok(resp)
+        }))
+    }
+}
+
+/// HTTP methods as labelled; the last is `other`, for methods outside HTTP's own (a label's
+/// values stay few).
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+/// Status classes `0xx` (never) to `5xx`.
+const STATUS_CLASSES: usize = 6;
+
+fn method_index(m: &http::Method) -> usize {
+    METHODS[..7]
+        .iter()
+        .position(|k| *k == m.as_str())
+        .unwrap_or(7)
+}
+
+/// The counter and histogram of (route, method, status class), made once: building a metric's
+/// key (its labels) for every request costs more than recording into it.
+fn http_handles(
+    route: Arc<str>,
+    method: usize,
+    class: usize,
+) -> (metrics::Counter, metrics::Histogram) {
+    type Handles = Vec<Option<(metrics::Counter, metrics::Histogram)>>;
+    static CACHE: OnceLock<std::sync::RwLock<std::collections::HashMap<Arc<str>, Handles>>> =
+        OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let slot = method * STATUS_CLASSES + class;
+    if let Ok(map) = cache.read()
+        && let Some(Some(found)) = map.get(&route).and_then(|h| h.get(slot))
+    {
+        return found.clone();
+    }
+    let labels = [
+        ("method", METHODS[method].to_string()),
+        ("route", route.to_string()),
+        ("status", format!("{class}xx")),
+    ];
+    let made = (
+        metrics::counter!("fhirgate_http_requests_total", &labels),
+        metrics::histogram!("fhirgate_http_request_duration_seconds", &labels),
+    );
+    if let Ok(mut map) = cache.write() {
+        let handles = map
+            .entry(route)
+            .or_insert_with(|| vec![None; METHODS.len() * STATUS_CLASSES]);
+        handles[slot] = Some(made.clone());
+    }
+    made
 }
 
 /// `GET /metrics`: with `admin`, for clients the admin API lets `GET /metrics` (root, or one an
@@ -257,23 +343,27 @@ fn exposition() -> Response {
     }
 }
 
-/// `2xx`, `4xx`, …
-fn status_class(s: http::StatusCode) -> String {
-    format!("{}xx", s.as_u16() / 100)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn labels_are_bounded() {
-        assert_eq!(method_label(&http::Method::GET), "GET");
+        assert_eq!(METHODS[method_index(&http::Method::GET)], "GET");
+        assert_eq!(METHODS[method_index(&http::Method::OPTIONS)], "OPTIONS");
         assert_eq!(
-            method_label(&http::Method::from_bytes(b"PROPFIND").unwrap()),
+            METHODS[method_index(&http::Method::from_bytes(b"PROPFIND").unwrap())],
             "other"
         );
-        assert_eq!(status_class(http::StatusCode::NOT_FOUND), "4xx");
-        assert_eq!(status_class(http::StatusCode::OK), "2xx");
+    }
+
+    #[test]
+    fn request_ids_are_fhir_ids_and_differ() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_ne!(a, b);
+        assert!(
+            fhirgate_fhir::is_valid_id(&a) && fhirgate_fhir::is_valid_id(&b),
+            "{a} {b}"
+        );
     }
 }
