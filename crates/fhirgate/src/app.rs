@@ -89,11 +89,11 @@ pub fn uses_embedded(path: &Path) -> bool {
 /// [`swap`]: ProjectSwap::swap
 #[derive(Clone)]
 pub struct ProjectSwap {
-    current: std::sync::Arc<std::sync::RwLock<axum::Router>>,
+    current: std::sync::Arc<std::sync::RwLock<ProjectRouter>>,
 }
 
 impl ProjectSwap {
-    fn new(router: axum::Router) -> ProjectSwap {
+    fn new(router: ProjectRouter) -> ProjectSwap {
         ProjectSwap {
             current: std::sync::Arc::new(std::sync::RwLock::new(router)),
         }
@@ -101,14 +101,13 @@ impl ProjectSwap {
 
     /// Serve `routes` from now on.
     pub fn swap(&self, routes: ProjectRouter) {
-        let router = routes.into_router();
         match self.current.write() {
-            Ok(mut g) => *g = router,
-            Err(poisoned) => *poisoned.into_inner() = router,
+            Ok(mut g) => *g = routes,
+            Err(poisoned) => *poisoned.into_inner() = routes,
         }
     }
 
-    fn current(&self) -> axum::Router {
+    fn current(&self) -> ProjectRouter {
         match self.current.read() {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -147,7 +146,7 @@ pub fn build_swappable_app(
     project: &Project,
     registry: &Registry,
 ) -> Result<(axum::Router, ProjectSwap), BuildError> {
-    let swap = ProjectSwap::new(ProjectRouter::new(project, registry)?.into_router());
+    let swap = ProjectSwap::new(ProjectRouter::new(project, registry)?);
     let store = settings.store.clone();
     let mut builtin = axum::Router::new().route("/health", get(move || health(store.clone())));
     if let Some(auth) = &settings.auth {

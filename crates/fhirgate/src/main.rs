@@ -210,8 +210,6 @@ fn routes(args: &RoutesArgs) -> anyhow::Result<ExitCode> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     fhirgate::telemetry::init_logs(args.log_format);
-    // before anything is recorded: start-up's store operations count too
-    let _ = fhirgate::telemetry::recorder();
     JSON_LOGS.store(
         args.log_format == fhirgate::telemetry::LogFormat::Json,
         std::sync::atomic::Ordering::Relaxed,
