@@ -9,6 +9,11 @@
 //! cannot all slip past the check before the first of them fails. A correct password or secret
 //! gives its reservation back, so successes never count.
 //!
+//! Credentials that cannot be guessed (a signed client assertion) take
+//! [`FailureThrottle::begin_unreserved`] instead: the check alone up front, and a failure counted
+//! when the attempt ends without success. A reservation there would only refuse a busy backend
+//! client's concurrent grants once more of them were in flight than its failure budget.
+//!
 //! Keys whose budget is whole again are pruned (at most once a second, and whenever the map has
 //! doubled since the last prune), so the maps hold only keys with failures in the last minute.
 //!
@@ -146,13 +151,29 @@ pub struct Attempt {
     throttle: Arc<FailureThrottle>,
     name: (String, Option<IpAddr>),
     address: Option<IpAddr>,
+    /// The failure was charged up front ([`FailureThrottle::begin`]); otherwise it is charged
+    /// when the attempt is dropped without success.
+    reserved: bool,
+    settled: bool,
 }
 
 impl Attempt {
     /// The credentials were right: give the reserved failure back.
-    pub fn succeeded(self) {
-        self.throttle
-            .refund_at(&self.name, self.address, Instant::now());
+    pub fn succeeded(mut self) {
+        if self.reserved {
+            self.throttle
+                .refund_at(&self.name, self.address, Instant::now());
+        }
+        self.settled = true;
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.reserved && !self.settled {
+            self.throttle
+                .charge_at(&self.name, self.address, Instant::now());
+        }
     }
 }
 
@@ -191,6 +212,30 @@ impl FailureThrottle {
             throttle: self.clone(),
             name,
             address,
+            reserved: true,
+            settled: false,
+        })
+    }
+
+    /// Check `name` from `address` without reserving anything: the attempt counts as a failure
+    /// only if it is dropped without [`Attempt::succeeded`]. For credentials that cannot be
+    /// guessed (signatures), where concurrent attempts need not be held back.
+    pub fn begin_unreserved(
+        self: &Arc<Self>,
+        name: &str,
+        address: Option<IpAddr>,
+    ) -> Result<Attempt, Throttled> {
+        let (name, address) = Self::keys(name, address);
+        if let Some(t) = self.wait_at(&name, address, Instant::now()) {
+            metrics::counter!("fhirgate_throttled_total", "kind" => self.kind).increment(1);
+            return Err(t);
+        }
+        Ok(Attempt {
+            throttle: self.clone(),
+            name,
+            address,
+            reserved: false,
+            settled: false,
         })
     }
 
@@ -244,6 +289,17 @@ impl FailureThrottle {
         Ok(())
     }
 
+    fn charge_at(&self, name: &(String, Option<IpAddr>), address: Option<IpAddr>, now: Instant) {
+        if let Ok(mut names) = self.per_name.state.lock() {
+            self.per_name.charge(&mut names, name, now);
+        }
+        if let Some(a) = address
+            && let Ok(mut addresses) = self.per_address.state.lock()
+        {
+            self.per_address.charge(&mut addresses, &a, now);
+        }
+    }
+
     fn refund_at(&self, name: &(String, Option<IpAddr>), address: Option<IpAddr>, now: Instant) {
         if let Ok(mut names) = self.per_name.state.lock() {
             self.per_name.refund(&mut names, name, now);
@@ -294,6 +350,29 @@ mod tests {
             t.refund_at(&n, a, now);
         }
         ok
+    }
+
+    #[test]
+    fn unreserved_attempts_count_only_when_they_fail() {
+        let t = Arc::new(FailureThrottle::new(2, 100));
+        let a = ip("192.0.2.9");
+        // many concurrent attempts in flight: none is refused, none counts yet
+        let inflight: Vec<_> = (0..10)
+            .map(|_| t.begin_unreserved("backend", a).unwrap())
+            .collect();
+        assert!(t.throttled("backend", a).is_none());
+        for attempt in inflight {
+            attempt.succeeded();
+        }
+        assert!(t.throttled("backend", a).is_none());
+        assert!(t.is_empty());
+        // two that end without success spend the budget of 2
+        drop(t.begin_unreserved("backend", a).unwrap());
+        assert!(t.throttled("backend", a).is_none());
+        drop(t.begin_unreserved("backend", a).unwrap());
+        assert!(t.throttled("backend", a).is_some());
+        assert!(t.begin_unreserved("backend", a).is_err());
+        assert!(t.begin("backend", a).is_err());
     }
 
     #[test]

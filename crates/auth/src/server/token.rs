@@ -158,21 +158,44 @@ impl AuthServer {
             Err(e) if e.is_client_error() => None,
             Err(e) => return Err(server_error(e)),
         };
-        // a secret this process verified before costs one SHA-256 and passes even while throttled
+        // A known, active client with a secret presented: the cache first (a secret this
+        // process verified before costs one SHA-256 and passes even while throttled), then the
+        // failure reservation, taken only once this request holds an argon2 slot and the cache
+        // still misses — so a burst of requests with one new, right secret costs one argon2
+        // check and spends no failure budget, while guesses are reserved before each check.
         if let (Some(c), Presented::Secret(secret, raw)) = (&client, &presented)
             && c.active
             && let ClientAuth::Secret(hash) = &c.auth
-            && (self.secrets.is_cached(&c.id, secret, hash)
-                || raw
-                    .as_deref()
-                    .is_some_and(|r| self.secrets.is_cached(&c.id, r, hash)))
         {
-            return Ok(c.clone());
+            let mut candidates = vec![secret.as_str()];
+            candidates.extend(raw.as_deref());
+            let throttle = self.client_failures.clone();
+            let (key, at) = (id.clone(), addr);
+            let checked = self
+                .secrets
+                .verify_any(&c.id, &candidates, hash, move || throttle.begin(&key, at))
+                .await;
+            return match checked {
+                Ok((true, attempt)) => {
+                    if let Some(a) = attempt {
+                        a.succeeded();
+                    }
+                    Ok(c.clone())
+                }
+                // the reservation stays counted (the attempt is dropped unredeemed)
+                Ok((false, _)) => Err(invalid_client("wrong client secret")),
+                Err(t) => Err(client_throttled(t)),
+            };
         }
-        // anything presented may be a guess: reserve a failure before checking it (no credential
-        // at all is a public client, or a cheap mistake, and is not counted)
+        // anything else presented may be a guess: reserve a failure before checking it (no
+        // credential at all is a public client, or a cheap mistake, and is not counted)
         let attempt = match presented {
             Presented::Nothing => None,
+            // a signature cannot be guessed: check the budget, count only a refusal
+            Presented::Assertion(_) => match self.client_failures.begin_unreserved(&id, addr) {
+                Ok(a) => Some(a),
+                Err(t) => return Err(client_throttled(t)),
+            },
             _ => match self.client_failures.begin(&id, addr) {
                 Ok(a) => Some(a),
                 Err(t) => return Err(client_throttled(t)),
@@ -185,17 +208,6 @@ impl AuthServer {
             return Err(invalid_client("the client is not active"));
         }
         match (&client.auth, presented) {
-            (ClientAuth::Secret(hash), Presented::Secret(secret, raw)) => {
-                let ok = self.secrets.verify(&client.id, &secret, hash).await
-                    || match raw {
-                        // a client that did not form-encode a secret with `+` or `%` in it
-                        Some(raw) => self.secrets.verify(&client.id, &raw, hash).await,
-                        None => false,
-                    };
-                if !ok {
-                    return Err(invalid_client("wrong client secret"));
-                }
-            }
             (ClientAuth::PrivateKeyJwt, Presented::Assertion(a)) => {
                 let token_url = self.url("/auth/token");
                 let own_url = self.url(endpoint);
