@@ -209,7 +209,7 @@ fn routes(args: &RoutesArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    fhirgate::telemetry::init_logs(args.log_format);
+    let _logs = fhirgate::telemetry::init_logs(args.log_format);
     JSON_LOGS.store(
         args.log_format == fhirgate::telemetry::LogFormat::Json,
         std::sync::atomic::Ordering::Relaxed,

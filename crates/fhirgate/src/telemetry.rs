@@ -39,14 +39,33 @@ pub enum LogFormat {
     Json,
 }
 
+/// Keeps the log writer's thread alive: lines still queued are written when it is dropped.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
 /// Install the global log subscriber: `format` on stderr, filtered by `RUST_LOG` (default
-/// `info`).
-pub fn init_logs(format: LogFormat) {
+/// `info`); ANSI colours only when stderr is a terminal.
+///
+/// A line is formatted on the thread that logs it and written by a thread of its own, through
+/// a buffer flushed whenever its queue is empty: a request (and its audit line) makes no write
+/// syscall. The queue is never lossy — an audit line is not dropped; when 128k lines wait, the
+/// logging thread waits too. Hold the guard until the process ends.
+pub fn init_logs(format: LogFormat) -> LogGuard {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("fhirgate-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder
@@ -55,6 +74,7 @@ pub fn init_logs(format: LogFormat) {
             .with_span_list(false)
             .init(),
     }
+    LogGuard(guard)
 }
 
 /// Histogram buckets in seconds: token checks and policy decisions take microseconds, exports

@@ -26,6 +26,7 @@ use sqlx::types::Json;
 use tokio::sync::broadcast;
 
 use crate::error::{Result, StoreError};
+use crate::inline::{InlineAuth, Wrote};
 
 /// One record.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +132,71 @@ fn now() -> i64 {
 /// The columns every read returns, in the order `record` decodes them.
 const COLUMNS: &str = "kind, key, owner, value, expires_at, consumed, created_at";
 
+/// Insert unless a live record has the key (an expired one is replaced).
+const INSERT_SQL: &str = "INSERT INTO auth_state (kind, key, owner, value, expires_at, consumed, created_at) \
+     VALUES ($1, $2, $3, $4, $5, FALSE, $6) \
+     ON CONFLICT (kind, key) DO UPDATE SET owner = excluded.owner, value = excluded.value, \
+     expires_at = excluded.expires_at, consumed = FALSE, created_at = excluded.created_at \
+     WHERE auth_state.expires_at <= $6";
+
+/// The live record of a key.
+const GET_SQL: &str = "SELECT kind, key, owner, value, expires_at, consumed, created_at \
+     FROM auth_state WHERE kind = $1 AND key = $2 AND expires_at > $3";
+
+/// Mark a live, unconsumed record consumed, returning it as it was.
+const CONSUME_SQL: &str = "UPDATE auth_state SET consumed = TRUE \
+     WHERE kind = $1 AND key = $2 AND expires_at > $3 AND consumed = FALSE \
+     RETURNING kind, key, owner, value, expires_at, consumed, created_at";
+
+/// A row as an inline (rusqlite) statement read it; its JSON is parsed after the statement
+/// (a parse error is then the record's, never a reason to run a write again).
+struct RawRecord {
+    kind: String,
+    key: String,
+    owner: Option<String>,
+    value: Vec<u8>,
+    expires_at: i64,
+    consumed: bool,
+    created_at: i64,
+}
+
+impl RawRecord {
+    fn of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        use rusqlite::types::ValueRef;
+        let value = match row.get_ref(3)? {
+            ValueRef::Text(b) | ValueRef::Blob(b) => b.to_vec(),
+            _ => b"null".to_vec(),
+        };
+        Ok(RawRecord {
+            kind: row.get(0)?,
+            key: row.get(1)?,
+            owner: row.get(2)?,
+            value,
+            expires_at: row.get(4)?,
+            consumed: row.get(5)?,
+            created_at: row.get(6)?,
+        })
+    }
+
+    fn parse(self) -> Result<AuthRecord> {
+        let value = serde_json::from_slice(&self.value)
+            .map_err(|e| StoreError::Backend(format!("auth_state value: {e}")))?;
+        Ok(AuthRecord {
+            kind: self.kind,
+            key: self.key,
+            owner: self.owner,
+            value,
+            expires_at: self.expires_at,
+            consumed: self.consumed,
+            created_at: self.created_at,
+        })
+    }
+}
+
+fn inline_error(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(format!("sqlite: {e}"))
+}
+
 /// `AuthState` over a store's pool. The SQL is the same on both backends; `write_lock` (SQLite)
 /// queues writers in-process, as the store's own writes do.
 macro_rules! auth_state_impl {
@@ -139,6 +205,8 @@ macro_rules! auth_state_impl {
             pool: sqlx::Pool<$db>,
             write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
             events: $events,
+            /// SQLite: the grant path's statements on the caller's thread (crate::inline).
+            inline: Option<Arc<InlineAuth>>,
         }
 
         impl $name {
@@ -146,8 +214,9 @@ macro_rules! auth_state_impl {
                 pool: sqlx::Pool<$db>,
                 write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
                 events: $events,
+                inline: Option<Arc<InlineAuth>>,
             ) -> Self {
-                $name { pool, write_lock, events }
+                $name { pool, write_lock, events, inline }
             }
 
             async fn lock(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
@@ -192,12 +261,24 @@ macro_rules! auth_state_impl {
                 let _guard = self.lock().await;
                 // One statement: the conflict check and the replacement of an expired record
                 // cannot interleave with another insert.
+                if let Some(inline) = &self.inline {
+                    let text = value.to_string();
+                    let wrote = inline.write(|conn| {
+                        conn.prepare_cached(INSERT_SQL)?.execute(rusqlite::params![
+                            kind, key, owner, text, expires_at, now()
+                        ])
+                    });
+                    match wrote {
+                        Ok(Wrote::Done(0)) => {
+                            return Err(StoreError::AlreadyExists { resource_type: kind.into(), id: key.into() });
+                        }
+                        Ok(Wrote::Done(_)) => return Ok(()),
+                        Ok(Wrote::Elsewhere) => {}
+                        Err(e) => return Err(inline_error(e)),
+                    }
+                }
                 let done = sqlx::query::<$db>(
-                    "INSERT INTO auth_state (kind, key, owner, value, expires_at, consumed, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, FALSE, $6) \
-                     ON CONFLICT (kind, key) DO UPDATE SET owner = excluded.owner, value = excluded.value, \
-                     expires_at = excluded.expires_at, consumed = FALSE, created_at = excluded.created_at \
-                     WHERE auth_state.expires_at <= $6",
+                    INSERT_SQL,
                 )
                 .bind(kind)
                 .bind(key)
@@ -214,28 +295,59 @@ macro_rules! auth_state_impl {
             }
 
             async fn get(&self, kind: &str, key: &str) -> Result<Option<AuthRecord>> {
-                let sql = format!("SELECT {COLUMNS} FROM auth_state WHERE kind = $1 AND key = $2 AND expires_at > $3");
+                if let Some(inline) = &self.inline
+                    && let Some(raw) = inline.read(|conn| {
+                        let mut stmt = conn.prepare_cached(GET_SQL)?;
+                        let mut rows = stmt.query(rusqlite::params![kind, key, now()])?;
+                        rows.next()?.map(RawRecord::of).transpose()
+                    })
+                {
+                    return raw.map(RawRecord::parse).transpose();
+                }
+                let sql = GET_SQL.to_string();
                 Ok(self.records(sql, &[kind, key], now()).await?.into_iter().next())
             }
 
             async fn consume(&self, kind: &str, key: &str) -> Result<Consumed> {
                 let now = now();
-                let won = {
+                let won = 'won: {
                     let _guard = self.lock().await;
                     // The row update is the arbiter: of concurrent callers, one sees
                     // consumed = FALSE and flips it; the others match no row.
-                    let sql = format!(
-                        "UPDATE auth_state SET consumed = TRUE \
-                         WHERE kind = $1 AND key = $2 AND expires_at > $3 AND consumed = FALSE RETURNING {COLUMNS}"
-                    );
-                    self.records(sql, &[kind, key], now).await?.into_iter().next()
+                    if let Some(inline) = &self.inline {
+                        let wrote = inline.write(|conn| {
+                            let mut stmt = conn.prepare_cached(CONSUME_SQL)?;
+                            let mut rows = stmt.query(rusqlite::params![kind, key, now])?;
+                            rows.next()?.map(RawRecord::of).transpose()
+                        });
+                        match wrote {
+                            Ok(Wrote::Done(raw)) => break 'won raw.map(RawRecord::parse).transpose()?,
+                            Ok(Wrote::Elsewhere) => {}
+                            Err(e) => return Err(inline_error(e)),
+                        }
+                    }
+                    self.records(CONSUME_SQL.to_string(), &[kind, key], now).await?.into_iter().next()
                 };
                 if let Some(mut record) = won {
                     record.consumed = false;
                     return Ok(Consumed::First(record));
                 }
-                let sql = format!("SELECT {COLUMNS} FROM auth_state WHERE kind = $1 AND key = $2 AND expires_at > $3");
-                Ok(match self.records(sql, &[kind, key], now).await?.into_iter().next() {
+                let again = match &self.inline {
+                    Some(inline) => inline
+                        .read(|conn| {
+                            let mut stmt = conn.prepare_cached(GET_SQL)?;
+                            let mut rows = stmt.query(rusqlite::params![kind, key, now])?;
+                            rows.next()?.map(RawRecord::of).transpose()
+                        })
+                        .map(|raw| raw.map(RawRecord::parse).transpose())
+                        .transpose()?,
+                    None => None,
+                };
+                let again = match again {
+                    Some(found) => found,
+                    None => self.records(GET_SQL.to_string(), &[kind, key], now).await?.into_iter().next(),
+                };
+                Ok(match again {
                     Some(record) if record.consumed => Consumed::Again(record),
                     // Not live when the update ran (a record inserted since is not this one).
                     _ => Consumed::Missing,

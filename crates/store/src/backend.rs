@@ -27,7 +27,7 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::auth_state::{AuthState, PgAuthState, PgEvents, SqliteAuthState};
 use crate::checkpoint::Checkpointer;
 use crate::error::{Result, StoreError};
-use crate::inline::Readers;
+use crate::inline::{InlineAuth, Readers};
 use crate::search::{self, Bind, Filter, SearchQuery, SearchResult, SharedText, Sql, TotalMode};
 use crate::write::{self, Current, Op, PreparedBatch, Stored};
 use crate::{Backend, Deletion, HistoryEntry, RawResource, Store};
@@ -52,6 +52,8 @@ pub struct SqliteStore {
     events: tokio::sync::broadcast::Sender<String>,
     /// Read connections for small reads run inline (`None` for an in-memory database).
     readers: Option<Arc<Readers>>,
+    /// The auth-state statements of the grant path, inline (crate::inline::InlineAuth).
+    inline_auth: Option<Arc<InlineAuth>>,
     /// Runs the WAL checkpoints (`None` for an in-memory database).
     checkpointer: Option<Arc<Checkpointer>>,
 }
@@ -66,6 +68,8 @@ pub struct PostgresStore {
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Revocation events: the one `LISTEN`ing task of this store and its clones.
     events: Arc<PgEvents>,
+    /// Always `None`: PostgreSQL statements run over the pool.
+    inline_auth: Option<Arc<InlineAuth>>,
 }
 
 impl SqliteStore {
@@ -148,7 +152,10 @@ impl SqliteStore {
             .flatten();
         let scan_pool = (!in_memory).then(|| Arc::new(tokio::sync::OnceCell::new()));
         let db_file = (!in_memory).then(|| file.clone());
-        let readers = (!in_memory).then(|| Arc::new(Readers::new(file)));
+        let readers = (!in_memory).then(|| Arc::new(Readers::new(file.clone())));
+        let inline_auth = readers
+            .as_ref()
+            .map(|r| Arc::new(InlineAuth::new(r.clone(), file, checkpointer.clone())));
         let store = SqliteStore {
             pool,
             data_dir,
@@ -157,6 +164,7 @@ impl SqliteStore {
             write_lock: Some(Arc::default()),
             events: crate::auth_state::sqlite_events(path),
             readers,
+            inline_auth,
             checkpointer,
         };
         store.reindex_queued().await?;
@@ -283,6 +291,7 @@ impl PostgresStore {
             pool,
             data_dir: None,
             write_lock: None,
+            inline_auth: None,
             events: Arc::new(PgEvents::new(opts)),
         };
         store.reindex_queued().await?;
@@ -571,7 +580,7 @@ macro_rules! store_impl {
             }
 
             fn auth_state(&self) -> Arc<dyn AuthState> {
-                Arc::new($auth::new(self.pool.clone(), self.write_lock.clone(), self.events.clone()))
+                Arc::new($auth::new(self.pool.clone(), self.write_lock.clone(), self.events.clone(), self.inline_auth.clone()))
             }
 
             async fn ping(&self) -> Result<()> {

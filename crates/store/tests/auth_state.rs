@@ -752,3 +752,51 @@ async fn postgres_listener_retries_until_the_database_takes_it_back() {
         .expect("drop database");
     admin.close().await;
 }
+
+/// SQLite: the grant path's statements run inline and never wait for a lock; while another
+/// process (here: another connection) holds the database's write lock, they take the pooled
+/// path, which waits for it, and nothing is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writes_wait_for_a_write_lock_held_elsewhere() {
+    let h = common::sqlite().await;
+    let path = h
+        .url
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("sqlite:")
+        .to_string();
+    let a = h.store.auth_state();
+    let key = unique("jti");
+    a.insert("jti", &key, None, &json!({"n": 1}), later())
+        .await
+        .expect("insert");
+
+    let other = rusqlite::Connection::open(&path).expect("second connection");
+    other
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let (a2, k2, k3) = (a.clone(), unique("jti"), key.clone());
+    let waiting = tokio::spawn(async move {
+        let inserted = a2.insert("jti", &k2, None, &json!({"n": 2}), later()).await;
+        let consumed = a2.consume("jti", &k3).await;
+        (k2, inserted, consumed)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the writes wait for the lock");
+    // reads do not wait
+    assert!(get(&*a, "jti", &key).await.is_some());
+    other.execute_batch("COMMIT").expect("release the lock");
+    let (k2, inserted, consumed) = waiting.await.expect("task");
+    inserted.expect("the insert lands once the lock is free");
+    assert!(matches!(consumed, Ok(Consumed::First(_))));
+    assert!(get(&*a, "jti", &k2).await.is_some());
+    // exactly once: a second insert of the key is refused, a second consume is a reuse
+    assert!(matches!(
+        a.insert("jti", &k2, None, &json!({}), later()).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        a.consume("jti", &key).await,
+        Ok(Consumed::Again(_))
+    ));
+}
