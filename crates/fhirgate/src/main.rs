@@ -262,6 +262,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         let open = fhirgate_store::OpenOptions {
             max_connections: args.db_max_connections,
+            ..Default::default()
         };
         let Some(store) = open_store_or_report_with(&args.database_url, &open).await else {
             return Ok(ExitCode::FAILURE);
@@ -390,7 +391,11 @@ fn report_reload(outcome: &Result<String, fhirgate::server::ReloadError>) {
 fn load_files(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     runtime.block_on(async move {
-        let Some(store) = open_store_or_report(&args.database_url).await else {
+        let options = fhirgate_store::OpenOptions {
+            cache_kib: Some(fhirgate_store::BULK_LOAD_CACHE_KIB),
+            ..Default::default()
+        };
+        let Some(store) = open_store_or_report_with(&args.database_url, &options).await else {
             return Ok(ExitCode::FAILURE);
         };
         let bar = indicatif::ProgressBar::new_spinner();

@@ -122,7 +122,10 @@ impl SqliteStore {
             // only an OS crash or power loss can drop the last transactions.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
-            .pragma("cache_size", "-65536")
+            .pragma(
+                "cache_size",
+                format!("-{}", options.cache_kib.unwrap_or(crate::SERVE_CACHE_KIB)),
+            )
             // Statement journals (a multi-row INSERT's undo pages) in memory, not temp files.
             .pragma("temp_store", "memory")
             // Checkpoints run on a thread of their own (crate::checkpoint). A writer
@@ -836,6 +839,7 @@ mod tests {
         }
         let bounded = peak(&crate::OpenOptions {
             max_connections: Some(2),
+            ..Default::default()
         })
         .await?;
         assert!((1..=2).contains(&bounded), "{bounded}");

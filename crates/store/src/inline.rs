@@ -52,7 +52,10 @@ impl Readers {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::ZERO)?;
-        conn.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -16384;")?;
+        conn.execute_batch(&format!(
+            "PRAGMA query_only = 1; PRAGMA cache_size = -{};",
+            crate::SERVE_CACHE_KIB
+        ))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
     }
