@@ -11,7 +11,7 @@
 //!
 //! Credentials that cannot be guessed (a signed client assertion) take
 //! [`FailureThrottle::begin_unreserved`] instead: the check alone up front, and a failure counted
-//! when the attempt ends without success. A reservation there would only refuse a busy backend
+//! when the attempt is found wrong (a cancelled request counts nothing). A reservation there would only refuse a busy backend
 //! client's concurrent grants once more of them were in flight than its failure budget.
 //!
 //! Keys whose budget is whole again are pruned (at most once a second, and whenever the map has
@@ -151,26 +151,25 @@ pub struct Attempt {
     throttle: Arc<FailureThrottle>,
     name: (String, Option<IpAddr>),
     address: Option<IpAddr>,
-    /// The failure was charged up front ([`FailureThrottle::begin`]); otherwise it is charged
-    /// when the attempt is dropped without success.
+    /// The failure was charged up front ([`FailureThrottle::begin`]); otherwise only
+    /// [`Attempt::failed`] charges it.
     reserved: bool,
-    settled: bool,
 }
 
 impl Attempt {
     /// The credentials were right: give the reserved failure back.
-    pub fn succeeded(mut self) {
+    pub fn succeeded(self) {
         if self.reserved {
             self.throttle
                 .refund_at(&self.name, self.address, Instant::now());
         }
-        self.settled = true;
     }
-}
 
-impl Drop for Attempt {
-    fn drop(&mut self) {
-        if !self.reserved && !self.settled {
+    /// The credentials were wrong: count the failure (a reserved attempt already counts it).
+    /// An unreserved attempt dropped without either — its request was cancelled — counts
+    /// nothing: the check never answered.
+    pub fn failed(self) {
+        if !self.reserved {
             self.throttle
                 .charge_at(&self.name, self.address, Instant::now());
         }
@@ -213,13 +212,12 @@ impl FailureThrottle {
             name,
             address,
             reserved: true,
-            settled: false,
         })
     }
 
     /// Check `name` from `address` without reserving anything: the attempt counts as a failure
-    /// only if it is dropped without [`Attempt::succeeded`]. For credentials that cannot be
-    /// guessed (signatures), where concurrent attempts need not be held back.
+    /// only through [`Attempt::failed`]. For credentials that cannot be guessed (signatures),
+    /// where concurrent attempts need not be held back.
     pub fn begin_unreserved(
         self: &Arc<Self>,
         name: &str,
@@ -235,7 +233,6 @@ impl FailureThrottle {
             name,
             address,
             reserved: false,
-            settled: false,
         })
     }
 
@@ -366,10 +363,15 @@ mod tests {
         }
         assert!(t.throttled("backend", a).is_none());
         assert!(t.is_empty());
-        // two that end without success spend the budget of 2
-        drop(t.begin_unreserved("backend", a).unwrap());
+        // cancelled attempts (dropped unanswered) count nothing
+        for _ in 0..5 {
+            drop(t.begin_unreserved("backend", a).unwrap());
+        }
         assert!(t.throttled("backend", a).is_none());
-        drop(t.begin_unreserved("backend", a).unwrap());
+        // two failures spend the budget of 2
+        t.begin_unreserved("backend", a).unwrap().failed();
+        assert!(t.throttled("backend", a).is_none());
+        t.begin_unreserved("backend", a).unwrap().failed();
         assert!(t.throttled("backend", a).is_some());
         assert!(t.begin_unreserved("backend", a).is_err());
         assert!(t.begin("backend", a).is_err());

@@ -201,47 +201,59 @@ impl AuthServer {
                 Err(t) => return Err(client_throttled(t)),
             },
         };
-        let Some(client) = client else {
-            return Err(invalid_client("unknown client"));
-        };
-        if !client.active {
-            return Err(invalid_client("the client is not active"));
-        }
-        match (&client.auth, presented) {
-            (ClientAuth::PrivateKeyJwt, Presented::Assertion(a)) => {
-                let token_url = self.url("/auth/token");
-                let own_url = self.url(endpoint);
-                let audiences = [
-                    token_url.as_str(),
-                    self.config.issuer.as_str(),
-                    own_url.as_str(),
-                ];
-                if let Err(e) = self
-                    .assertions
-                    .verify(&client.resource, &a, &audiences)
-                    .await
-                {
-                    tracing::info!("client {} assertion refused: {e}", client.id);
-                    return Err(invalid_client("the client assertion is not valid"));
+        // what follows answers the attempt; a request cancelled meanwhile answers nothing
+        let checked: Result<ClientInfo, Response> = async move {
+            let Some(client) = client else {
+                return Err(invalid_client("unknown client"));
+            };
+            if !client.active {
+                return Err(invalid_client("the client is not active"));
+            }
+            match (&client.auth, presented) {
+                (ClientAuth::PrivateKeyJwt, Presented::Assertion(a)) => {
+                    let token_url = self.url("/auth/token");
+                    let own_url = self.url(endpoint);
+                    let audiences = [
+                        token_url.as_str(),
+                        self.config.issuer.as_str(),
+                        own_url.as_str(),
+                    ];
+                    if let Err(e) = self
+                        .assertions
+                        .verify(&client.resource, &a, &audiences)
+                        .await
+                    {
+                        tracing::info!("client {} assertion refused: {e}", client.id);
+                        return Err(invalid_client("the client assertion is not valid"));
+                    }
+                }
+                (ClientAuth::Public, Presented::Nothing) => {}
+                (ClientAuth::Public, _) => {
+                    return Err(invalid_client("the client is public: send only client_id"));
+                }
+                (ClientAuth::Unusable, _) => {
+                    return Err(invalid_client(super::clients::NO_CREDENTIALS));
+                }
+                _ => {
+                    return Err(invalid_client(
+                        "the client must authenticate with its registered method",
+                    ));
                 }
             }
-            (ClientAuth::Public, Presented::Nothing) => {}
-            (ClientAuth::Public, _) => {
-                return Err(invalid_client("the client is public: send only client_id"));
-            }
-            (ClientAuth::Unusable, _) => {
-                return Err(invalid_client(super::clients::NO_CREDENTIALS));
-            }
-            _ => {
-                return Err(invalid_client(
-                    "the client must authenticate with its registered method",
-                ));
-            }
+            Ok(client)
         }
-        if let Some(a) = attempt {
-            a.succeeded();
+        .await;
+        match (checked, attempt) {
+            (Ok(client), Some(a)) => {
+                a.succeeded();
+                Ok(client)
+            }
+            (Err(refused), Some(a)) => {
+                a.failed();
+                Err(refused)
+            }
+            (checked, None) => checked,
         }
-        Ok(client)
     }
 }
 
