@@ -949,3 +949,60 @@ fn no_token_reaches_outside_the_oracle_postgres() {
     };
     run(open, cases(200));
 }
+
+/// The access decision reads a token's User when first seen (never all Users up front), keeps
+/// it until the next reload, and reads it again after one; a deleted User is linked to nobody.
+#[tokio::test]
+async fn users_are_read_when_first_seen_and_again_after_a_reload() {
+    use fhirgate_smart::enforce::Principal;
+    use fhirgate_smart::scopes::ScopeSet;
+    use fhirgate_smart::standing::{Standing, Standings};
+
+    let store = common::sqlite_store("user-cache").await;
+    for i in 0..50 {
+        store
+            .update(
+                json!({"resourceType": "User", "id": format!("u{i}"),
+                       "fhirUser": {"reference": format!("Patient/p{i}")}}),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let access = fhirgate_smart::access::AccessControl::load(
+        store.clone(),
+        false,
+        fhirgate_smart::standing::ProviderRoles::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(access.cached_users(), 0, "loading reads no User");
+    let token = |sub: &str| Principal::new("app", sub, ScopeSet::parse("patient/*.rs"), None);
+    let linked = |p: &str| Standing::Linked(vec![p.to_string()]);
+    assert_eq!(access.standing(&token("u7")).await, linked("p7"));
+    assert_eq!(access.cached_users(), 1);
+
+    // a change is seen after the reload that announces it, not before
+    store
+        .update(
+            json!({"resourceType": "User", "id": "u7", "fhirUser": {"reference": "Patient/p8"}}),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(access.standing(&token("u7")).await, linked("p7"));
+    access.reload().await.unwrap();
+    assert_eq!(access.standing(&token("u7")).await, linked("p8"));
+
+    // a deleted User, and one that never existed, reach no patient
+    store.delete("User", "u7").await.unwrap();
+    access.reload().await.unwrap();
+    assert_eq!(
+        access.standing(&token("u7")).await,
+        Standing::Linked(Vec::new())
+    );
+    assert_eq!(
+        access.standing(&token("nobody")).await,
+        Standing::Linked(Vec::new())
+    );
+}

@@ -167,7 +167,7 @@ impl AuthorizeRequest for SmartAuthorizer {
     fn authorize(&self, mut req: Request) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            this.decide(&mut req)?;
+            this.decide(&mut req).await?;
             Ok(req)
         })
     }
@@ -175,7 +175,7 @@ impl AuthorizeRequest for SmartAuthorizer {
 
 impl SmartAuthorizer {
     /// The decision: token → principal → standing → [`enforce::decide`] → [`Authorized`].
-    fn decide(&self, req: &mut Request) -> Result<(), Response> {
+    async fn decide(&self, req: &mut Request) -> Result<(), Response> {
         let Some(token) = bearer(req) else {
             return Err(unauthorized(None, "a bearer token is required"));
         };
@@ -184,7 +184,7 @@ impl SmartAuthorizer {
             .verify(token, &self.audience)
             .map_err(|e| unauthorized(Some("invalid_token"), &e.to_string()))?;
         let standing = Arc::new(match &self.standings {
-            Some(s) => s.standing(&principal),
+            Some(s) => s.standing(&principal).await,
             None => crate::standing::unknown(&principal),
         });
         let principal = Arc::new(principal);

@@ -62,16 +62,24 @@ impl ProviderRoles {
 
 /// Where the per-request decision finds a token's standing (the AccessPolicy snapshot in
 /// `fhirgate serve`; closures implement it too).
+///
+/// Async: the snapshot reads a User it has not seen yet from the store.
 pub trait Standings: Send + Sync + 'static {
-    fn standing(&self, principal: &crate::enforce::Principal) -> Standing;
+    fn standing<'a>(
+        &'a self,
+        principal: &'a crate::enforce::Principal,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Standing> + Send + 'a>>;
 }
 
 impl<F> Standings for F
 where
     F: Fn(&crate::enforce::Principal) -> Standing + Send + Sync + 'static,
 {
-    fn standing(&self, principal: &crate::enforce::Principal) -> Standing {
-        self(principal)
+    fn standing<'a>(
+        &'a self,
+        principal: &'a crate::enforce::Principal,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Standing> + Send + 'a>> {
+        Box::pin(std::future::ready(self(principal)))
     }
 }
 
