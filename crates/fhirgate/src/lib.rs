@@ -8,6 +8,7 @@ pub mod cli;
 pub mod demo;
 pub mod export;
 pub mod load;
+pub mod log_writer;
 pub mod policy_lint;
 pub mod reload;
 pub mod rpc;

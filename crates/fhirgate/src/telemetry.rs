@@ -39,29 +39,22 @@ pub enum LogFormat {
     Json,
 }
 
-/// Keeps the log writer's thread alive: lines still queued are written when it is dropped.
+/// Keeps the log writer's thread alive: lines still pending are written when it is dropped.
 #[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+pub struct LogGuard(#[allow(dead_code)] crate::log_writer::BatchGuard);
 
 /// Install the global log subscriber: `format` on stderr, filtered by `RUST_LOG` (default
 /// `info`); ANSI colours only when stderr is a terminal.
 ///
-/// A line is formatted on the thread that logs it and written by a thread of its own, through
-/// a buffer flushed whenever its queue is empty: a request (and its audit line) makes no write
-/// syscall. The queue is never lossy — an audit line is not dropped; when 128k lines wait, the
-/// logging thread waits too. Hold the guard until the process ends.
+/// A line is formatted on the thread that logs it and written by a thread of its own, in
+/// batches ([`crate::log_writer`]): a request (and its audit line) makes no write syscall and
+/// wakes nothing. No line is dropped. Hold the guard until the process ends.
 pub fn init_logs(format: LogFormat) -> LogGuard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("fhirgate-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let (writer, guard) = crate::log_writer::BatchedStderr::start();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
