@@ -202,17 +202,7 @@ impl FailureThrottle {
         name: &str,
         address: Option<IpAddr>,
     ) -> Result<Attempt, Throttled> {
-        let (name, address) = Self::keys(name, address);
-        if let Err(t) = self.begin_at(&name, address, Instant::now()) {
-            metrics::counter!("fhirgate_throttled_total", "kind" => self.kind).increment(1);
-            return Err(t);
-        }
-        Ok(Attempt {
-            throttle: self.clone(),
-            name,
-            address,
-            reserved: true,
-        })
+        self.attempt(name, address, true)
     }
 
     /// Check `name` from `address` without reserving anything: the attempt counts as a failure
@@ -223,8 +213,23 @@ impl FailureThrottle {
         name: &str,
         address: Option<IpAddr>,
     ) -> Result<Attempt, Throttled> {
+        self.attempt(name, address, false)
+    }
+
+    fn attempt(
+        self: &Arc<Self>,
+        name: &str,
+        address: Option<IpAddr>,
+        reserve: bool,
+    ) -> Result<Attempt, Throttled> {
         let (name, address) = Self::keys(name, address);
-        if let Some(t) = self.wait_at(&name, address, Instant::now()) {
+        let now = Instant::now();
+        let checked = if reserve {
+            self.begin_at(&name, address, now)
+        } else {
+            self.wait_at(&name, address, now).map_or(Ok(()), Err)
+        };
+        if let Err(t) = checked {
             metrics::counter!("fhirgate_throttled_total", "kind" => self.kind).increment(1);
             return Err(t);
         }
@@ -232,7 +237,7 @@ impl FailureThrottle {
             throttle: self.clone(),
             name,
             address,
-            reserved: false,
+            reserved: reserve,
         })
     }
 

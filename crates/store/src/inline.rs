@@ -22,6 +22,17 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, Row};
 
 use crate::search::{Bind, Sql};
 
+/// A connection to the database at `path` that never waits for a lock (`busy_timeout` 0): busy
+/// is answered at once, and the caller takes the pooled path.
+fn open_unwaiting(path: &std::path::Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::ZERO)?;
+    Ok(conn)
+}
+
 /// Idle read connections kept; there are rarely more callers at once than runtime threads.
 const MAX_IDLE: usize = 8;
 
@@ -47,11 +58,7 @@ impl Readers {
     fn open(&self) -> rusqlite::Result<Connection> {
         // read-write only so that the WAL's shared memory file can be used (or recreated)
         // whatever its permissions; `query_only` refuses any write.
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::ZERO)?;
+        let conn = open_unwaiting(&self.path)?;
         conn.execute_batch(&format!(
             "PRAGMA query_only = 1; PRAGMA cache_size = -{};",
             crate::SERVE_CACHE_KIB
@@ -163,11 +170,7 @@ impl InlineAuth {
     }
 
     fn open(&self) -> rusqlite::Result<Connection> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::ZERO)?;
+        let conn = open_unwaiting(&self.path)?;
         // as the pool's connections (crate::backend::SqliteStore::open)
         conn.execute_batch(
             "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 32768; \
