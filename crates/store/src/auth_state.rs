@@ -193,6 +193,20 @@ impl RawRecord {
     }
 }
 
+/// The first row of `sql` (one of the statements above, bound to kind, key and now) on an
+/// inline connection.
+fn first_raw(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    kind: &str,
+    key: &str,
+    now: i64,
+) -> rusqlite::Result<Option<RawRecord>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(rusqlite::params![kind, key, now])?;
+    rows.next()?.map(RawRecord::of).transpose()
+}
+
 fn inline_error(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(format!("sqlite: {e}"))
 }
@@ -246,6 +260,16 @@ macro_rules! auth_state_impl {
                 let rows = q.bind(now).fetch_all(&self.pool).await?;
                 rows.iter().map(Self::record).collect()
             }
+
+            /// The live record of a key: inline when it can run there, else over the pool.
+            async fn live(&self, kind: &str, key: &str, now: i64) -> Result<Option<AuthRecord>> {
+                if let Some(inline) = &self.inline
+                    && let Some(raw) = inline.read(|conn| first_raw(conn, GET_SQL, kind, key, now))
+                {
+                    return raw.map(RawRecord::parse).transpose();
+                }
+                Ok(self.records(GET_SQL.to_string(), &[kind, key], now).await?.into_iter().next())
+            }
         }
 
         #[async_trait::async_trait]
@@ -295,17 +319,7 @@ macro_rules! auth_state_impl {
             }
 
             async fn get(&self, kind: &str, key: &str) -> Result<Option<AuthRecord>> {
-                if let Some(inline) = &self.inline
-                    && let Some(raw) = inline.read(|conn| {
-                        let mut stmt = conn.prepare_cached(GET_SQL)?;
-                        let mut rows = stmt.query(rusqlite::params![kind, key, now()])?;
-                        rows.next()?.map(RawRecord::of).transpose()
-                    })
-                {
-                    return raw.map(RawRecord::parse).transpose();
-                }
-                let sql = GET_SQL.to_string();
-                Ok(self.records(sql, &[kind, key], now()).await?.into_iter().next())
+                self.live(kind, key, now()).await
             }
 
             async fn consume(&self, kind: &str, key: &str) -> Result<Consumed> {
@@ -315,11 +329,7 @@ macro_rules! auth_state_impl {
                     // The row update is the arbiter: of concurrent callers, one sees
                     // consumed = FALSE and flips it; the others match no row.
                     if let Some(inline) = &self.inline {
-                        let wrote = inline.write(|conn| {
-                            let mut stmt = conn.prepare_cached(CONSUME_SQL)?;
-                            let mut rows = stmt.query(rusqlite::params![kind, key, now])?;
-                            rows.next()?.map(RawRecord::of).transpose()
-                        });
+                        let wrote = inline.write(|conn| first_raw(conn, CONSUME_SQL, kind, key, now));
                         match wrote {
                             Ok(Wrote::Done(raw)) => break 'won raw.map(RawRecord::parse).transpose()?,
                             Ok(Wrote::Elsewhere) => {}
@@ -332,22 +342,7 @@ macro_rules! auth_state_impl {
                     record.consumed = false;
                     return Ok(Consumed::First(record));
                 }
-                let again = match &self.inline {
-                    Some(inline) => inline
-                        .read(|conn| {
-                            let mut stmt = conn.prepare_cached(GET_SQL)?;
-                            let mut rows = stmt.query(rusqlite::params![kind, key, now])?;
-                            rows.next()?.map(RawRecord::of).transpose()
-                        })
-                        .map(|raw| raw.map(RawRecord::parse).transpose())
-                        .transpose()?,
-                    None => None,
-                };
-                let again = match again {
-                    Some(found) => found,
-                    None => self.records(GET_SQL.to_string(), &[kind, key], now).await?.into_iter().next(),
-                };
-                Ok(match again {
+                Ok(match self.live(kind, key, now).await? {
                     Some(record) if record.consumed => Consumed::Again(record),
                     // Not live when the update ran (a record inserted since is not this one).
                     _ => Consumed::Missing,

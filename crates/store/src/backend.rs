@@ -68,8 +68,6 @@ pub struct PostgresStore {
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Revocation events: the one `LISTEN`ing task of this store and its clones.
     events: Arc<PgEvents>,
-    /// Always `None`: PostgreSQL statements run over the pool.
-    inline_auth: Option<Arc<InlineAuth>>,
 }
 
 impl SqliteStore {
@@ -173,6 +171,11 @@ impl SqliteStore {
         store.after_analyze().await?;
         store.reindex_queued().await?;
         Ok(store)
+    }
+
+    /// The grant path's inline statements (`None` for an in-memory database).
+    fn inline_auth(&self) -> Option<Arc<InlineAuth>> {
+        self.inline_auth.clone()
     }
 
     /// Keep ANALYZE's row counts (`sqlite_stat1`), drop its samples (`sqlite_stat4`): with
@@ -318,7 +321,6 @@ impl PostgresStore {
             pool,
             data_dir: None,
             write_lock: None,
-            inline_auth: None,
             events: Arc::new(PgEvents::new(opts)),
         };
         store.reindex_queued().await?;
@@ -328,6 +330,11 @@ impl PostgresStore {
     /// Nothing to adjust on PostgreSQL.
     async fn after_analyze(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// None: PostgreSQL's statements run over the pool.
+    fn inline_auth(&self) -> Option<Arc<InlineAuth>> {
+        None
     }
 
     /// The connection pool, for other tables that live in the same database.
@@ -612,7 +619,7 @@ macro_rules! store_impl {
             }
 
             fn auth_state(&self) -> Arc<dyn AuthState> {
-                Arc::new($auth::new(self.pool.clone(), self.write_lock.clone(), self.events.clone(), self.inline_auth.clone()))
+                Arc::new($auth::new(self.pool.clone(), self.write_lock.clone(), self.events.clone(), self.inline_auth()))
             }
 
             async fn ping(&self) -> Result<()> {

@@ -141,7 +141,7 @@ impl Readers {
 /// connections) before the caller answers: as durable as the sqlx path.
 #[derive(Debug)]
 pub(crate) struct InlineAuth {
-    pub readers: std::sync::Arc<Readers>,
+    readers: std::sync::Arc<Readers>,
     path: PathBuf,
     writer: Mutex<Option<Connection>>,
     checkpointer: Option<std::sync::Arc<crate::checkpoint::Checkpointer>>,
