@@ -161,33 +161,12 @@ impl AccessControl {
                 _ => users.generation,
             }
         };
-        let store = self.store.as_ref();
-        let user = match store.read("User", id).await {
-            Ok(u) => Some(redact(u)),
-            Err(e) if e.is_client_error() => None,
+        let (user, roles, standing) = match self.read_user(id).await {
+            Ok(read) => read,
             Err(e) => {
                 tracing::error!("reading User/{id} for an access decision failed: {e}");
                 return None;
             }
-        };
-        let (roles, standing) = match &user {
-            Some(u) => {
-                let roles = match crate::standing::roles_of(store, id).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!("reading the Roles of User/{id} failed: {e}");
-                        return None;
-                    }
-                };
-                match crate::standing::resolve(store, u, &roles, &self.provider_roles).await {
-                    Ok(s) => (roles, s),
-                    Err(e) => {
-                        tracing::error!("resolving the standing of User/{id} failed: {e}");
-                        return None;
-                    }
-                }
-            }
-            None => (Vec::new(), Standing::Linked(Vec::new())),
         };
         let entry = Arc::new(UserEntry {
             generation,
@@ -209,6 +188,25 @@ impl AccessControl {
             users.entries.insert(id.to_string(), entry.clone());
         }
         Some(entry)
+    }
+
+    /// User `id` (hashes removed; `None` when no live User has it), its Roles and its standing,
+    /// from the store.
+    async fn read_user(
+        &self,
+        id: &str,
+    ) -> Result<(Option<Value>, Vec<Value>, Standing), StoreError> {
+        let store = self.store.as_ref();
+        let user = match store.read("User", id).await {
+            Ok(u) => redact(u),
+            Err(e) if e.is_client_error() => {
+                return Ok((None, Vec::new(), Standing::Linked(Vec::new())));
+            }
+            Err(e) => return Err(e),
+        };
+        let roles = crate::standing::roles_of(store, id).await?;
+        let standing = crate::standing::resolve(store, &user, &roles, &self.provider_roles).await?;
+        Ok((Some(user), roles, standing))
     }
 
     /// The cached entry of User `id`, current or not (what [`AccessControl::check`] decides
