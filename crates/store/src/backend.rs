@@ -295,10 +295,13 @@ impl PostgresStore {
         // Search SQL binds parameter names and values; a generic (value-blind) plan guesses
         // selectivity and, after five runs of a statement, drove
         // `Observation?patient=X&category=laboratory` from the category (a fifth of the table)
-        // instead of the patient: 600 ms instead of 2 ms on 200,000 resources. Custom plans
-        // cost a little planning time per query and always see the values.
-        let opts =
-            PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
+        // instead of the patient: 600 ms instead of 2 ms on 200,000 resources. So searches run
+        // as unnamed statements, planned for their values each time (`Sql::plan_per_values`).
+        // Every other statement is driven by a key and kept per connection; PostgreSQL's
+        // default (`auto`) gives it a generic plan after five runs, which saves the planning:
+        // with custom plans for everything, planning was 60% of PostgreSQL's time for a read.
+        // Set here so that a database or role default cannot change it.
+        let opts = PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "auto")]);
         // One direct connection first: an unreachable server is reported at once, not after the
         // pool's acquire timeout of retries.
         {
@@ -359,6 +362,11 @@ impl PostgresStore {
 /// quadratic in a 7,000-parameter bulk INSERT (it was 64% of load time). Anonymous `?`
 /// parameters, bound in order of appearance, avoid that.
 trait Placeholders {
+    /// Whether a statement planned for its values ([`Sql::plan_per_values`]) must not be
+    /// prepared once and kept: PostgreSQL may give a kept statement a generic plan; SQLite
+    /// plans without the values either way (no `sqlite_stat4`), so keeping it saves the prepare.
+    const ONE_SHOT_WHEN_PLANNED_PER_VALUES: bool;
+
     fn placeholders(sql: Sql) -> Sql;
 
     /// A shared statement's text in this backend's style.
@@ -366,6 +374,8 @@ trait Placeholders {
 }
 
 impl Placeholders for Sqlite {
+    const ONE_SHOT_WHEN_PLANNED_PER_VALUES: bool = false;
+
     fn shared(text: SharedText) -> Arc<str> {
         text.question
     }
@@ -419,11 +429,14 @@ impl Placeholders for Sqlite {
             text,
             binds,
             shared: None,
+            plan_per_values: sql.plan_per_values,
         }
     }
 }
 
 impl Placeholders for Postgres {
+    const ONE_SHOT_WHEN_PLANNED_PER_VALUES: bool = true;
+
     fn shared(text: SharedText) -> Arc<str> {
         text.dollar
     }
@@ -471,12 +484,15 @@ macro_rules! bind_all {
 macro_rules! bind_ready {
     ($db:ty, $sql:expr) => {{
         let sql: Sql = $sql;
+        let keep =
+            !(sql.plan_per_values && <$db as Placeholders>::ONE_SHOT_WHEN_PLANNED_PER_VALUES);
         let mut q = match sql.shared {
             Some(shared) => {
                 sqlx::query::<$db>(AssertSqlSafe(<$db as Placeholders>::shared(shared)))
             }
             None => sqlx::query::<$db>(AssertSqlSafe(sql.text)),
-        };
+        }
+        .persistent(keep);
         for b in sql.binds {
             q = match b {
                 Bind::Text(s) => q.bind(s),

@@ -804,6 +804,7 @@ fn push_chunks<const C: usize>(
                 text: String::new(),
                 shared: Some(insert.text(CHUNK_ROWS)),
                 binds: full,
+                plan_per_values: false,
             });
         }
     }
@@ -812,6 +813,7 @@ fn push_chunks<const C: usize>(
             text: String::new(),
             shared: Some(insert.text(chunk.len() / C)),
             binds: chunk,
+            plan_per_values: false,
         });
     }
 }
@@ -945,6 +947,7 @@ fn insert_rows(out: &mut Vec<Sql>, insert: &Insert, binds: Vec<Bind>) {
             text: String::new(),
             shared: Some(insert.text(chunk.len() / insert.cols)),
             binds: chunk,
+            plan_per_values: false,
         });
     }
 }

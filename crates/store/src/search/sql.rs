@@ -40,6 +40,11 @@ pub(crate) struct Sql {
     pub binds: Vec<Bind>,
     /// A statement made once and shared (the bulk INSERTs), instead of `text`.
     pub shared: Option<SharedText>,
+    /// The best plan depends on the values bound (searches: which condition is selective).
+    /// PostgreSQL plans such a statement for each execution (an unnamed statement, never
+    /// cached); the others are prepared once per connection and may get PostgreSQL's generic
+    /// plan, which saves the planning (most of a primary-key lookup's cost there).
+    pub plan_per_values: bool,
 }
 
 /// One statement's text in both placeholder styles: `$n`, and SQLite's anonymous `?`, whose
@@ -80,6 +85,7 @@ struct Cond {
 
 /// The WHERE clause (without the keyword) of a search; `$1` is the resource type.
 pub(crate) fn build_where(q: &SearchQuery, sql: &mut Sql) -> Result<String> {
+    sql.plan_per_values = true;
     let rt = sql.text(q.resource_type.as_str());
     debug_assert_eq!(rt, "$1");
     let conds = conditions(
@@ -609,7 +615,10 @@ pub(crate) fn deleted_sql(
 ) -> Result<Sql> {
     let bad = |v: &str| invalid(format!("bad instant {v:?}"));
     let (since_us, _) = date::parse_range(since).ok_or_else(|| bad(since))?;
-    let mut sql = Sql::default();
+    let mut sql = Sql {
+        plan_per_values: true,
+        ..Sql::default()
+    };
     let rt = sql.text(resource_type);
     let since_p = sql.int(since_us);
     let mut text = format!(
@@ -656,7 +665,10 @@ fn include_chunk(q: &SearchQuery, ids: &[String]) -> Result<Vec<Sql>> {
         if inc.source_type != q.resource_type {
             continue; // applies to matches of another type: none here
         }
-        let mut sql = Sql::default();
+        let mut sql = Sql {
+            plan_per_values: true,
+            ..Sql::default()
+        };
         let (rt, param) = (sql.text(q.resource_type.as_str()), sql.text(p.code));
         let list: Vec<String> = ids.iter().map(|id| sql.text(id.as_str())).collect();
         let target = match &inc.target_type {
@@ -682,7 +694,10 @@ fn include_chunk(q: &SearchQuery, ids: &[String]) -> Result<Vec<Sql>> {
         {
             continue;
         }
-        let mut sql = Sql::default();
+        let mut sql = Sql {
+            plan_per_values: true,
+            ..Sql::default()
+        };
         let (src, param, target) = (
             sql.text(inc.source_type.as_str()),
             sql.text(p.code),
@@ -699,4 +714,43 @@ fn include_chunk(q: &SearchQuery, ids: &[String]) -> Result<Vec<Sql>> {
         out.push(sql);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(p: &[(&str, &str)]) -> SearchQuery {
+        let pairs = p.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        SearchQuery::from_pairs("Observation", pairs).expect("query")
+    }
+
+    #[test]
+    fn searches_are_planned_for_their_values_and_key_lookups_are_not() {
+        let q = pairs(&[
+            ("patient", "pt-1"),
+            ("category", "laboratory"),
+            ("_include", "Observation:patient"),
+            ("_revinclude", "Provenance:target"),
+        ]);
+        assert!(page_sql(&q).expect("page").plan_per_values);
+        assert!(count_sql(&q).expect("count").plan_per_values);
+        assert!(scan_sql(&q, 0, 10).expect("scan").plan_per_values);
+        assert!(
+            deleted_sql("Observation", "2020-01-01", None, 0, 10)
+                .expect("deleted")
+                .plan_per_values
+        );
+        let includes = include_sql(&q, &["o1".to_string()]).expect("include");
+        assert_eq!(includes.len(), 2, "one _include and one _revinclude");
+        assert!(includes.iter().all(|s| s.plan_per_values));
+        // a lookup is driven by the primary key whatever its values: its plan may be kept
+        let filters = [Filter {
+            name: "category".into(),
+            modifier: None,
+            values: vec!["laboratory".into()],
+        }];
+        let lookup = lookup_sql("Observation", "o1", Some("pt-1"), &filters).expect("lookup");
+        assert!(!lookup.plan_per_values);
+    }
 }
