@@ -23,10 +23,12 @@ use std::collections::HashMap;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, RSA_PKCS1_SHA256,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{DecodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -141,17 +143,29 @@ impl SigningKey {
         })
     }
 
-    fn encoding_key(&self) -> Result<EncodingKey, KeyError> {
+    /// The private key parsed once, with the JWS header it signs under: parsing (and aws-lc's
+    /// check of the key pair) costs as much as a signature, and `jsonwebtoken::encode` does it
+    /// for every token.
+    fn signer(&self) -> Result<Signer, KeyError> {
         let der = B64
             .decode(&self.private_pkcs8)
             .map_err(|e| KeyError::Malformed(e.to_string()))?;
-        Ok(match self.alg {
-            Algorithm::ES256 => EncodingKey::from_ec_der(&der),
-            Algorithm::RS256 => {
-                let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice())
-                    .map_err(|e| KeyError::Malformed(e.to_string()))?;
-                EncodingKey::from_rsa_der(info.private_key)
-            }
+        let pair = match self.alg {
+            Algorithm::ES256 => SignerPair::Ec(
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+                    .map_err(|e| KeyError::Malformed(e.to_string()))?,
+            ),
+            Algorithm::RS256 => SignerPair::Rsa(
+                aws_lc_rs::rsa::KeyPair::from_pkcs8(&der)
+                    .map_err(|e| KeyError::Malformed(e.to_string()))?,
+            ),
+        };
+        let mut header = Header::new(self.alg.jwt());
+        header.kid = Some(self.kid.clone());
+        let header = serde_json::to_vec(&header).map_err(|e| KeyError::Sign(e.to_string()))?;
+        Ok(Signer {
+            header: B64.encode(header),
+            pair,
         })
     }
 
@@ -193,8 +207,48 @@ pub struct Keyring {
     keys: Vec<SigningKey>,
     /// kid → (algorithm, decoding key), prepared once.
     verifiers: HashMap<String, (Algorithm, DecodingKey)>,
-    /// algorithm → (kid, encoding key) of the current signing key.
-    signers: HashMap<Algorithm, (String, EncodingKey)>,
+    /// algorithm → the current signing key, parsed.
+    signers: HashMap<Algorithm, Signer>,
+}
+
+/// A current signing key, ready to sign: its private key parsed and its header encoded.
+struct Signer {
+    /// The JWS protected header (`alg`, `typ`, `kid`), base64url.
+    header: String,
+    pair: SignerPair,
+}
+
+enum SignerPair {
+    Ec(EcdsaKeyPair),
+    Rsa(aws_lc_rs::rsa::KeyPair),
+}
+
+impl Signer {
+    /// RFC 7515 compact serialization of `claims`, signed.
+    fn sign(&self, claims: &impl Serialize) -> Result<String, KeyError> {
+        let payload = serde_json::to_vec(claims).map_err(|e| KeyError::Sign(e.to_string()))?;
+        let mut token = String::with_capacity(self.header.len() + payload.len() * 4 / 3 + 400);
+        token.push_str(&self.header);
+        token.push('.');
+        B64.encode_string(&payload, &mut token);
+        let rng = SystemRandom::new();
+        let failed = |_| KeyError::Sign("the crypto library refused to sign".into());
+        match &self.pair {
+            SignerPair::Ec(pair) => {
+                let sig = pair.sign(&rng, token.as_bytes()).map_err(failed)?;
+                token.push('.');
+                B64.encode_string(sig.as_ref(), &mut token);
+            }
+            SignerPair::Rsa(pair) => {
+                let mut sig = vec![0u8; pair.public_modulus_len()];
+                pair.sign(&RSA_PKCS1_SHA256, &rng, token.as_bytes(), &mut sig)
+                    .map_err(failed)?;
+                token.push('.');
+                B64.encode_string(&sig, &mut token);
+            }
+        }
+        Ok(token)
+    }
 }
 
 impl Keyring {
@@ -213,7 +267,7 @@ impl Keyring {
         for k in &keys {
             verifiers.insert(k.kid.clone(), (k.alg, k.decoding_key()?));
             if k.retired_at.is_none() {
-                signers.insert(k.alg, (k.kid.clone(), k.encoding_key()?));
+                signers.insert(k.alg, k.signer()?);
             }
         }
         Ok(Keyring {
@@ -253,10 +307,10 @@ impl Keyring {
 
     /// Sign `claims` with the current key of `alg` (the header carries its `kid`).
     pub fn sign(&self, alg: Algorithm, claims: &impl Serialize) -> Result<String, KeyError> {
-        let (kid, key) = self.signers.get(&alg).ok_or(KeyError::NoKey(alg))?;
-        let mut header = Header::new(alg.jwt());
-        header.kid = Some(kid.clone());
-        jsonwebtoken::encode(&header, claims, key).map_err(|e| KeyError::Sign(e.to_string()))
+        self.signers
+            .get(&alg)
+            .ok_or(KeyError::NoKey(alg))?
+            .sign(claims)
     }
 
     /// Verify a token we issued: its `kid` must be ours, its `alg` in `algs` and the key's own,
