@@ -207,10 +207,6 @@ fn first_raw(
     rows.next()?.map(RawRecord::of).transpose()
 }
 
-fn inline_error(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(format!("sqlite: {e}"))
-}
-
 /// `AuthState` over a store's pool. The SQL is the same on both backends; `write_lock` (SQLite)
 /// queues writers in-process, as the store's own writes do.
 macro_rules! auth_state_impl {
@@ -282,25 +278,25 @@ macro_rules! auth_state_impl {
                 value: &Value,
                 expires_at: i64,
             ) -> Result<()> {
-                let _guard = self.lock().await;
                 // One statement: the conflict check and the replacement of an expired record
                 // cannot interleave with another insert.
                 if let Some(inline) = &self.inline {
-                    let text = value.to_string();
-                    let wrote = inline.write(|conn| {
-                        conn.prepare_cached(INSERT_SQL)?.execute(rusqlite::params![
-                            kind, key, owner, text, expires_at, now()
-                        ])
-                    });
+                    let (k, id, o, text, at) = (kind.to_string(), key.to_string(), owner.map(str::to_string), value.to_string(), now());
+                    let wrote = inline
+                        .write_grouped(self.write_lock.clone(), move |conn| {
+                            conn.prepare_cached(INSERT_SQL)?.execute(rusqlite::params![k, id, o, text, expires_at, at])
+                        })
+                        .await;
                     match wrote {
                         Ok(Wrote::Done(0)) => {
                             return Err(StoreError::AlreadyExists { resource_type: kind.into(), id: key.into() });
                         }
                         Ok(Wrote::Done(_)) => return Ok(()),
                         Ok(Wrote::Elsewhere) => {}
-                        Err(e) => return Err(inline_error(e)),
+                        Err(e) => return Err(StoreError::Backend(e)),
                     }
                 }
+                let _guard = self.lock().await;
                 let done = sqlx::query::<$db>(
                     INSERT_SQL,
                 )
@@ -325,17 +321,20 @@ macro_rules! auth_state_impl {
             async fn consume(&self, kind: &str, key: &str) -> Result<Consumed> {
                 let now = now();
                 let won = 'won: {
-                    let _guard = self.lock().await;
                     // The row update is the arbiter: of concurrent callers, one sees
                     // consumed = FALSE and flips it; the others match no row.
                     if let Some(inline) = &self.inline {
-                        let wrote = inline.write(|conn| first_raw(conn, CONSUME_SQL, kind, key, now));
+                        let (k, id) = (kind.to_string(), key.to_string());
+                        let wrote = inline
+                            .write_grouped(self.write_lock.clone(), move |conn| first_raw(conn, CONSUME_SQL, &k, &id, now))
+                            .await;
                         match wrote {
                             Ok(Wrote::Done(raw)) => break 'won raw.map(RawRecord::parse).transpose()?,
                             Ok(Wrote::Elsewhere) => {}
-                            Err(e) => return Err(inline_error(e)),
+                            Err(e) => return Err(StoreError::Backend(e)),
                         }
                     }
+                    let _guard = self.lock().await;
                     self.records(CONSUME_SQL.to_string(), &[kind, key], now).await?.into_iter().next()
                 };
                 if let Some(mut record) = won {

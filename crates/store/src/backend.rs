@@ -862,6 +862,76 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Concurrent auth-state writes on SQLite share transactions (group commit), and each keeps
+    /// its meaning inside one: of 8 inserts of one key one wins, of 8 consumes of one record
+    /// one consumes it and the others see a replay, and every other insert lands once. On one
+    /// runtime thread, as the bench's server: the writes gather while the committer waits.
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_auth_writes_are_committed_in_groups() -> Result<()> {
+        use crate::auth_state::Consumed;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("db.sqlite")).await?;
+        let state = store.auth_state();
+        let far = 4_102_444_800;
+        state
+            .insert("refresh", "r1", Some("u"), &json!({"n": 1}), far)
+            .await?;
+        let inline = store.inline_auth().expect("a file store writes inline");
+        let before = inline.group_commits();
+
+        let mut inserts = Vec::new();
+        for i in 0..32 {
+            let (state, key) = (state.clone(), format!("j{i}"));
+            inserts.push(async move { state.insert("jti", &key, None, &json!({}), far).await });
+        }
+        let mut same_key = Vec::new();
+        for _ in 0..8 {
+            let state = state.clone();
+            same_key.push(async move { state.insert("jti", "same", None, &json!({}), far).await });
+        }
+        let mut consumes = Vec::new();
+        for _ in 0..8 {
+            let state = state.clone();
+            consumes.push(async move { state.consume("refresh", "r1").await });
+        }
+        let (inserted, same, consumed) = tokio::join!(
+            futures::future::join_all(inserts),
+            futures::future::join_all(same_key),
+            futures::future::join_all(consumes)
+        );
+        assert!(inserted.iter().all(|r| r.is_ok()), "{inserted:?}");
+        let won = same.iter().filter(|r| r.is_ok()).count();
+        let lost = same
+            .iter()
+            .filter(|r| matches!(r, Err(StoreError::AlreadyExists { .. })))
+            .count();
+        assert_eq!((won, lost), (1, 7), "{same:?}");
+        let first = consumed
+            .iter()
+            .filter(|c| matches!(c, Ok(Consumed::First(_))))
+            .count();
+        let again = consumed
+            .iter()
+            .filter(|c| matches!(c, Ok(Consumed::Again(_))))
+            .count();
+        assert_eq!((first, again), (1, 7));
+        for i in 0..32 {
+            assert!(
+                state.get("jti", &format!("j{i}")).await?.is_some(),
+                "j{i} is stored"
+            );
+        }
+
+        let after = inline.group_commits();
+        let (groups, writes) = (after.0 - before.0, after.1 - before.1);
+        assert_eq!(writes, 48, "every write committed once");
+        assert!(
+            groups < 48 / 4,
+            "{groups} transactions for 48 writes: not grouped"
+        );
+        Ok(())
+    }
+
     /// `OpenOptions::max_connections` bounds the pool: 16 concurrent pings on a pool of at most
     /// 2 connections never open a third, where the default pool opens more.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -132,19 +132,115 @@ impl Readers {
 /// Every token grant reads and writes a few small rows (a `jti`, a code, a refresh token and
 /// its rotation). Over sqlx each statement was two hand-offs to a connection thread; on a
 /// busy core those threads wait for the scheduler, and a grant's latency became the sum of
-/// several scheduler waits (p99 ≈ 500 ms at 1,700 grants/s on one core). A write here runs on
-/// the caller's thread while it holds the store's in-process write lock (which every writer of
-/// this process takes), so it never waits on another writer of this process; the connection
-/// never waits for a lock (`busy_timeout` 0): when another process holds the database's write
-/// lock, SQLite answers busy before changing anything and the caller takes the pooled sqlx
-/// path, which waits. A statement commits (autocommit, `synchronous = NORMAL` as the pool's
-/// connections) before the caller answers: as durable as the sqlx path.
-#[derive(Debug)]
+/// several scheduler waits (p99 ≈ 500 ms at 1,700 grants/s on one core). Writes here are
+/// committed in groups ([`InlineAuth::write_grouped`]) by a task on the runtime's own threads,
+/// no hand-off to a thread of its own: the writes that arrive while a group is being gathered
+/// or committed share the next transaction, so one commit (SQLite writes every page a
+/// transaction changed to the WAL, 16 KiB each) serves several grants. The committer holds the
+/// store's in-process write lock (which every writer of this process takes) for each
+/// transaction; its connection never waits for a lock (`busy_timeout` 0): when another process
+/// holds the database's write lock, SQLite answers busy before changing anything and the
+/// callers take the pooled sqlx path, which waits. Each caller is answered only after the
+/// transaction holding its write has committed (`synchronous = NORMAL` as the pool's
+/// connections): as durable as the sqlx path.
 pub(crate) struct InlineAuth {
     readers: std::sync::Arc<Readers>,
     path: PathBuf,
     writer: Mutex<Option<Connection>>,
     checkpointer: Option<std::sync::Arc<crate::checkpoint::Checkpointer>>,
+    /// Writes waiting for the next group commit.
+    queue: Mutex<Queue>,
+    /// Transactions committed, and the writes they held (tests read them; `/metrics` has
+    /// `fhirgate_store_group_commit_writes`).
+    committed: std::sync::atomic::AtomicU64,
+    committed_writes: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for InlineAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineAuth")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Box<dyn Job>>,
+    /// A committer task is running; it takes every job queued before it stops.
+    committing: bool,
+}
+
+/// How a group's transaction ended, for each of its writes.
+enum Outcome {
+    Committed,
+    /// Not run here, nothing changed: the caller takes the pooled path.
+    Elsewhere,
+    Failed(String),
+}
+
+/// One write of a group: its statement, run inside the group's transaction, and its answer,
+/// sent once the transaction has ended.
+trait Job: Send {
+    fn run(&mut self, conn: &Connection);
+    fn finish(self: Box<Self>, outcome: &Outcome);
+}
+
+struct JobOf<T, F> {
+    statement: Option<F>,
+    result: Option<rusqlite::Result<T>>,
+    answer: tokio::sync::oneshot::Sender<Result<Wrote<T>, String>>,
+}
+
+impl<T, F> Job for JobOf<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send,
+{
+    fn run(&mut self, conn: &Connection) {
+        if let Some(statement) = self.statement.take() {
+            self.result = Some(statement(conn));
+        }
+    }
+
+    fn finish(self: Box<Self>, outcome: &Outcome) {
+        let answer = match (outcome, self.result) {
+            (Outcome::Committed, Some(Ok(v))) => Ok(Wrote::Done(v)),
+            // the statement failed (and was undone) while the others committed
+            (Outcome::Committed, Some(Err(e))) => Err(format!("sqlite: {e}")),
+            (Outcome::Committed, None) => Err("the write was not run".to_string()),
+            (Outcome::Elsewhere, _) => Ok(Wrote::Elsewhere),
+            (Outcome::Failed(e), _) => Err(e.clone()),
+        };
+        // a caller that went away needs no answer
+        let _ = self.answer.send(answer);
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Ends a committer: whatever way it stops (done, cancelled at shutdown, panicking), the queue
+/// gets a committer again when the next write comes, and writes it will not commit are answered
+/// (their callers see their answer channel closed: a failure, never a silent success).
+/// Disarmed when the committer stops on its own, having handed the queue back itself.
+struct CommitterGuard {
+    auth: std::sync::Arc<InlineAuth>,
+    armed: bool,
+}
+
+impl Drop for CommitterGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut q = self.auth.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.committing = false;
+            q.jobs.clear();
+        }
+    }
 }
 
 /// What an inline write came to.
@@ -166,6 +262,151 @@ impl InlineAuth {
             path,
             writer: Mutex::new(None),
             checkpointer,
+            queue: Mutex::new(Queue::default()),
+            committed: Default::default(),
+            committed_writes: Default::default(),
+        }
+    }
+
+    /// Group commits so far: (transactions, writes in them).
+    #[cfg(test)]
+    pub fn group_commits(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.committed.load(Relaxed),
+            self.committed_writes.load(Relaxed),
+        )
+    }
+
+    /// Run the write `statement` in the next group commit and answer once that transaction has
+    /// ended. The committer takes `write_lock` (the store's in-process write lock) for each
+    /// transaction; the caller must not hold it. `Err` is a failure that is not "busy": the
+    /// statement failed (and changed nothing), or the transaction did not commit; running it
+    /// elsewhere would fail the same way. [`Wrote::Elsewhere`]: another process holds the
+    /// database's write lock, nothing was changed, take the pooled path.
+    ///
+    /// Statements of one group run in the order they came, each seeing the ones before it:
+    /// single use (an `UPDATE … WHERE consumed = FALSE`) and insert-if-absent keep their meaning.
+    pub async fn write_grouped<T, F>(
+        self: &std::sync::Arc<Self>,
+        write_lock: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+        statement: F,
+    ) -> Result<Wrote<T>, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job = Box::new(JobOf {
+            statement: Some(statement),
+            result: None,
+            answer,
+        });
+        let lead = {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.jobs.push(job);
+            !std::mem::replace(&mut q.committing, true)
+        };
+        if lead {
+            let me = self.clone();
+            match tokio::runtime::Handle::try_current() {
+                // a task of its own: a caller cancelled while its group gathers cancels no one
+                Ok(rt) => drop(rt.spawn(me.commit_groups(write_lock))),
+                Err(_) => me.commit_groups(write_lock).await,
+            }
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Err("the group commit ended without committing".to_string()))
+    }
+
+    /// Commit groups until the queue is empty. It first lets the tasks that are ready run, so
+    /// that the writes they are about to make join this group.
+    async fn commit_groups(
+        self: std::sync::Arc<Self>,
+        write_lock: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+    ) {
+        let mut guard = CommitterGuard {
+            auth: self.clone(),
+            armed: true,
+        };
+        tokio::task::yield_now().await;
+        let _locked = match write_lock {
+            Some(l) => Some(l.lock_owned().await),
+            None => None,
+        };
+        loop {
+            let jobs = {
+                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if q.jobs.is_empty() {
+                    q.committing = false;
+                    guard.armed = false;
+                    break;
+                }
+                std::mem::take(&mut q.jobs)
+            };
+            self.commit(jobs);
+        }
+        drop(guard);
+    }
+
+    /// One transaction for `jobs`, each answered once it has ended.
+    fn commit(&self, mut jobs: Vec<Box<dyn Job>>) {
+        let outcome = self.run_group(&mut jobs);
+        if matches!(outcome, Outcome::Committed) {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.committed.fetch_add(1, Relaxed);
+            self.committed_writes.fetch_add(jobs.len() as u64, Relaxed);
+            metrics::histogram!("fhirgate_store_group_commit_writes").record(jobs.len() as f64);
+            if let Some(c) = &self.checkpointer {
+                c.poke();
+            }
+        }
+        for job in jobs {
+            job.finish(&outcome);
+        }
+    }
+
+    fn run_group(&self, jobs: &mut [Box<dyn Job>]) -> Outcome {
+        let mut slot = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            match self.open() {
+                Ok(c) => *slot = Some(c),
+                Err(_) => return Outcome::Elsewhere,
+            }
+        }
+        let Some(conn) = slot.as_ref() else {
+            return Outcome::Elsewhere;
+        };
+        let failed = |slot: &mut Option<Connection>, e: String| {
+            // a connection in an unknown state is not kept
+            *slot = None;
+            Outcome::Failed(format!("sqlite: {e}"))
+        };
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => {}
+            Err(e) if is_busy(&e) => return Outcome::Elsewhere,
+            Err(e) => return failed(&mut slot, e.to_string()),
+        }
+        for job in jobs.iter_mut() {
+            job.run(conn);
+            // An error that rolls the whole transaction back (disk full, I/O) leaves the
+            // connection in autocommit: what ran is undone, and nothing more may run outside
+            // the transaction.
+            if conn.is_autocommit() {
+                return failed(&mut slot, "the transaction was rolled back".into());
+            }
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => Outcome::Committed,
+            Err(e) => {
+                let undone = conn.execute_batch("ROLLBACK");
+                if is_busy(&e) && undone.is_ok() {
+                    Outcome::Elsewhere
+                } else {
+                    failed(&mut slot, e.to_string())
+                }
+            }
         }
     }
 
@@ -178,48 +419,6 @@ impl InlineAuth {
         )?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
-    }
-
-    /// Run the write `f` (one autocommit statement) on the write connection. The caller holds
-    /// the store's write lock. `Err` only for a failure that is not "busy": the statement
-    /// failed, and running it elsewhere would fail the same way.
-    pub fn write<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> std::result::Result<Wrote<T>, rusqlite::Error> {
-        let Ok(mut slot) = self.writer.lock() else {
-            return Ok(Wrote::Elsewhere);
-        };
-        if slot.is_none() {
-            match self.open() {
-                Ok(c) => *slot = Some(c),
-                Err(_) => return Ok(Wrote::Elsewhere),
-            }
-        }
-        let Some(conn) = slot.as_ref() else {
-            return Ok(Wrote::Elsewhere);
-        };
-        match f(conn) {
-            Ok(v) => {
-                if let Some(c) = &self.checkpointer {
-                    c.poke();
-                }
-                Ok(Wrote::Done(v))
-            }
-            Err(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-                ) =>
-            {
-                Ok(Wrote::Elsewhere)
-            }
-            Err(e) => {
-                // a connection in an unknown state is not kept
-                *slot = None;
-                Err(e)
-            }
-        }
     }
 
     /// Run the read `f` on an idle read connection; `None` when it could not run here.
