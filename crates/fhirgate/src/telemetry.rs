@@ -25,7 +25,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 use http::{HeaderName, HeaderValue};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// `x-request-id`.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -77,6 +77,9 @@ const BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
+/// Buckets of `fhirgate_store_group_commit_writes`: writes per transaction.
+const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
 /// The process's Prometheus recorder, installed on first use; `None` when another recorder was
 /// installed first (an embedding program's own).
 pub fn recorder() -> Option<&'static PrometheusHandle> {
@@ -85,6 +88,11 @@ pub fn recorder() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full("fhirgate_store_group_commit_writes".into()),
+                    GROUP_BUCKETS,
+                )
                 .ok()?
                 .build_recorder();
             let handle = recorder.handle();
@@ -137,6 +145,11 @@ fn describe() {
         "fhirgate_store_operation_duration_seconds",
         Unit::Seconds,
         "Time of a store operation (read, search, create, update, delete, upsert, load, history), by backend"
+    );
+    describe_histogram!(
+        "fhirgate_store_group_commit_writes",
+        Unit::Count,
+        "SQLite: auth-state writes of the grant path (jti, code, refresh rotation) per committed transaction"
     );
     describe_gauge!(
         "fhirgate_store_pool_connections",
