@@ -233,20 +233,21 @@ impl Signer {
         B64.encode_string(&payload, &mut token);
         let rng = SystemRandom::new();
         let failed = |_| KeyError::Sign("the crypto library refused to sign".into());
-        match &self.pair {
-            SignerPair::Ec(pair) => {
-                let sig = pair.sign(&rng, token.as_bytes()).map_err(failed)?;
-                token.push('.');
-                B64.encode_string(sig.as_ref(), &mut token);
-            }
+        let sig = match &self.pair {
+            SignerPair::Ec(pair) => pair
+                .sign(&rng, token.as_bytes())
+                .map_err(failed)?
+                .as_ref()
+                .to_vec(),
             SignerPair::Rsa(pair) => {
                 let mut sig = vec![0u8; pair.public_modulus_len()];
                 pair.sign(&RSA_PKCS1_SHA256, &rng, token.as_bytes(), &mut sig)
                     .map_err(failed)?;
-                token.push('.');
-                B64.encode_string(&sig, &mut token);
+                sig
             }
-        }
+        };
+        token.push('.');
+        B64.encode_string(&sig, &mut token);
         Ok(token)
     }
 }
