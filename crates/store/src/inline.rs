@@ -413,10 +413,11 @@ impl InlineAuth {
     fn open(&self) -> rusqlite::Result<Connection> {
         let conn = open_unwaiting(&self.path)?;
         // as the pool's connections (crate::backend::SqliteStore::open)
-        conn.execute_batch(
+        conn.execute_batch(&format!(
             "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 32768; \
-             PRAGMA cache_size = -2048; PRAGMA temp_store = memory;",
-        )?;
+             PRAGMA cache_size = -{}; PRAGMA temp_store = memory;",
+            crate::SERVE_CACHE_KIB
+        ))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
     }
