@@ -10,25 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use fhirgate_store::{Store, open};
 use serde_json::json;
 
+mod common;
+
 fn bench(c: &mut Criterion) {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => panic!("runtime: {e}"),
-    };
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => panic!("tempdir: {e}"),
-    };
-    let url = format!("sqlite:{}", dir.path().join("bench.db").display());
-    let store: Arc<dyn Store> =
-        rt.block_on(async { open(&url).await.unwrap_or_else(|e| panic!("open: {e}")) });
+    let rt = common::runtime();
+    let (_dir, store) = common::sqlite_store(&rt);
     let state = store.auth_state();
     let later = 4_102_444_800; // 2100-01-01
     let n = Arc::new(AtomicU64::new(0));

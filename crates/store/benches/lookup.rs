@@ -11,8 +11,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use fhirgate_store::{Filter, PostgresStore, SearchQuery, Store, open};
+use fhirgate_store::{Filter, PostgresStore, SearchQuery, Store};
 use serde_json::{Value, json};
+
+mod common;
 
 const CAT: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
 
@@ -31,27 +33,10 @@ fn seed() -> Vec<Value> {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => panic!("runtime: {e}"),
-    };
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => panic!("tempdir: {e}"),
-    };
-    let url = format!("sqlite:{}", dir.path().join("bench.db").display());
-    let store: Arc<dyn Store> = rt.block_on(async {
-        let store = open(&url).await.unwrap_or_else(|e| panic!("open: {e}"));
-        store
-            .upsert_all(seed())
-            .await
-            .unwrap_or_else(|e| panic!("seed: {e}"));
-        store
-    });
+    let rt = common::runtime();
+    let (_dir, store) = common::sqlite_store(&rt);
+    rt.block_on(store.upsert_all(seed()))
+        .unwrap_or_else(|e| panic!("seed: {e}"));
     reads(c, &rt, "store", &store);
     if let Ok(url) = std::env::var("FHIRGATE_TEST_POSTGRES_URL")
         && !url.is_empty()

@@ -551,12 +551,8 @@ async fn published_events_reach_every_subscriber(s: Arc<dyn Store>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_stores_on_one_file_share_events() {
     let h = common::sqlite().await;
-    let path = h
-        .url
-        .as_deref()
-        .and_then(|u| u.strip_prefix("sqlite:"))
-        .expect("sqlite url");
-    let other = SqliteStore::open(path).await.expect("second store");
+    let path = h.sqlite_path();
+    let other = SqliteStore::open(&path).await.expect("second store");
     let mut rx = other.auth_state().subscribe().await.expect("subscribe");
     h.store
         .auth_state()
@@ -759,12 +755,7 @@ async fn postgres_listener_retries_until_the_database_takes_it_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_writes_wait_for_a_write_lock_held_elsewhere() {
     let h = common::sqlite().await;
-    let path = h
-        .url
-        .as_deref()
-        .unwrap()
-        .trim_start_matches("sqlite:")
-        .to_string();
+    let path = h.sqlite_path();
     let a = h.store.auth_state();
     let key = unique("jti");
     a.insert("jti", &key, None, &json!({"n": 1}), later())

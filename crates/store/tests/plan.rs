@@ -77,12 +77,7 @@ async fn patient_category_search_uses_indexes(s: Arc<dyn Store>) {
 #[tokio::test]
 async fn sqlite_optimize_keeps_row_counts_without_samples() {
     let h = common::sqlite().await;
-    let path = h
-        .url
-        .as_deref()
-        .unwrap()
-        .trim_start_matches("sqlite:")
-        .to_string();
+    let path = h.sqlite_path();
     let mut seed = Vec::new();
     for i in 0..300 {
         seed.push(

@@ -18,6 +18,16 @@ pub struct Harness {
     pub url: Option<String>,
 }
 
+impl Harness {
+    /// The SQLite database file of a [`sqlite`] harness.
+    pub fn sqlite_path(&self) -> String {
+        let url = self.url.as_deref().expect("url");
+        url.strip_prefix("sqlite:")
+            .expect("a SQLite harness")
+            .to_string()
+    }
+}
+
 pub async fn sqlite() -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("nested").join("fhirgate.db");
